@@ -1,0 +1,134 @@
+//! The admin HTTP surface: health, metrics and debug views. It reads from the
+//! other roles; none of them reads from it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use prost::Message;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::ConfigState;
+use crate::xds::cache::XdsSnapshot;
+use crate::xds::server::status::SyncRegistry;
+use crate::xds::types::XdsType;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Arc<prometheus_client::registry::Registry>,
+    pub syncs: SyncRegistry,
+    pub config: watch::Receiver<Arc<ConfigState>>,
+    pub xds: watch::Receiver<Arc<XdsSnapshot>>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/config_errors", get(config_errors))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.xds.borrow().generation > 0 {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "config not loaded yet\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn syncz(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!(s.syncs.syncs()))
+}
+
+async fn config_errors(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let state = Arc::clone(&s.config.borrow());
+    Json(json!({
+        "version": state.version,
+        "files": state.files,
+        "errors": state.errors,
+    }))
+}
+
+#[derive(Deserialize)]
+struct DumpQuery {
+    proxy: Option<String>,
+}
+
+/// What pilotfish last sent one proxy, per type, as Envoy JSON.
+async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) -> Response {
+    let Some(proxy) = q.proxy else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "give ?proxy=NODE_ID or ?proxy=NAMESPACE/WORKLOAD (see /debug/syncz)\n",
+        )
+            .into_response();
+    };
+    let Some(sent) = s.syncs.sent(&proxy) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no connected proxy {proxy:?} (see /debug/syncz)\n"),
+        )
+            .into_response();
+    };
+    let mut out = serde_json::Map::new();
+    for t in XdsType::PUSH_ORDER {
+        let resources: Vec<serde_json::Value> = sent
+            .get(&t)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                // `sotw` holds one DiscoveryResponse.resources entry.
+                let any =
+                    envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse::decode(
+                        e.sotw.as_ref(),
+                    )
+                    .ok()
+                    .and_then(|r| r.resources.into_iter().next());
+                let body = any
+                    .map(|a| crate::xds::dump::to_json(&a.type_url, &a.value))
+                    .unwrap_or_else(|| Err("undecodable".into()))
+                    .unwrap_or_else(serde_json::Value::String);
+                json!({"name": e.name, "version": e.version, "resource": body})
+            })
+            .collect();
+        out.insert(t.short().to_string(), json!(resources));
+    }
+    Json(json!({"proxy": proxy, "resources": out})).into_response()
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

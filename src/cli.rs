@@ -1,0 +1,264 @@
+//! The command line: parse arguments, build what each subcommand needs, run it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::config;
+use crate::metrics::Metrics;
+use crate::model::WorkloadKey;
+use crate::model::istio::parse_duration;
+use crate::xds::bootstrap::{BootstrapParams, bootstrap};
+use crate::xds::cache::XdsSnapshot;
+use crate::xds::server::{self, AdsShared, status::SyncRegistry};
+
+/// pilotfish: an Istio-compatible service-mesh control plane for stock Envoy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `pilotfish=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve xDS to Envoy from a directory of Istio YAML.
+    Serve(ServeArgs),
+    /// Print an Envoy bootstrap for one workload's sidecar.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Directory of Istio YAML (*.yaml, *.yml, searched recursively), watched for changes.
+    #[arg(long)]
+    pub config_dir: PathBuf,
+    /// ADS (gRPC) listen address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub xds_address: SocketAddr,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics, /debug/*).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub admin_address: SocketAddr,
+    /// Quiet time after a file change before the config is re-read.
+    #[arg(long, default_value = "100ms", value_parser = duration_arg)]
+    pub debounce: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BootstrapArgs {
+    /// The WorkloadEntry this sidecar runs beside.
+    #[arg(long)]
+    pub workload: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Config directory: when given, the WorkloadEntry must exist there and
+    /// its address goes into the node id.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Where Envoy reaches pilotfish's ADS server (host:port).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub xds_address: String,
+    /// Envoy's admin listener (host:port). Keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_address: String,
+    /// Use delta (incremental) xDS instead of state of the world.
+    #[arg(long)]
+    pub delta: bool,
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    pub output: Format,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Bootstrap(args) => print_bootstrap(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pilotfish: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("{what} {s:?}: expected HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("{what} {s:?}: bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
+    let workload = WorkloadKey {
+        namespace: args.namespace,
+        name: args.workload,
+    };
+    let mut ip = None;
+    if let Some(dir) = &args.config_dir {
+        let (_, state) =
+            config::watch::load(dir, &Metrics::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let registry = crate::model::Registry::build(&state.snapshot);
+        match registry.workloads.get(&workload) {
+            Some(w) => ip = Some(w.address.clone()),
+            None => bail!(
+                "no WorkloadEntry {workload} in {} (known: {})",
+                dir.display(),
+                registry
+                    .workloads
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    let (xds_host, xds_port) = split_host_port(&args.xds_address, "--xds-address")?;
+    let (admin_host, admin_port) = split_host_port(&args.admin_address, "--admin-address")?;
+    let b = bootstrap(&BootstrapParams {
+        workload,
+        ip,
+        xds_host,
+        xds_port,
+        admin_host,
+        admin_port,
+        delta: args.delta,
+    });
+    let text = match args.output {
+        Format::Yaml => serde_yaml_ng::to_string(&b)?,
+        Format::Json => serde_json::to_string_pretty(&b)? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(run_serve(args))
+}
+
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let (metrics, registry) = Metrics::new();
+    let (store, state) =
+        config::watch::load(&args.config_dir, &metrics).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for e in &state.errors {
+        tracing::warn!(error = %e, "invalid config");
+    }
+    info!(dir = %args.config_dir.display(), files = state.files, resources = state.snapshot.resources.len(), errors = state.errors.len(), "config loaded");
+    let (config_tx, config_rx) = watch::channel(Arc::new(state));
+    let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
+    let syncs = SyncRegistry::default();
+
+    let xds_listener = tokio::net::TcpListener::bind(args.xds_address)
+        .await
+        .with_context(|| format!("bind xDS address {}", args.xds_address))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_address)
+        .await
+        .with_context(|| format!("bind admin address {}", args.admin_address))?;
+    info!(xds = %xds_listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    tokio::spawn(config::watch::run(
+        args.config_dir.clone(),
+        store,
+        args.debounce,
+        config_tx,
+        metrics.clone(),
+    ));
+    tokio::spawn(crate::xds::run_translator(
+        config_rx.clone(),
+        xds_tx,
+        metrics.clone(),
+    ));
+    let ads = tokio::spawn(server::serve(
+        xds_listener,
+        AdsShared {
+            snapshots: xds_rx.clone(),
+            metrics: metrics.clone(),
+            syncs: syncs.clone(),
+        },
+        stopped(stop_rx.clone()),
+    ));
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState {
+            registry: Arc::new(registry),
+            syncs,
+            config: config_rx,
+            xds: xds_rx,
+        },
+        stopped(stop_rx),
+    ));
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = ads.await;
+        let _ = admin.await;
+    })
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

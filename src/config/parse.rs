@@ -1,0 +1,281 @@
+//! Parsing YAML files into typed resources, with errors that say where.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate;
+use crate::model::istio::{
+    DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+};
+use crate::model::resource::Origin;
+use crate::model::{Kind, ObjectMeta, Resource, Spec};
+
+/// Namespace of resources whose metadata names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One problem in the config: where it is and what was expected.
+#[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based document number in the file.
+    pub document: Option<usize>,
+    /// `Kind namespace/name`, when known.
+    pub resource: Option<String>,
+    /// Field path, e.g. `spec.http[0].route[0].weight`.
+    pub path: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(d) = self.document {
+            write!(f, ": document {d}")?;
+        }
+        if let Some(r) = &self.resource {
+            write!(f, " ({r})")?;
+        }
+        if let Some(p) = &self.path {
+            write!(f, ": {p}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            document: None,
+            resource: None,
+            path: None,
+            message: message.into(),
+        }
+    }
+
+    /// The kind named in `resource`, for metrics ("file" when unknown).
+    pub fn kind(&self) -> &str {
+        self.resource
+            .as_deref()
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("file")
+    }
+}
+
+/// What one file holds.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    pub resources: Vec<Resource>,
+    pub errors: Vec<ConfigError>,
+    /// Documents skipped on purpose (kinds pilotfish does not serve).
+    pub skipped: Vec<String>,
+}
+
+/// Top-level fields of a Kubernetes-style object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Envelope {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: serde_yaml_ng::Value,
+    #[serde(default)]
+    spec: serde_yaml_ng::Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: serde_yaml_ng::Value,
+}
+
+/// Parses every document of a YAML file.
+pub fn parse_file(path: &Path, text: &str) -> ParsedFile {
+    let mut out = ParsedFile::default();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let document = i + 1;
+        let err = |resource: Option<String>, field: Option<String>, message: String| ConfigError {
+            file: path_str(path),
+            document: Some(document),
+            resource,
+            path: field,
+            message,
+        };
+        let value = match serde_yaml_ng::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                // A syntax error ends the stream: later documents can't be trusted.
+                out.errors.push(err(None, None, yaml_message(&e)));
+                break;
+            }
+        };
+        if value.is_null() {
+            continue; // empty document (e.g. a trailing `---`)
+        }
+        match parse_document(value) {
+            Ok(Parsed::Resource(r)) => {
+                let mut r = *r;
+                r.origin = Origin {
+                    file: path.to_path_buf(),
+                    document,
+                };
+                let problems = validate::check(&r);
+                if problems.is_empty() {
+                    out.resources.push(r);
+                } else {
+                    let id = resource_id(&r);
+                    for (p, message) in problems {
+                        out.errors.push(err(Some(id.clone()), Some(p), message));
+                    }
+                }
+            }
+            Ok(Parsed::Skipped(what)) => out
+                .skipped
+                .push(format!("{}: document {document}: {what}", path.display())),
+            Err(e) => out.errors.push(err(e.resource, e.path, e.message)),
+        }
+    }
+    out
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn resource_id(r: &Resource) -> String {
+    format!("{} {}/{}", r.spec.kind(), r.namespace, r.name)
+}
+
+fn yaml_message(e: &serde_yaml_ng::Error) -> String {
+    match e.location() {
+        Some(loc) => format!(
+            "invalid YAML at line {}, column {}: {e}",
+            loc.line(),
+            loc.column()
+        ),
+        None => format!("invalid YAML: {e}"),
+    }
+}
+
+enum Parsed {
+    Resource(Box<Resource>),
+    Skipped(String),
+}
+
+struct DocError {
+    resource: Option<String>,
+    path: Option<String>,
+    message: String,
+}
+
+fn doc_error(path: Option<&str>, message: impl Into<String>) -> DocError {
+    DocError {
+        resource: None,
+        path: path.map(str::to_string),
+        message: message.into(),
+    }
+}
+
+fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
+    if !value.is_mapping() {
+        return Err(doc_error(
+            None,
+            "expected a mapping with apiVersion, kind, metadata and spec",
+        ));
+    }
+    let env: Envelope = serde_path_to_error::deserialize(value).map_err(|e| {
+        let p = e.path().to_string();
+        doc_error((p != ".").then_some(p.as_str()), e.into_inner().to_string())
+    })?;
+    let Some(kind) = Kind::from_name(&env.kind) else {
+        return Ok(Parsed::Skipped(format!(
+            "kind {} ({}) is not served by pilotfish; skipped",
+            env.kind, env.api_version
+        )));
+    };
+    let (group, version) = env
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", &env.api_version));
+    if group != kind.group() || !kind.versions().contains(&version) {
+        let expected: Vec<String> = kind
+            .versions()
+            .iter()
+            .map(|v| format!("{}/{v}", kind.group()))
+            .collect();
+        return Err(doc_error(
+            Some("apiVersion"),
+            format!(
+                "{} is not an apiVersion of {kind}; expected one of {}",
+                env.api_version,
+                expected.join(", ")
+            ),
+        ));
+    }
+    let meta: ObjectMeta = if env.metadata.is_null() {
+        ObjectMeta::default()
+    } else {
+        serde_path_to_error::deserialize(env.metadata).map_err(|e| {
+            doc_error(
+                Some(&format!("metadata.{}", e.path())),
+                e.into_inner().to_string(),
+            )
+        })?
+    };
+    let namespace = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let id = format!("{kind} {namespace}/{}", meta.name);
+    let with_id = |mut e: DocError| {
+        e.resource = Some(id.clone());
+        e
+    };
+    if meta.name.is_empty() {
+        return Err(with_id(doc_error(
+            Some("metadata.name"),
+            "a name is required",
+        )));
+    }
+    for (field, value) in [
+        ("metadata.name", &meta.name),
+        ("metadata.namespace", &namespace),
+    ] {
+        if let Err(m) = validate::dns1123_label(value) {
+            return Err(with_id(doc_error(Some(field), m)));
+        }
+    }
+    if env.spec.is_null() {
+        return Err(with_id(doc_error(Some("spec"), "a spec is required")));
+    }
+    let spec = match kind {
+        Kind::ServiceEntry => typed::<ServiceEntrySpec>(env.spec).map(Spec::ServiceEntry),
+        Kind::WorkloadEntry => typed::<WorkloadEntrySpec>(env.spec).map(Spec::WorkloadEntry),
+        Kind::VirtualService => typed::<VirtualServiceSpec>(env.spec).map(Spec::VirtualService),
+        Kind::DestinationRule => typed::<DestinationRuleSpec>(env.spec).map(Spec::DestinationRule),
+    }
+    .map_err(with_id)?;
+    Ok(Parsed::Resource(Box::new(Resource {
+        name: meta.name,
+        namespace,
+        labels: meta.labels,
+        annotations: meta.annotations,
+        spec,
+        origin: Origin::default(),
+    })))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(spec: serde_yaml_ng::Value) -> Result<T, DocError> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let p = e.path().to_string();
+        let path = if p == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{p}")
+        };
+        doc_error(Some(&path), e.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! Semantic checks beyond the schema, each with the field path it concerns.
+//! (The configuration issue extends these to Istio's full webhook rules.)
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use crate::model::istio::{
+    DestinationRuleSpec, HttpMatchRequest, Resolution, ServiceEntrySpec, StringMatch,
+    VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
+};
+use crate::model::registry::APP_ADDRESS_ANNOTATION;
+use crate::model::{Resource, Spec};
+
+/// Longest regex accepted (Envoy's default RE2 program-size guard is the real
+/// limit; this keeps pathological patterns out early).
+const MAX_REGEX_LEN: usize = 1024;
+
+type Problems = Vec<(String, String)>;
+
+/// Every problem with one resource, as (field path, message).
+pub fn check(r: &Resource) -> Problems {
+    let mut p = Problems::new();
+    match &r.spec {
+        Spec::VirtualService(s) => virtual_service(s, &mut p),
+        Spec::DestinationRule(s) => destination_rule(s, &mut p),
+        Spec::ServiceEntry(s) => service_entry(s, &mut p),
+        Spec::WorkloadEntry(s) => workload_entry(s, &mut p),
+    }
+    if let Some(addr) = r.annotations.get(APP_ADDRESS_ANNOTATION)
+        && addr.parse::<IpAddr>().is_err()
+    {
+        p.push((
+            format!("metadata.annotations[{APP_ADDRESS_ANNOTATION}]"),
+            format!("expected an IP address, got {addr:?}"),
+        ));
+    }
+    p
+}
+
+/// A Kubernetes name (RFC 1123 label, also allowing dots as subdomains do).
+pub fn dns1123_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid name: expected lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn host(path: String, h: &str, p: &mut Problems) {
+    if h.is_empty() {
+        p.push((path, "host must not be empty".into()));
+    } else if h.contains('/') || h.contains(' ') {
+        p.push((path, format!("{h:?} is not a host name")));
+    }
+}
+
+fn duration(path: String, d: &Option<String>, p: &mut Problems) {
+    if let Some(d) = d {
+        match parse_duration(d) {
+            Ok(v) if v < std::time::Duration::from_millis(1) && !v.is_zero() => {
+                p.push((path, format!("duration {d:?} is below 1ms")))
+            }
+            Ok(_) => {}
+            Err(e) => p.push((path, e)),
+        }
+    }
+}
+
+fn string_match(path: String, m: &StringMatch, p: &mut Problems) {
+    if let Err(e) = m.validate_one_of() {
+        p.push((path.clone(), e));
+    }
+    if let Some(re) = &m.regex {
+        if re.len() > MAX_REGEX_LEN {
+            p.push((
+                path,
+                format!("regex longer than {MAX_REGEX_LEN} characters"),
+            ));
+        } else if let Err(e) = regex::Regex::new(re) {
+            p.push((path + ".regex", format!("invalid regex: {e}")));
+        }
+    }
+}
+
+fn http_match(path: &str, m: &HttpMatchRequest, p: &mut Problems) {
+    for (name, sm) in [
+        ("uri", &m.uri),
+        ("method", &m.method),
+        ("authority", &m.authority),
+        ("scheme", &m.scheme),
+    ] {
+        if let Some(sm) = sm {
+            string_match(format!("{path}.{name}"), sm, p);
+        }
+    }
+    for (field, map) in [
+        ("headers", &m.headers),
+        ("withoutHeaders", &m.without_headers),
+        ("queryParams", &m.query_params),
+    ] {
+        for (k, sm) in map {
+            string_match(format!("{path}.{field}[{k}]"), sm, p);
+        }
+    }
+    if let Some(port) = m.port {
+        port_number(format!("{path}.port"), port, p);
+    }
+}
+
+fn port_number(path: String, port: u32, p: &mut Problems) {
+    if !(1..=65535).contains(&port) {
+        p.push((path, format!("port {port} is out of range 1-65535")));
+    }
+}
+
+fn virtual_service(s: &VirtualServiceSpec, p: &mut Problems) {
+    if s.hosts.is_empty() {
+        p.push(("spec.hosts".into(), "at least one host is required".into()));
+    }
+    for (i, h) in s.hosts.iter().enumerate() {
+        host(format!("spec.hosts[{i}]"), h, p);
+    }
+    for (i, r) in s.http.iter().enumerate() {
+        let path = format!("spec.http[{i}]");
+        if let Err(e) = r.validate_one_of() {
+            p.push((path.clone(), e));
+        }
+        if r.route.is_empty()
+            && r.redirect.is_none()
+            && r.direct_response.is_none()
+            && r.delegate.is_none()
+        {
+            p.push((
+                path.clone(),
+                "one of route, redirect, directResponse or delegate is required".into(),
+            ));
+        }
+        for (j, m) in r.r#match.iter().enumerate() {
+            http_match(&format!("{path}.match[{j}]"), m, p);
+        }
+        let mut total = 0i64;
+        for (j, d) in r.route.iter().enumerate() {
+            host(
+                format!("{path}.route[{j}].destination.host"),
+                &d.destination.host,
+                p,
+            );
+            if let Some(w) = d.weight {
+                if w < 0 {
+                    p.push((
+                        format!("{path}.route[{j}].weight"),
+                        format!("weight {w} is negative"),
+                    ));
+                }
+                total += i64::from(w.max(0));
+            }
+            if let Some(port) = d.destination.port.as_ref().and_then(|x| x.number) {
+                port_number(
+                    format!("{path}.route[{j}].destination.port.number"),
+                    port,
+                    p,
+                );
+            }
+        }
+        if r.route.len() > 1 && total == 0 {
+            p.push((
+                format!("{path}.route"),
+                "with several destinations, at least one weight must be above 0".into(),
+            ));
+        }
+        duration(format!("{path}.timeout"), &r.timeout, p);
+        if let Some(retries) = &r.retries {
+            duration(
+                format!("{path}.retries.perTryTimeout"),
+                &retries.per_try_timeout,
+                p,
+            );
+        }
+    }
+}
+
+fn destination_rule(s: &DestinationRuleSpec, p: &mut Problems) {
+    host("spec.host".into(), &s.host, p);
+    if let Err(e) = s.validate_one_of() {
+        p.push(("spec".into(), e));
+    }
+    let mut names = HashSet::new();
+    for (i, sub) in s.subsets.iter().enumerate() {
+        let path = format!("spec.subsets[{i}].name");
+        if sub.name.is_empty() {
+            p.push((path, "a subset name is required".into()));
+        } else if !names.insert(&sub.name) {
+            p.push((path, format!("duplicate subset name {:?}", sub.name)));
+        }
+    }
+}
+
+fn service_entry(s: &ServiceEntrySpec, p: &mut Problems) {
+    if s.hosts.is_empty() {
+        p.push(("spec.hosts".into(), "at least one host is required".into()));
+    }
+    for (i, h) in s.hosts.iter().enumerate() {
+        host(format!("spec.hosts[{i}]"), h, p);
+        if h == "*" {
+            p.push((
+                format!("spec.hosts[{i}]"),
+                "a ServiceEntry host cannot be \"*\"".into(),
+            ));
+        }
+    }
+    if let Err(e) = s.validate_one_of() {
+        p.push(("spec".into(), e));
+    }
+    let mut names = HashSet::new();
+    let mut numbers = HashSet::new();
+    for (i, port) in s.ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        port_number(format!("{path}.number"), port.number, p);
+        if let Some(t) = port.target_port {
+            port_number(format!("{path}.targetPort"), t, p);
+        }
+        if port.name.is_empty() {
+            p.push((format!("{path}.name"), "a port name is required".into()));
+        } else if !names.insert(&port.name) {
+            p.push((
+                format!("{path}.name"),
+                format!("duplicate port name {:?}", port.name),
+            ));
+        }
+        if !numbers.insert(port.number) {
+            p.push((
+                format!("{path}.number"),
+                format!("duplicate port number {}", port.number),
+            ));
+        }
+    }
+    let resolution = s.resolution.unwrap_or_default();
+    for (i, e) in s.endpoints.iter().enumerate() {
+        let path = format!("spec.endpoints[{i}]");
+        workload_fields(&path, e, p);
+        if resolution == Resolution::Static
+            && let Some(a) = &e.address
+            && a.parse::<IpAddr>().is_err()
+            && !a.starts_with("unix://")
+        {
+            p.push((
+                format!("{path}.address"),
+                format!("{a:?} is not an IP address (resolution STATIC)"),
+            ));
+        }
+        for name in e.ports.keys() {
+            if !s.ports.iter().any(|sp| &sp.name == name) {
+                p.push((
+                    format!("{path}.ports[{name}]"),
+                    format!("no port named {name:?} in spec.ports"),
+                ));
+            }
+        }
+    }
+}
+
+fn workload_fields(path: &str, e: &WorkloadEntrySpec, p: &mut Problems) {
+    for (name, port) in &e.ports {
+        port_number(format!("{path}.ports[{name}]"), *port, p);
+    }
+    if let Some(w) = e.weight
+        && w > u32::from(u16::MAX) * 2
+    {
+        p.push((format!("{path}.weight"), format!("weight {w} is too large")));
+    }
+}
+
+fn workload_entry(s: &WorkloadEntrySpec, p: &mut Problems) {
+    match &s.address {
+        None => p.push((
+            "spec.address".into(),
+            "an address is required (the sidecar binds it)".into(),
+        )),
+        Some(a) if a.is_empty() => p.push((
+            "spec.address".into(),
+            "an address is required (the sidecar binds it)".into(),
+        )),
+        Some(_) => {}
+    }
+    workload_fields("spec", s, p);
+}

@@ -1,0 +1,13 @@
+//! pilotfish: an Istio-compatible service-mesh control plane for stock Envoy.
+//!
+//! Data flows one way (see README.md):
+//! `config` (Galley) -> `model` snapshot -> `xds::translate` (pure) ->
+//! `xds::cache` (encoded once, shared) -> `xds::server` (ADS streams) -> Envoy.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod xds;

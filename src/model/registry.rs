@@ -1,0 +1,249 @@
+//! The service registry: services and workloads derived from ServiceEntry
+//! and WorkloadEntry resources. A pure function of the config snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::istio::{Location, Resolution, WorkloadEntrySpec};
+use super::resource::ConfigSnapshot;
+use super::{WorkloadKey, host};
+
+/// WorkloadEntry annotation naming the address the workload's application
+/// listens on; its sidecar forwards inbound traffic there. Istio's default
+/// (no annotation) is 127.0.0.1, which suits one workload per network
+/// namespace; on one machine give each app its own loopback address.
+pub const APP_ADDRESS_ANNOTATION: &str = "pilotfish.io/app-address";
+const DEFAULT_APP_ADDRESS: &str = "127.0.0.1";
+
+/// Application protocol of a service port, from `protocol` or the port name's
+/// prefix (`http-web`), as Istio selects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn detect(protocol: Option<&str>, port_name: &str) -> Protocol {
+        let from = |s: &str| match s.to_ascii_lowercase().as_str() {
+            "http" => Some(Protocol::Http),
+            "http2" => Some(Protocol::Http2),
+            "grpc" | "grpc-web" => Some(Protocol::Grpc),
+            "https" => Some(Protocol::Https),
+            "tls" => Some(Protocol::Tls),
+            "tcp" | "mongo" | "redis" | "mysql" => Some(Protocol::Tcp),
+            _ => None,
+        };
+        protocol
+            .and_then(from)
+            .or_else(|| from(port_name.split('-').next().unwrap_or_default()))
+            .unwrap_or(Protocol::Tcp)
+    }
+
+    /// Routed by an HTTP connection manager (HTTP/1.1, HTTP/2, gRPC).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServicePort {
+    pub number: u32,
+    pub name: String,
+    pub protocol: Protocol,
+    pub target_port: Option<u32>,
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Endpoint {
+    /// IP address, or a DNS name for DNS resolution.
+    pub address: String,
+    /// Port by service port name.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub locality: Option<String>,
+    pub weight: Option<u32>,
+    pub service_account: Option<String>,
+    pub workload: Option<WorkloadKey>,
+}
+
+impl Endpoint {
+    fn from_spec(spec: &WorkloadEntrySpec, workload: Option<WorkloadKey>) -> Option<Self> {
+        Some(Endpoint {
+            address: spec.address.clone().filter(|a| !a.is_empty())?,
+            ports: spec.ports.clone(),
+            labels: spec.labels.clone(),
+            locality: spec.locality.clone(),
+            weight: spec.weight,
+            service_account: spec.service_account.clone(),
+            workload,
+        })
+    }
+
+    /// The port this endpoint receives `port`'s traffic on: its own port for
+    /// that port name, else the service's targetPort, else the port number.
+    pub fn port_for(&self, port: &ServicePort) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
+/// A mesh service: one host of a ServiceEntry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    pub hostname: String,
+    pub namespace: String,
+    /// `namespace/name` of the ServiceEntry.
+    pub source: String,
+    pub ports: Vec<ServicePort>,
+    pub resolution: Resolution,
+    pub location: Location,
+    pub endpoints: Vec<Endpoint>,
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+impl Service {
+    pub fn port(&self, number: u32) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// A workload: a WorkloadEntry, with a sidecar bound to its address.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Workload {
+    pub key: WorkloadKey,
+    pub address: String,
+    /// Where the application listens (inbound traffic goes there).
+    pub app_address: String,
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub locality: Option<String>,
+    pub weight: Option<u32>,
+}
+
+/// Services and workloads, derived from a config snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// By FQDN.
+    pub services: BTreeMap<String, Arc<Service>>,
+    pub workloads: BTreeMap<WorkloadKey, Arc<Workload>>,
+    /// Conflicts found while building (e.g. a host defined twice).
+    pub warnings: Vec<String>,
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Registry {
+    pub fn build(snapshot: &ConfigSnapshot) -> Registry {
+        let mut reg = Registry::default();
+        for (res, spec) in snapshot.workload_entries() {
+            let key = WorkloadKey {
+                namespace: res.namespace.clone(),
+                name: res.name.clone(),
+            };
+            let Some(address) = spec.address.clone().filter(|a| !a.is_empty()) else {
+                continue; // validation reports it
+            };
+            let app_address = res
+                .annotations
+                .get(APP_ADDRESS_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_APP_ADDRESS.to_string());
+            reg.workloads.insert(
+                key.clone(),
+                Arc::new(Workload {
+                    key,
+                    address,
+                    app_address,
+                    ports: spec.ports.clone(),
+                    labels: spec.labels.clone(),
+                    service_account: spec.service_account.clone(),
+                    locality: spec.locality.clone(),
+                    weight: spec.weight,
+                }),
+            );
+        }
+
+        for (res, spec) in snapshot.service_entries() {
+            let ports: Vec<ServicePort> = spec
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    number: p.number,
+                    name: p.name.clone(),
+                    protocol: Protocol::detect(p.protocol.as_deref(), &p.name),
+                    target_port: p.target_port,
+                })
+                .collect();
+            let selector = spec.workload_selector.as_ref().map(|s| s.labels.clone());
+            let endpoints: Vec<Endpoint> = match &selector {
+                Some(sel) => snapshot
+                    .workload_entries()
+                    .filter(|(we, we_spec)| {
+                        we.namespace == res.namespace && selects(sel, &we_spec.labels)
+                    })
+                    .filter_map(|(we, we_spec)| {
+                        let key = WorkloadKey {
+                            namespace: we.namespace.clone(),
+                            name: we.name.clone(),
+                        };
+                        Endpoint::from_spec(we_spec, Some(key))
+                    })
+                    .collect(),
+                None => spec
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| Endpoint::from_spec(e, None))
+                    .collect(),
+            };
+            let source = format!("{}/{}", res.namespace, res.name);
+            for h in &spec.hosts {
+                let hostname = host::resolve(h, &res.namespace);
+                if let Some(existing) = reg.services.get(&hostname) {
+                    reg.warnings.push(format!(
+                        "host {hostname} is defined by ServiceEntry {} and {source}; using {}",
+                        existing.source, existing.source
+                    ));
+                    continue;
+                }
+                reg.services.insert(
+                    hostname.clone(),
+                    Arc::new(Service {
+                        hostname,
+                        namespace: res.namespace.clone(),
+                        source: source.clone(),
+                        ports: ports.clone(),
+                        resolution: spec.resolution.unwrap_or_default(),
+                        location: spec.location.unwrap_or_default(),
+                        endpoints: endpoints.clone(),
+                        selector: selector.clone(),
+                    }),
+                );
+            }
+        }
+        reg
+    }
+
+    /// The services whose workloadSelector selects `workload`.
+    pub fn services_of<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a Service> {
+        self.services.values().map(|s| s.as_ref()).filter(move |s| {
+            s.namespace == workload.key.namespace
+                && s.selector
+                    .as_ref()
+                    .is_some_and(|sel| selects(sel, &workload.labels))
+        })
+    }
+}

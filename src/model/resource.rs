@@ -1,0 +1,159 @@
+//! The envelope around a typed spec, and the config snapshot.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::istio::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+
+/// The kinds pilotfish reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    ServiceEntry,
+    WorkloadEntry,
+    VirtualService,
+    DestinationRule,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn group(self) -> &'static str {
+        "networking.istio.io"
+    }
+
+    /// API versions accepted for this kind (Istio serves the same schema under each).
+    pub fn versions(self) -> &'static [&'static str] {
+        &["v1", "v1beta1", "v1alpha3"]
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The part of Kubernetes object metadata pilotfish uses; other metadata
+/// fields (uid, resourceVersion, ...) are accepted and ignored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A typed spec. Variants differ in size; resources are few and long-lived.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Spec {
+    ServiceEntry(ServiceEntrySpec),
+    WorkloadEntry(WorkloadEntrySpec),
+    VirtualService(VirtualServiceSpec),
+    DestinationRule(DestinationRuleSpec),
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::ServiceEntry(_) => Kind::ServiceEntry,
+            Spec::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Spec::VirtualService(_) => Kind::VirtualService,
+            Spec::DestinationRule(_) => Kind::DestinationRule,
+        }
+    }
+}
+
+/// Where a resource came from, for error messages and /debug.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// 1-based document number within the file.
+    pub document: usize,
+}
+
+/// One Istio resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: Spec,
+    pub origin: Origin,
+}
+
+impl Resource {
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey {
+            kind: self.spec.kind(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Identity of a resource: kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Every resource in force, at one moment. Cheap to share (`Arc`s inside).
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSnapshot {
+    pub resources: BTreeMap<ResourceKey, Arc<Resource>>,
+}
+
+macro_rules! typed_iter {
+    ($fn:ident, $variant:ident, $ty:ty) => {
+        /// All resources of this kind, ordered by namespace and name.
+        pub fn $fn(&self) -> impl Iterator<Item = (&Resource, &$ty)> {
+            self.resources.values().filter_map(|r| match &r.spec {
+                Spec::$variant(s) => Some((r.as_ref(), s)),
+                _ => None,
+            })
+        }
+    };
+}
+
+impl ConfigSnapshot {
+    typed_iter!(service_entries, ServiceEntry, ServiceEntrySpec);
+    typed_iter!(workload_entries, WorkloadEntry, WorkloadEntrySpec);
+    typed_iter!(virtual_services, VirtualService, VirtualServiceSpec);
+    typed_iter!(destination_rules, DestinationRule, DestinationRuleSpec);
+}

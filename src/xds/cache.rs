@@ -1,0 +1,196 @@
+//! The xDS cache: every resource a proxy can be sent, encoded once.
+//!
+//! A proxy's resources of one type are the union of a few shared *layers*:
+//! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
+//! endpoints = mesh-wide, routes = per namespace, listeners = per workload.
+//! Proxies that see the same thing hold the same `Arc<Layer>`; a layer whose
+//! content did not change keeps its identity across snapshots, so a stream can
+//! skip it with a pointer comparison.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::encoded::Encoded;
+use super::types::XdsType;
+use crate::model::{ConfigSnapshot, Registry, WorkloadKey};
+
+/// Encoded resources of one type that a group of proxies shares.
+#[derive(Debug, Default)]
+pub struct Layer {
+    /// Hash over the names and versions of the resources.
+    pub version: u64,
+    pub resources: BTreeMap<String, Arc<Encoded>>,
+}
+
+impl Layer {
+    /// Encodes each `(name, message)` once.
+    pub fn encode<M: Message>(t: XdsType, items: impl IntoIterator<Item = (String, M)>) -> Self {
+        let resources: BTreeMap<String, Arc<Encoded>> = items
+            .into_iter()
+            .map(|(name, msg)| {
+                let enc = Encoded::new(t.type_url(), name.clone(), &msg);
+                (name, Arc::new(enc))
+            })
+            .collect();
+        Self::from_encoded(resources)
+    }
+
+    pub fn from_encoded(resources: BTreeMap<String, Arc<Encoded>>) -> Self {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for (name, enc) in &resources {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            h.update(enc.version.as_bytes());
+        }
+        Layer {
+            version: h.digest(),
+            resources,
+        }
+    }
+
+    /// Keeps `prev` (and so its identity) when nothing changed.
+    pub fn reuse(self, prev: Option<&Arc<Layer>>) -> Arc<Layer> {
+        match prev {
+            Some(p) if p.version == self.version => Arc::clone(p),
+            _ => Arc::new(self),
+        }
+    }
+}
+
+/// What one workload's sidecar gets beyond the shared layers.
+#[derive(Debug, Default)]
+pub struct WorkloadLayers {
+    pub clusters: Arc<Layer>,
+    pub listeners: Arc<Layer>,
+}
+
+/// Every encoded resource for every proxy, at one config generation.
+#[derive(Debug, Default)]
+pub struct XdsSnapshot {
+    pub generation: u64,
+    pub clusters: Arc<Layer>,
+    pub endpoints: Arc<Layer>,
+    /// Outbound route tables, by the namespace of the proxy that uses them.
+    pub routes: HashMap<String, Arc<Layer>>,
+    pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
+}
+
+impl XdsSnapshot {
+    /// The resources `workload`'s proxy sees, or None when no such workload exists.
+    pub fn resources_for(&self, workload: &WorkloadKey) -> Option<ProxyResources> {
+        let own = self.workloads.get(workload)?;
+        let routes = self
+            .routes
+            .get(&workload.namespace)
+            .cloned()
+            .unwrap_or_default();
+        Some(ProxyResources {
+            layers: [
+                vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
+                vec![Arc::clone(&self.endpoints)],
+                vec![Arc::clone(&own.listeners)],
+                vec![routes],
+            ],
+        })
+    }
+}
+
+/// The layers one proxy sees, per type (indexed by `XdsType::index`).
+#[derive(Clone, Debug, Default)]
+pub struct ProxyResources {
+    pub layers: [Vec<Arc<Layer>>; 4],
+}
+
+impl ProxyResources {
+    pub fn get(&self, t: XdsType, name: &str) -> Option<&Arc<Encoded>> {
+        self.layers[t.index()]
+            .iter()
+            .find_map(|l| l.resources.get(name))
+    }
+
+    pub fn all(&self, t: XdsType) -> impl Iterator<Item = &Arc<Encoded>> {
+        self.layers[t.index()]
+            .iter()
+            .flat_map(|l| l.resources.values())
+    }
+
+    /// True when type `t` is made of exactly the same layers in both.
+    pub fn same_layers(&self, other: &ProxyResources, t: XdsType) -> bool {
+        let (a, b) = (&self.layers[t.index()], &other.layers[t.index()]);
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+    }
+}
+
+impl XdsSnapshot {
+    /// Translates and encodes everything for `config`, keeping the layers of
+    /// `prev` whose content did not change (so streams skip them cheaply).
+    pub fn build(prev: &XdsSnapshot, config: &ConfigSnapshot, registry: &Registry) -> XdsSnapshot {
+        use super::translate::{Mesh, clusters, endpoints, listeners, routes};
+        let mesh = Mesh { config, registry };
+
+        let clusters = Layer::encode(
+            XdsType::Cluster,
+            clusters::outbound(&mesh)
+                .into_iter()
+                .map(|c| (c.name.clone(), c)),
+        )
+        .reuse(Some(&prev.clusters));
+        let endpoints = Layer::encode(
+            XdsType::Endpoint,
+            endpoints::assignments(&mesh)
+                .into_iter()
+                .map(|a| (a.cluster_name.clone(), a)),
+        )
+        .reuse(Some(&prev.endpoints));
+
+        let namespaces: BTreeSet<&str> = registry
+            .workloads
+            .keys()
+            .map(|k| k.namespace.as_str())
+            .collect();
+        let routes = namespaces
+            .into_iter()
+            .map(|ns| {
+                let rc = routes::outbound(&mesh, ns);
+                let layer = Layer::encode(XdsType::Route, [(rc.name.clone(), rc)])
+                    .reuse(prev.routes.get(ns));
+                (ns.to_string(), layer)
+            })
+            .collect();
+
+        let workloads = registry
+            .workloads
+            .iter()
+            .map(|(key, w)| {
+                let old = prev.workloads.get(key);
+                let layers = WorkloadLayers {
+                    clusters: Layer::encode(
+                        XdsType::Cluster,
+                        clusters::inbound(&mesh, w)
+                            .into_iter()
+                            .map(|c| (c.name.clone(), c)),
+                    )
+                    .reuse(old.map(|o| &o.clusters)),
+                    listeners: Layer::encode(
+                        XdsType::Listener,
+                        listeners::for_workload(&mesh, w)
+                            .into_iter()
+                            .map(|l| (l.name.clone(), l)),
+                    )
+                    .reuse(old.map(|o| &o.listeners)),
+                };
+                (key.clone(), layers)
+            })
+            .collect();
+
+        XdsSnapshot {
+            generation: prev.generation + 1,
+            clusters,
+            endpoints,
+            routes,
+            workloads,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The ADS gRPC server: state of the world and delta.
+//!
+//! The service is written at the HTTP level (still served by tonic's server)
+//! so the response path can write pre-encoded, shared resource bytes: tonic's
+//! codec path would copy every response into a per-stream encode buffer that
+//! keeps the size of the largest message ever sent. Requests are decoded with
+//! tonic's own `Streaming` decoder.
+
+mod body;
+pub mod protocol;
+pub mod status;
+mod stream;
+pub mod wire;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tonic::body::Body;
+use tonic::codec::Streaming;
+use tonic::server::NamedService;
+use tracing::Instrument;
+
+use self::body::AdsBody;
+use self::status::SyncRegistry;
+use self::stream::Incoming;
+use super::cache::XdsSnapshot;
+use crate::metrics::Metrics;
+
+const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+/// Largest request accepted from a proxy. Requests carry subscriptions and
+/// NACK messages; 16 MiB is far beyond what a real Envoy sends.
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Responses queued for one stream before its task waits for Envoy to read:
+/// a slow proxy holds back only its own stream.
+const RESPONSE_QUEUE: usize = 4;
+
+/// Everything a stream needs, shared by all streams.
+#[derive(Clone, Debug)]
+pub struct AdsShared {
+    pub snapshots: watch::Receiver<Arc<XdsSnapshot>>,
+    pub metrics: Metrics,
+    pub syncs: SyncRegistry,
+}
+
+/// The tower service that tonic's server routes ADS calls to.
+#[derive(Clone, Debug)]
+pub struct AdsService {
+    shared: AdsShared,
+}
+
+impl AdsService {
+    pub fn new(shared: AdsShared) -> Self {
+        AdsService { shared }
+    }
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl tower::Service<http::Request<Body>> for AdsService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let delta = match method {
+            "StreamAggregatedResources" => false,
+            "DeltaAggregatedResources" => true,
+            _ => {
+                let status = tonic::Status::unimplemented(format!("unknown method {method}"));
+                return std::future::ready(Ok(status.into_http()));
+            }
+        };
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let body = req.into_body();
+        let incoming = if delta {
+            let s: Streaming<DeltaDiscoveryRequest> = Streaming::new_request(
+                tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::default(),
+                body,
+                None,
+                Some(MAX_REQUEST_BYTES),
+            );
+            s.map(|r| r.map(Incoming::from_delta)).boxed()
+        } else {
+            let s: Streaming<DiscoveryRequest> = Streaming::new_request(
+                tonic_prost::ProstDecoder::<DiscoveryRequest>::default(),
+                body,
+                None,
+                Some(MAX_REQUEST_BYTES),
+            );
+            s.map(|r| r.map(Incoming::from_sotw)).boxed()
+        };
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let span = tracing::info_span!("ads", peer = %peer, delta);
+        tokio::spawn(
+            stream::run(self.shared.clone(), delta, incoming, tx, peer.clone()).instrument(span),
+        );
+        let response = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Body::new(AdsBody::new(rx)))
+            .unwrap_or_else(|_| tonic::Status::internal("response").into_http());
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Serves ADS on `addr` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: AdsShared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        // Detect dead proxies even when no config changes flow.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(AdsService::new(shared))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,386 @@
+//! The ADS protocol state machine, per stream and per type, with no I/O.
+//!
+//! Follows Envoy's xDS protocol document: per-type versions and nonces, ACK
+//! and NACK through `response_nonce`/`error_detail`, stale nonces ignored in
+//! state-of-the-world, wildcard and named subscriptions, resend on new
+//! subscription, and per-type removal semantics (SotW: a Listener or Cluster
+//! missing from the full set is removed; delta: `removed_resources`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::xds::cache::ProxyResources;
+use crate::xds::encoded::Encoded;
+use crate::xds::types::XdsType;
+
+/// One response to write, before framing.
+#[derive(Debug)]
+pub struct Push {
+    pub t: XdsType,
+    pub version: String,
+    pub nonce: String,
+    pub resources: Vec<Arc<Encoded>>,
+    /// Delta only.
+    pub removed: Vec<String>,
+}
+
+/// A rejected response, as Envoy reported it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Nack {
+    pub nonce: String,
+    pub version: String,
+    pub message: String,
+}
+
+/// What a request meant, for logging and metrics.
+#[derive(Debug, PartialEq)]
+pub enum Ack {
+    /// First request of the type on this stream (or a re-request with no nonce).
+    Initial,
+    Ack,
+    Nack(Nack),
+    /// The request answered an older response; ignored.
+    Stale,
+}
+
+/// Sync state of one type, shown at /debug/syncz.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TypeStatus {
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    pub acked_version: Option<String>,
+    pub last_nack: Option<Nack>,
+    pub subscribed: Vec<String>,
+    pub wildcard: bool,
+    /// Resource name -> version, of what this proxy was last sent.
+    pub sent: std::collections::BTreeMap<String, String>,
+}
+
+/// A request's fields that matter to the state machine (both variants).
+#[derive(Debug, Default)]
+pub struct Request<'a> {
+    pub nonce: &'a str,
+    pub version: &'a str,
+    pub error: Option<&'a str>,
+    /// SotW: the full list of names. Delta: names newly subscribed.
+    pub subscribe: &'a [String],
+    /// Delta only.
+    pub unsubscribe: &'a [String],
+    /// Delta only: what the client already has (reconnect).
+    pub initial_versions: Option<&'a HashMap<String, String>>,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    requested: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client has, by name: the resource last sent (None: told it
+    /// does not exist).
+    sent: HashMap<String, Option<Arc<Encoded>>>,
+    /// Delta reconnect: versions the client reported it already has.
+    initial: HashMap<String, String>,
+    last_nonce: Option<String>,
+    sent_version: Option<String>,
+    acked_version: Option<String>,
+    last_nack: Option<Nack>,
+}
+
+/// Per-stream protocol state, for either ADS variant.
+#[derive(Debug)]
+pub struct StreamProtocol {
+    delta: bool,
+    types: [TypeState; 4],
+    nonce_seq: u64,
+}
+
+impl StreamProtocol {
+    pub fn new(delta: bool) -> Self {
+        StreamProtocol {
+            delta,
+            types: Default::default(),
+            nonce_seq: 0,
+        }
+    }
+
+    pub fn is_delta(&self) -> bool {
+        self.delta
+    }
+
+    /// Applies a request; returns what it meant and whether a push should follow
+    /// right away (initial request or new subscriptions).
+    pub fn on_request(&mut self, t: XdsType, req: &Request<'_>) -> (Ack, bool) {
+        let delta = self.delta;
+        let st = &mut self.types[t.index()];
+        let ack = if req.nonce.is_empty() {
+            Ack::Initial
+        } else if !delta && st.last_nonce.as_deref() != Some(req.nonce) {
+            // SotW: a response to an older nonce carries stale state.
+            return (Ack::Stale, false);
+        } else if let Some(message) = req.error {
+            let nack = Nack {
+                nonce: req.nonce.to_string(),
+                version: st.sent_version.clone().unwrap_or_default(),
+                message: message.to_string(),
+            };
+            st.last_nack = Some(nack.clone());
+            Ack::Nack(nack)
+        } else {
+            if delta {
+                if st.last_nonce.as_deref() == Some(req.nonce) {
+                    st.acked_version = st.sent_version.clone();
+                }
+            } else {
+                st.acked_version = Some(req.version.to_string());
+            }
+            Ack::Ack
+        };
+
+        let first = !st.requested;
+        st.requested = true;
+        let mut push = first;
+        if delta {
+            if first {
+                if let Some(initial) = req.initial_versions {
+                    st.initial = initial.clone();
+                }
+                st.wildcard = t.is_wildcard_type() && req.subscribe.is_empty();
+            }
+            for name in req.subscribe {
+                if name == "*" {
+                    st.wildcard = true;
+                    push = true;
+                } else if st.names.insert(name.clone()) {
+                    st.sent.remove(name);
+                    push = true;
+                }
+            }
+            for name in req.unsubscribe {
+                if name == "*" {
+                    st.wildcard = false;
+                } else {
+                    st.names.remove(name);
+                }
+                st.sent.remove(name);
+                st.initial.remove(name);
+            }
+        } else {
+            let names: BTreeSet<String> = req.subscribe.iter().cloned().collect();
+            let wildcard = names.contains("*") || (t.is_wildcard_type() && names.is_empty());
+            if wildcard != st.wildcard {
+                push = true;
+            }
+            for added in names.difference(&st.names) {
+                st.sent.remove(added);
+                push = true;
+            }
+            let gone: Vec<String> = st.names.difference(&names).cloned().collect();
+            for name in gone {
+                st.sent.remove(&name);
+            }
+            st.wildcard = wildcard;
+            st.names = names;
+            if ack == Ack::Initial {
+                // A request without a nonce asks for the current state.
+                push = true;
+                st.sent.clear();
+                st.sent_version = None;
+            }
+        }
+        (ack, push)
+    }
+
+    /// Whether the client asked for this type at all.
+    pub fn requested(&self, t: XdsType) -> bool {
+        self.types[t.index()].requested
+    }
+
+    /// Computes the response for type `t` given what the proxy should have now;
+    /// None when the client is already up to date. `force` answers a request
+    /// even when nothing changed (Envoy waits for a reply to initial requests).
+    pub fn push(&mut self, t: XdsType, res: &ProxyResources, force: bool) -> Option<Push> {
+        if !self.types[t.index()].requested {
+            return None;
+        }
+        if self.delta {
+            self.push_delta(t, res, force)
+        } else {
+            self.push_sotw(t, res, force)
+        }
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce_seq += 1;
+        self.nonce_seq.to_string()
+    }
+
+    fn push_sotw(&mut self, t: XdsType, res: &ProxyResources, force: bool) -> Option<Push> {
+        let st = &self.types[t.index()];
+        let wanted: Vec<&Arc<Encoded>> = if st.wildcard {
+            res.all(t).collect()
+        } else {
+            st.names.iter().filter_map(|n| res.get(t, n)).collect()
+        };
+        let version = set_version(&wanted);
+        let resources: Vec<Arc<Encoded>> = if t.is_wildcard_type() {
+            // The full set each time: absence means removal.
+            if !force && st.sent_version.as_deref() == Some(version.as_str()) {
+                return None;
+            }
+            wanted.into_iter().cloned().collect()
+        } else {
+            // Named types: only what the client does not have yet.
+            let changed: Vec<Arc<Encoded>> =
+                wanted.into_iter().filter(|e| !st.has(e)).cloned().collect();
+            if changed.is_empty() && !force {
+                return None;
+            }
+            changed
+        };
+        let nonce = self.next_nonce();
+        let st = &mut self.types[t.index()];
+        if t.is_wildcard_type() {
+            st.sent.clear();
+        }
+        for e in &resources {
+            st.sent.insert(e.name.clone(), Some(Arc::clone(e)));
+        }
+        st.last_nonce = Some(nonce.clone());
+        st.sent_version = Some(version.clone());
+        Some(Push {
+            t,
+            version,
+            nonce,
+            resources,
+            removed: Vec::new(),
+        })
+    }
+
+    fn push_delta(&mut self, t: XdsType, res: &ProxyResources, force: bool) -> Option<Push> {
+        let st = &self.types[t.index()];
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        if st.wildcard {
+            for e in res.all(t) {
+                seen.insert(&e.name);
+                if !st.has(e) {
+                    resources.push(Arc::clone(e));
+                }
+            }
+        }
+        for name in &st.names {
+            match res.get(t, name) {
+                Some(e) if seen.insert(name) && !st.has(e) => {
+                    resources.push(Arc::clone(e));
+                }
+                Some(_) => {}
+                None if !seen.contains(name.as_str()) => {
+                    // Tell the client once that a subscribed name does not exist.
+                    if !matches!(st.sent.get(name), Some(None)) {
+                        removed.push(name.clone());
+                    }
+                    seen.insert(name);
+                }
+                None => {}
+            }
+        }
+        for (name, sent) in &st.sent {
+            if !seen.contains(name.as_str()) && sent.is_some() {
+                removed.push(name.clone());
+            }
+        }
+        for name in st.initial.keys() {
+            if !seen.contains(name.as_str()) && !st.sent.contains_key(name) {
+                removed.push(name.clone());
+            }
+        }
+        if resources.is_empty() && removed.is_empty() && !force {
+            return None;
+        }
+        let all: Vec<&Arc<Encoded>> = if st.wildcard {
+            res.all(t).collect()
+        } else {
+            st.names.iter().filter_map(|n| res.get(t, n)).collect()
+        };
+        let version = set_version(&all);
+        let nonce = self.next_nonce();
+        let st = &mut self.types[t.index()];
+        for e in &resources {
+            st.initial.remove(&e.name);
+            st.sent.insert(e.name.clone(), Some(Arc::clone(e)));
+        }
+        for name in &removed {
+            st.initial.remove(name);
+            if st.names.contains(name) {
+                st.sent.insert(name.clone(), None);
+            } else {
+                st.sent.remove(name);
+            }
+        }
+        removed.sort();
+        st.last_nonce = Some(nonce.clone());
+        st.sent_version = Some(version.clone());
+        Some(Push {
+            t,
+            version,
+            nonce,
+            resources,
+            removed,
+        })
+    }
+
+    pub fn status(&self, t: XdsType) -> TypeStatus {
+        let st = &self.types[t.index()];
+        TypeStatus {
+            sent_version: st.sent_version.clone(),
+            sent_nonce: st.last_nonce.clone(),
+            acked_version: st.acked_version.clone(),
+            last_nack: st.last_nack.clone(),
+            subscribed: st.names.iter().cloned().collect(),
+            wildcard: st.wildcard,
+            sent: st
+                .sent
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_ref()?.version.clone())))
+                .collect(),
+        }
+    }
+
+    /// The resources of type `t` this client was last sent (for config dumps).
+    pub fn sent_resources(&self, t: XdsType) -> Vec<Arc<Encoded>> {
+        let mut v: Vec<Arc<Encoded>> = self.types[t.index()]
+            .sent
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+impl TypeState {
+    /// Whether the client already has exactly this resource.
+    fn has(&self, e: &Encoded) -> bool {
+        match self.sent.get(&e.name) {
+            Some(Some(sent)) => sent.version == e.version,
+            Some(None) => false,
+            None => self.initial.get(&e.name) == Some(&e.version),
+        }
+    }
+}
+
+/// Version of a set of resources: a hash of their names and versions.
+fn set_version(set: &[&Arc<Encoded>]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for e in set {
+        h.update(e.name.as_bytes());
+        h.update(&[0]);
+        h.update(e.version.as_bytes());
+    }
+    format!("{:016x}", h.digest())
+}
+
+#[cfg(test)]
+mod tests;

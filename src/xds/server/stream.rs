@@ -1,0 +1,278 @@
+//! One ADS stream: a loop over requests from Envoy and new snapshots.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::AdsShared;
+use super::body::Out;
+use super::protocol::{Ack, Push, Request, StreamProtocol};
+use super::status::{ProxyConn, lock};
+use super::wire;
+use crate::metrics::Metrics;
+use crate::model::WorkloadKey;
+use crate::xds::cache::ProxyResources;
+use crate::xds::types::XdsType;
+
+/// A request from either ADS variant.
+#[derive(Debug)]
+pub struct Incoming {
+    node: Option<Node>,
+    type_url: String,
+    nonce: String,
+    version: String,
+    error: Option<String>,
+    subscribe: Vec<String>,
+    unsubscribe: Vec<String>,
+    initial: Option<HashMap<String, String>>,
+}
+
+impl Incoming {
+    pub fn from_sotw(r: DiscoveryRequest) -> Self {
+        Incoming {
+            node: r.node,
+            type_url: r.type_url,
+            nonce: r.response_nonce,
+            version: r.version_info,
+            error: r.error_detail.map(|e| e.message),
+            subscribe: r.resource_names,
+            unsubscribe: Vec::new(),
+            initial: None,
+        }
+    }
+
+    pub fn from_delta(r: DeltaDiscoveryRequest) -> Self {
+        Incoming {
+            node: r.node,
+            type_url: r.type_url,
+            nonce: r.response_nonce,
+            version: String::new(),
+            error: r.error_detail.map(|e| e.message),
+            subscribe: r.resource_names_subscribe,
+            unsubscribe: r.resource_names_unsubscribe,
+            initial: Some(r.initial_resource_versions),
+        }
+    }
+}
+
+/// Which workload a proxy is: the bootstrap's node metadata (`NAMESPACE`,
+/// `WORKLOAD_NAME`), else Istio's node id `sidecar~IP~NAME.NAMESPACE~DOMAIN`.
+pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
+    let field = |key: &str| {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        match node.metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
+            Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    };
+    if let (Some(namespace), Some(name)) = (field("NAMESPACE"), field("WORKLOAD_NAME")) {
+        return Some(WorkloadKey { namespace, name });
+    }
+    let mut parts = node.id.split('~');
+    let (_kind, _ip, pod) = (parts.next()?, parts.next()?, parts.next()?);
+    let (name, namespace) = pod.rsplit_once('.')?;
+    (!name.is_empty() && !namespace.is_empty()).then(|| WorkloadKey {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+pub async fn run(
+    shared: AdsShared,
+    delta: bool,
+    mut requests: BoxStream<'static, Result<Incoming, tonic::Status>>,
+    tx: mpsc::Sender<Out>,
+    peer: String,
+) {
+    // The first request names the proxy.
+    let first = match requests.next().await {
+        Some(Ok(r)) => r,
+        Some(Err(status)) => {
+            warn!(error = %status, "bad first request on ADS stream");
+            return;
+        }
+        None => return,
+    };
+    let Some(node) = first.node.clone() else {
+        warn!("ADS stream's first request has no node; closing");
+        let _ = tx
+            .send(Out::End(tonic::Status::invalid_argument(
+                "the first request on a stream must carry the node",
+            )))
+            .await;
+        return;
+    };
+    let Some(workload) = workload_of(&node) else {
+        warn!(node = %node.id, "proxy names no workload (node metadata NAMESPACE and WORKLOAD_NAME, or node id sidecar~IP~NAME.NAMESPACE~...); closing");
+        let _ = tx
+            .send(Out::End(tonic::Status::invalid_argument(
+                "cannot tell which workload this proxy is: set node metadata NAMESPACE and WORKLOAD_NAME (pilotfish bootstrap does)",
+            )))
+            .await;
+        return;
+    };
+    let conn = Arc::new(ProxyConn {
+        node_id: node.id.clone(),
+        workload: workload.to_string(),
+        peer,
+        delta,
+        connected_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+        protocol: Mutex::new(StreamProtocol::new(delta)),
+    });
+    let conn_id = shared.syncs.add(Arc::clone(&conn));
+    shared.metrics.connected_proxies.inc();
+    info!(node = %node.id, %workload, "proxy connected");
+
+    let mut stream = Stream {
+        shared: &shared,
+        conn: &conn,
+        workload,
+        tx: &tx,
+        resources: None,
+        warned_unknown: false,
+    };
+    let mut snapshots = shared.snapshots.clone();
+    snapshots.mark_changed();
+    let result = stream.handle(first).await;
+    if result.is_ok() {
+        loop {
+            tokio::select! {
+                req = requests.next() => match req {
+                    Some(Ok(req)) => {
+                        if stream.handle(req).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        warn!(error = %status, "ADS stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break; // shutting down
+                    }
+                    let snapshot = Arc::clone(&snapshots.borrow_and_update());
+                    if stream.on_snapshot(&snapshot).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    shared.syncs.remove(conn_id);
+    shared.metrics.connected_proxies.dec();
+    info!(node = %node.id, "proxy disconnected");
+}
+
+/// The receiver is gone: the client closed the stream.
+struct Closed;
+
+struct Stream<'a> {
+    shared: &'a AdsShared,
+    conn: &'a ProxyConn,
+    workload: WorkloadKey,
+    tx: &'a mpsc::Sender<Out>,
+    /// What this proxy should have, per the latest snapshot; None while its
+    /// workload is unknown.
+    resources: Option<ProxyResources>,
+    warned_unknown: bool,
+}
+
+impl Stream<'_> {
+    async fn handle(&mut self, req: Incoming) -> Result<(), Closed> {
+        let Some(t) = XdsType::from_type_url(&req.type_url) else {
+            warn!(type_url = %req.type_url, "request for a type pilotfish does not serve; ignored");
+            return Ok(());
+        };
+        if self.resources.is_none() {
+            let snapshot = Arc::clone(&self.shared.snapshots.borrow());
+            self.resources = snapshot.resources_for(&self.workload);
+        }
+        let push = {
+            let mut proto = lock(&self.conn.protocol);
+            let r = Request {
+                nonce: &req.nonce,
+                version: &req.version,
+                error: req.error.as_deref(),
+                subscribe: &req.subscribe,
+                unsubscribe: &req.unsubscribe,
+                initial_versions: req.initial.as_ref(),
+            };
+            let (ack, push_now) = proto.on_request(t, &r);
+            match &ack {
+                Ack::Nack(nack) => {
+                    warn!(node = %self.conn.node_id, r#type = t.short(), version = %nack.version, nonce = %nack.nonce, message = %nack.message, "proxy rejected config (NACK); keeping its last good config, not resending");
+                    self.shared
+                        .metrics
+                        .rejects
+                        .get_or_create(&Metrics::type_label(t.short()))
+                        .inc();
+                }
+                Ack::Stale => debug!(r#type = t.short(), nonce = %req.nonce, "stale nonce ignored"),
+                Ack::Ack => debug!(r#type = t.short(), nonce = %req.nonce, "ACK"),
+                Ack::Initial => debug!(r#type = t.short(), names = req.subscribe.len(), "request"),
+            }
+            match (&self.resources, push_now) {
+                (Some(res), true) => proto.push(t, res, ack == Ack::Initial),
+                _ => None,
+            }
+        };
+        if self.resources.is_none() && !self.warned_unknown {
+            self.warned_unknown = true;
+            warn!(node = %self.conn.node_id, workload = %self.workload, "no WorkloadEntry {} exists; this proxy gets no config until one does", self.workload);
+        }
+        match push {
+            Some(p) => self.send(p).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn on_snapshot(
+        &mut self,
+        snapshot: &crate::xds::cache::XdsSnapshot,
+    ) -> Result<(), Closed> {
+        let new = snapshot.resources_for(&self.workload);
+        let Some(res) = new else {
+            if self.resources.take().is_some() {
+                warn!(workload = %self.workload, "WorkloadEntry removed; this proxy keeps its last config");
+            }
+            return Ok(());
+        };
+        let old = self.resources.replace(res.clone());
+        for t in XdsType::PUSH_ORDER {
+            if old.as_ref().is_some_and(|o| o.same_layers(&res, t)) {
+                continue;
+            }
+            let push = lock(&self.conn.protocol).push(t, &res, false);
+            if let Some(p) = push {
+                self.send(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, push: Push) -> Result<(), Closed> {
+        let chunks = wire::frame(&push, self.conn.delta);
+        let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+        let label = Metrics::type_label(push.t.short());
+        self.shared.metrics.pushes.get_or_create(&label).inc();
+        self.shared
+            .metrics
+            .push_bytes
+            .get_or_create(&label)
+            .inc_by(bytes as u64);
+        debug!(r#type = push.t.short(), version = %push.version, nonce = %push.nonce, resources = push.resources.len(), removed = push.removed.len(), bytes, "push");
+        self.tx.send(Out::Message(chunks)).await.map_err(|_| Closed)
+    }
+}

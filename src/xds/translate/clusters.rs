@@ -1,0 +1,237 @@
+//! Clusters: outbound per service port and subset, inbound per workload port.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config},
+};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+
+use super::{
+    CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, any, inbound_cluster_name,
+    outbound_cluster_name, socket_address,
+};
+use crate::model::istio::{LoadBalancerSettings, Resolution, SimpleLb, TrafficPolicy};
+use crate::model::registry::{Protocol, Service, ServicePort, Workload};
+
+/// Every outbound cluster in the mesh, named as Istio names them.
+pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
+    let mut out = Vec::new();
+    for svc in mesh.registry.services.values() {
+        let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
+        let policy = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
+        for port in &svc.ports {
+            out.push(cluster(svc, port, "", policy, None));
+            for subset in dr.map(|(_, d)| d.subsets.as_slice()).unwrap_or_default() {
+                // A subset's own policy replaces the top-level one where set.
+                let sub_policy = subset.traffic_policy.as_ref().or(policy);
+                out.push(cluster(
+                    svc,
+                    port,
+                    &subset.name,
+                    sub_policy,
+                    Some(&subset.labels),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn cluster(
+    svc: &Service,
+    port: &ServicePort,
+    subset: &str,
+    policy: Option<&TrafficPolicy>,
+    subset_labels: Option<&BTreeMap<String, String>>,
+) -> Cluster {
+    let name = outbound_cluster_name(port.number, subset, &svc.hostname);
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(PbDuration {
+            seconds: CONNECT_TIMEOUT_SECS,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let lb = policy.and_then(|p| load_balancer_for(p, port.number));
+    apply_lb(&mut c, lb);
+    match svc.resolution {
+        Resolution::Static => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+            c.eds_cluster_config = Some(EdsClusterConfig {
+                eds_config: Some(ads_config_source()),
+                service_name: name.clone(),
+            });
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns => {
+            let t = if svc.resolution == Resolution::Dns {
+                DiscoveryType::StrictDns
+            } else {
+                DiscoveryType::LogicalDns
+            };
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(t as i32));
+            c.load_assignment = Some(dns_assignment(&name, svc, port, subset_labels));
+        }
+        Resolution::None => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+        }
+    }
+    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+        set_http2(&mut c);
+    }
+    c
+}
+
+/// The load balancer for `port`: a matching `portLevelSettings` entry's
+/// replaces the top-level one, as in Istio.
+fn load_balancer_for(policy: &TrafficPolicy, port: u32) -> Option<&LoadBalancerSettings> {
+    policy
+        .port_level_settings
+        .iter()
+        .find(|p| p.port.as_ref().and_then(|s| s.number) == Some(port))
+        .and_then(|p| p.load_balancer.as_ref())
+        .or(policy.load_balancer.as_ref())
+}
+
+fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
+    let simple = lb.and_then(|l| l.simple);
+    c.lb_policy = match simple {
+        Some(SimpleLb::LeastConn) | Some(SimpleLb::LeastRequest) => LbPolicy::LeastRequest,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        Some(SimpleLb::Passthrough) => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+            LbPolicy::ClusterProvided
+        }
+        // Istio's default is LEAST_REQUEST; ROUND_ROBIN when asked.
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        _ => LbPolicy::LeastRequest,
+    } as i32;
+}
+
+fn set_http2(c: &mut Cluster) {
+    let opts = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        any(&opts),
+    );
+}
+
+fn dns_assignment(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset_labels: Option<&BTreeMap<String, String>>,
+) -> ClusterLoadAssignment {
+    let mut lb_endpoints: Vec<LbEndpoint> = svc
+        .endpoints
+        .iter()
+        .filter(|e| subset_labels.is_none_or(|s| s.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+        .map(|e| lb_endpoint(&e.address, e.port_for(port), e.weight))
+        .collect();
+    if lb_endpoints.is_empty() && svc.endpoints.is_empty() {
+        // DNS resolution with no endpoints: Envoy resolves the host itself.
+        lb_endpoints.push(lb_endpoint(
+            &svc.hostname,
+            port.target_port.unwrap_or(port.number),
+            None,
+        ));
+    }
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub(super) fn lb_endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(
+            envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
+                address: Some(socket_address(address, port)),
+                ..Default::default()
+            },
+        )),
+        load_balancing_weight: weight
+            .filter(|w| *w > 0)
+            .map(|value| envoy_types::pb::google::protobuf::UInt32Value { value }),
+        ..Default::default()
+    }
+}
+
+/// The ports a workload serves: each port of each service that selects it,
+/// as the endpoint port peers dial, with the service port it belongs to.
+pub fn inbound_ports<'a>(mesh: &Mesh<'a>, workload: &Workload) -> BTreeMap<u32, Protocol> {
+    let mut ports = BTreeMap::new();
+    for svc in mesh.registry.services_of(workload) {
+        for p in &svc.ports {
+            let port = workload
+                .ports
+                .get(&p.name)
+                .copied()
+                .or(p.target_port)
+                .unwrap_or(p.number);
+            ports.entry(port).or_insert(p.protocol);
+        }
+    }
+    ports
+}
+
+/// Inbound clusters of one workload: each served port, to the local app.
+pub fn inbound(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
+    inbound_ports(mesh, workload)
+        .into_iter()
+        .map(|(port, protocol)| {
+            let name = inbound_cluster_name(port);
+            let mut c = Cluster {
+                name: name.clone(),
+                connect_timeout: Some(PbDuration {
+                    seconds: CONNECT_TIMEOUT_SECS,
+                    nanos: 0,
+                }),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                    DiscoveryType::Static as i32,
+                )),
+                load_assignment: Some(ClusterLoadAssignment {
+                    cluster_name: name,
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![lb_endpoint(&workload.app_address, port, None)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
+                set_http2(&mut c);
+            }
+            c
+        })
+        .collect()
+}

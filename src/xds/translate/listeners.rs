@@ -1,0 +1,135 @@
+//! Listeners (LDS) of one sidecar, without iptables (Istio's captureMode NONE):
+//! inbound listeners bind the workload's own address on each port it serves
+//! and forward to the app; one outbound HTTP listener binds the workload's
+//! address on `OUTBOUND_PORT` and routes by Host header over RDS.
+
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier,
+};
+
+use super::clusters::inbound_ports;
+use super::{
+    Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
+    socket_address,
+};
+use crate::model::registry::Workload;
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+const ROUTER: &str = "envoy.filters.http.router";
+
+/// Istio's listener naming: `ADDRESS_PORT`.
+pub fn listener_name(address: &str, port: u32) -> String {
+    format!("{address}_{port}")
+}
+
+/// All listeners of `workload`'s sidecar.
+pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
+    let mut out: Vec<Listener> = inbound_ports(mesh, workload)
+        .into_iter()
+        .filter(|(port, _)| *port != OUTBOUND_PORT)
+        .map(|(port, protocol)| {
+            let cluster = inbound_cluster_name(port);
+            let stat_prefix = format!("inbound_{}", listener_name(&workload.address, port));
+            let filter = if protocol.is_http() {
+                hcm_filter(HttpConnectionManager {
+                    stat_prefix,
+                    route_specifier: Some(RouteSpecifier::RouteConfig(inbound_routes(&cluster))),
+                    http_filters: vec![router()],
+                    ..Default::default()
+                })
+            } else {
+                Filter {
+                    name: TCP_PROXY.to_string(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy {
+                        stat_prefix,
+                        cluster_specifier: Some(TcpClusterSpecifier::Cluster(cluster)),
+                        ..Default::default()
+                    }))),
+                }
+            };
+            listener(&workload.address, port, filter)
+        })
+        .collect();
+    out.push(listener(
+        &workload.address,
+        OUTBOUND_PORT,
+        hcm_filter(HttpConnectionManager {
+            stat_prefix: format!(
+                "outbound_{}",
+                listener_name(&workload.address, OUTBOUND_PORT)
+            ),
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                config_source: Some(ads_config_source()),
+                route_config_name: OUTBOUND_ROUTE.to_string(),
+            })),
+            http_filters: vec![router()],
+            ..Default::default()
+        }),
+    ));
+    out
+}
+
+fn listener(address: &str, port: u32, filter: Filter) -> Listener {
+    Listener {
+        name: listener_name(address, port),
+        address: Some(socket_address(address, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
+    Filter {
+        name: HCM.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+    }
+}
+
+fn router() -> HttpFilter {
+    HttpFilter {
+        name: ROUTER.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
+        ..Default::default()
+    }
+}
+
+/// Inbound traffic on a port all goes to the local app; no timeout, as Istio.
+fn inbound_routes(cluster: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: cluster.to_string(),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                name: "default".to_string(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+                    timeout: Some(duration(std::time::Duration::ZERO)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

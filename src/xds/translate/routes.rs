@@ -1,0 +1,442 @@
+//! Routes (RDS): the outbound route table a sidecar's outbound listener uses,
+//! with VirtualService HTTP routing applied.
+
+use std::collections::HashSet;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier,
+    redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
+    route::Action,
+    route_action::ClusterSpecifier,
+    route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+
+use super::{Mesh, OUTBOUND_ROUTE, duration, outbound_cluster_name};
+use crate::model::istio::{
+    Destination, HeaderOperations, HttpMatchRequest, HttpRoute, StringMatch, StringMatchKind,
+    VirtualServiceSpec, parse_duration,
+};
+use crate::model::registry::{Service, ServicePort};
+use crate::model::{Resource, host};
+
+/// Istio's default retry policy for sidecar routes.
+const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// The gateway name that means "sidecars" in a VirtualService's `gateways`.
+const MESH_GATEWAY: &str = "mesh";
+
+/// The outbound route table for proxies in `namespace`: one virtual host per
+/// HTTP service port, named `HOST:PORT`, with the names a client in that
+/// namespace may use for it as domains.
+pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
+    let mut used = HashSet::new();
+    let mut virtual_hosts = Vec::new();
+    for svc in mesh.registry.services.values() {
+        let vs = virtual_service_for(mesh, &svc.hostname);
+        for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
+            let domains: Vec<String> = host::domains(&svc.hostname, port.number, namespace)
+                .into_iter()
+                .filter(|d| used.insert(d.clone()))
+                .collect();
+            if domains.is_empty() {
+                continue;
+            }
+            let routes = match vs {
+                Some((res, spec)) => http_routes(mesh, res, spec, svc, port),
+                None => vec![default_route(&outbound_cluster_name(
+                    port.number,
+                    "",
+                    &svc.hostname,
+                ))],
+            };
+            virtual_hosts.push(VirtualHost {
+                name: format!("{}:{}", svc.hostname, port.number),
+                domains,
+                routes,
+                ..Default::default()
+            });
+        }
+    }
+    RouteConfiguration {
+        name: OUTBOUND_ROUTE.to_string(),
+        virtual_hosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// The VirtualService that routes `hostname` for sidecars: one whose hosts
+/// name it exactly before a wildcard, then by namespace and name (Istio uses
+/// the oldest; files have no creation time).
+pub fn virtual_service_for<'a>(
+    mesh: &Mesh<'a>,
+    hostname: &str,
+) -> Option<(&'a Resource, &'a VirtualServiceSpec)> {
+    mesh.config
+        .virtual_services()
+        .filter(|(_, spec)| {
+            spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == MESH_GATEWAY)
+        })
+        .filter_map(|(r, spec)| {
+            let mut best = None;
+            for h in &spec.hosts {
+                let h = host::resolve(h, &r.namespace);
+                if h == hostname {
+                    best = Some(true);
+                    break;
+                }
+                if host::matches(&h, hostname) {
+                    best = Some(false);
+                }
+            }
+            best.map(|exact| (exact, r, spec))
+        })
+        .min_by_key(|(exact, _, _)| !*exact)
+        .map(|(_, r, spec)| (r, spec))
+}
+
+fn default_route(cluster: &str) -> Route {
+    Route {
+        name: "default".to_string(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+            timeout: Some(duration(std::time::Duration::ZERO)),
+            retry_policy: Some(default_retry_policy()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.to_string(),
+        num_retries: Some(UInt32Value {
+            value: DEFAULT_RETRY_ATTEMPTS,
+        }),
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    }
+}
+
+/// A VirtualService's HTTP routes for one service port. Each `match` of an
+/// HTTP route becomes one Envoy route (they are ORed); matches for another
+/// port or only for gateways are left out.
+pub fn http_routes(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    spec: &VirtualServiceSpec,
+    svc: &Service,
+    port: &ServicePort,
+) -> Vec<Route> {
+    let mut out = Vec::new();
+    for route in &spec.http {
+        let action = action(mesh, vs, route, svc, port);
+        let matches: Vec<Option<&HttpMatchRequest>> = if route.r#match.is_empty() {
+            vec![None]
+        } else {
+            route
+                .r#match
+                .iter()
+                .filter(|m| m.port.is_none_or(|p| p == port.number))
+                .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
+                .map(Some)
+                .collect()
+        };
+        for m in matches {
+            let mut r = Route {
+                name: route.name.clone().unwrap_or_default(),
+                r#match: Some(route_match(m)),
+                action: Some(action.clone()),
+                ..Default::default()
+            };
+            if let Some(h) = &route.headers {
+                if let Some(req) = &h.request {
+                    r.request_headers_to_add = header_ops(req);
+                    r.request_headers_to_remove = req.remove.clone();
+                }
+                if let Some(resp) = &h.response {
+                    r.response_headers_to_add = header_ops(resp);
+                    r.response_headers_to_remove = resp.remove.clone();
+                }
+            }
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn header_ops(ops: &HeaderOperations) -> Vec<HeaderValueOption> {
+    let set = ops
+        .set
+        .iter()
+        .map(|(k, v)| (k, v, HeaderAppendAction::OverwriteIfExistsOrAdd));
+    let add = ops
+        .add
+        .iter()
+        .map(|(k, v)| (k, v, HeaderAppendAction::AppendIfExistsOrAdd));
+    set.chain(add)
+        .map(|(k, v, action)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn string_matcher(m: &StringMatch, ignore_case: bool) -> Option<StringMatcher> {
+    let pattern = match m.kind()? {
+        StringMatchKind::Exact(s) => MatchPattern::Exact(s.to_string()),
+        StringMatchKind::Prefix(s) => MatchPattern::Prefix(s.to_string()),
+        StringMatchKind::Regex(s) => MatchPattern::SafeRegex(regex(s)),
+    };
+    Some(StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case,
+    })
+}
+
+fn regex(s: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: s.to_string(),
+        ..Default::default()
+    }
+}
+
+fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(match string_matcher(m, false) {
+            Some(sm) => HeaderMatchSpecifier::StringMatch(sm),
+            // An empty match tests presence, as in Istio.
+            None => HeaderMatchSpecifier::PresentMatch(true),
+        }),
+        invert_match: invert,
+        ..Default::default()
+    }
+}
+
+fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
+    let Some(m) = m else {
+        return RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+            ..Default::default()
+        };
+    };
+    let ignore_case = m.ignore_uri_case.unwrap_or(false);
+    let path_specifier = match m.uri.as_ref().and_then(|u| u.kind()) {
+        Some(StringMatchKind::Exact(s)) => PathSpecifier::Path(s.to_string()),
+        Some(StringMatchKind::Prefix(s)) => PathSpecifier::Prefix(s.to_string()),
+        Some(StringMatchKind::Regex(s)) => PathSpecifier::SafeRegex(regex(s)),
+        None => PathSpecifier::Prefix("/".to_string()),
+    };
+    let mut headers: Vec<HeaderMatcher> = Vec::new();
+    for (name, sm) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if let Some(sm) = sm {
+            headers.push(header_matcher(name, sm, false));
+        }
+    }
+    headers.extend(m.headers.iter().map(|(k, v)| header_matcher(k, v, false)));
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(k, v)| header_matcher(k, v, true)),
+    );
+    let query_parameters = m
+        .query_params
+        .iter()
+        .map(|(k, v)| QueryParameterMatcher {
+            name: k.clone(),
+            query_parameter_match_specifier: Some(match string_matcher(v, false) {
+                Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
+                None => QueryParameterMatchSpecifier::PresentMatch(true),
+            }),
+        })
+        .collect();
+    RouteMatch {
+        path_specifier: Some(path_specifier),
+        case_sensitive: ignore_case.then_some(BoolValue { value: false }),
+        headers,
+        query_parameters,
+        ..Default::default()
+    }
+}
+
+/// The cluster a destination names, resolved from the VirtualService's namespace.
+fn destination_cluster(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    d: &Destination,
+    port: &ServicePort,
+) -> String {
+    let hostname = host::resolve(&d.host, &vs.namespace);
+    let target_port = d
+        .port
+        .as_ref()
+        .and_then(|p| p.number)
+        .or_else(|| {
+            // A destination service with a single port needs no port.
+            let svc = mesh.registry.services.get(&hostname)?;
+            (svc.ports.len() == 1).then(|| svc.ports[0].number)
+        })
+        .unwrap_or(port.number);
+    outbound_cluster_name(
+        target_port,
+        d.subset.as_deref().unwrap_or_default(),
+        &hostname,
+    )
+}
+
+fn action(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    route: &HttpRoute,
+    svc: &Service,
+    port: &ServicePort,
+) -> Action {
+    if let Some(redirect) = &route.redirect {
+        return Action::Redirect(RedirectAction {
+            host_redirect: redirect.authority.clone().unwrap_or_default(),
+            port_redirect: redirect.port.unwrap_or_default(),
+            response_code: match redirect.redirect_code.unwrap_or(301) {
+                302 => RedirectResponseCode::Found,
+                303 => RedirectResponseCode::SeeOther,
+                307 => RedirectResponseCode::TemporaryRedirect,
+                308 => RedirectResponseCode::PermanentRedirect,
+                _ => RedirectResponseCode::MovedPermanently,
+            } as i32,
+            scheme_rewrite_specifier: redirect
+                .scheme
+                .clone()
+                .map(SchemeRewriteSpecifier::SchemeRedirect),
+            path_rewrite_specifier: redirect
+                .uri
+                .clone()
+                .map(PathRewriteSpecifier::PathRedirect)
+                .or(redirect
+                    .prefix_rewrite
+                    .clone()
+                    .map(PathRewriteSpecifier::PrefixRewrite)),
+            ..Default::default()
+        });
+    }
+    if let Some(direct) = &route.direct_response {
+        let body = direct
+            .body
+            .as_ref()
+            .and_then(|b| b.string.clone())
+            .map(|s| DataSource {
+                specifier: Some(Specifier::InlineString(s)),
+                ..Default::default()
+            });
+        return Action::DirectResponse(DirectResponseAction {
+            status: direct.status,
+            body,
+            ..Default::default()
+        });
+    }
+    // Weights are relative (as in current Istio); destinations weighted 0 get no traffic.
+    let dests: Vec<(String, u32)> = route
+        .route
+        .iter()
+        .map(|d| {
+            let w = match d.weight {
+                Some(w) => w.max(0) as u32,
+                None if route.route.len() == 1 => 100,
+                None => 0,
+            };
+            (destination_cluster(mesh, vs, &d.destination, port), w)
+        })
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    let cluster_specifier = match dests.as_slice() {
+        [] => ClusterSpecifier::Cluster(outbound_cluster_name(port.number, "", &svc.hostname)),
+        [(c, _)] => ClusterSpecifier::Cluster(c.clone()),
+        many => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(c, w)| ClusterWeight {
+                    name: c.clone(),
+                    weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let timeout = route
+        .timeout
+        .as_deref()
+        .and_then(|t| parse_duration(t).ok())
+        .unwrap_or_default();
+    let retry_policy = match &route.retries {
+        None => Some(default_retry_policy()),
+        Some(r) if r.attempts.unwrap_or(0) <= 0 => None,
+        Some(r) => Some(RetryPolicy {
+            retry_on: r
+                .retry_on
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RETRY_ON.to_string()),
+            num_retries: Some(UInt32Value {
+                value: r.attempts.unwrap_or(0) as u32,
+            }),
+            per_try_timeout: r
+                .per_try_timeout
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .map(duration),
+            retriable_status_codes: vec![503],
+            ..Default::default()
+        }),
+    };
+    let mut action = RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: Some(duration(timeout)),
+        retry_policy,
+        ..Default::default()
+    };
+    if let Some(rw) = &route.rewrite {
+        if let Some(uri) = &rw.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(re) = &rw.uri_regex_rewrite {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex(re.r#match.as_deref().unwrap_or_default())),
+                substitution: re.rewrite.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(authority) = &rw.authority {
+            action.host_rewrite_specifier = Some(
+                envoy_types::pb::envoy::config::route::v3::route_action::HostRewriteSpecifier::HostRewriteLiteral(
+                    authority.clone(),
+                ),
+            );
+        }
+    }
+    Action::Route(action)
+}
