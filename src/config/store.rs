@@ -22,6 +22,8 @@ struct FileState {
     good: Vec<Arc<Resource>>,
     /// Problems with the content last read.
     errors: Vec<ConfigError>,
+    /// When the good version was written: with duplicates, the newest wins.
+    modified: Option<std::time::SystemTime>,
 }
 
 /// What is in force, published to the rest of pilotfish.
@@ -111,9 +113,11 @@ impl Store {
     }
 
     fn read_file(&mut self, path: &Path) -> bool {
+        let mut modified = None;
         let text = std::fs::metadata(path)
             .map_err(|e| e.to_string())
             .and_then(|m| {
+                modified = m.modified().ok();
                 if m.len() > MAX_FILE_BYTES {
                     Err(format!(
                         "file is {} bytes; the limit is {MAX_FILE_BYTES}",
@@ -151,8 +155,9 @@ impl Store {
             for e in &state.errors {
                 warn!(error = %e, "invalid config document skipped");
             }
-            let changed = state.good != resources;
+            let changed = state.good != resources || state.modified != modified;
             state.good = resources;
+            state.modified = modified;
             changed
         } else {
             for e in &state.errors {
@@ -164,28 +169,32 @@ impl Store {
 
     /// The snapshot of everything in force, and every problem (per-file errors
     /// and conflicts between files).
+    ///
+    /// A resource defined in two files is taken from the file written last
+    /// (as `kubectl apply` of a newer file replaces the object), and the
+    /// older definition is reported.
     pub fn state(&self, version: u64) -> ConfigState {
         let mut snapshot = ConfigSnapshot::default();
         let mut errors: Vec<ConfigError> = self.dir_error.iter().cloned().collect();
-        for state in self.files.values() {
+        let mut files: Vec<(&PathBuf, &FileState)> = self.files.iter().collect();
+        files.sort_by_key(|(path, state)| (state.modified, *path));
+        for (_, state) in files {
             errors.extend(state.errors.iter().cloned());
             for r in &state.good {
                 let key = r.key();
-                if let Some(first) = snapshot.resources.get(&key) {
+                if let Some(older) = snapshot.resources.insert(key.clone(), Arc::clone(r)) {
                     errors.push(ConfigError {
-                        file: r.origin.file.display().to_string(),
-                        document: Some(r.origin.document),
+                        file: older.origin.file.display().to_string(),
+                        document: Some(older.origin.document),
                         resource: Some(key.to_string()),
                         path: Some("metadata.name".into()),
                         message: format!(
-                            "duplicate: {key} is already defined in {} document {}; ignored",
-                            first.origin.file.display(),
-                            first.origin.document
+                            "duplicate: {key} is also defined in {} document {}, written later, which is in force",
+                            r.origin.file.display(),
+                            r.origin.document
                         ),
                     });
-                    continue;
                 }
-                snapshot.resources.insert(key, Arc::clone(r));
             }
         }
         ConfigState {

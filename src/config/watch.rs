@@ -54,7 +54,10 @@ pub async fn run(
 ) {
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reading files (our own reloads included) raises access events: skip them.
+        if let Ok(ev) = res
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+        {
             // Full channel: a reload is already pending.
             let _ = ev_tx.try_send(());
         }

@@ -1,0 +1,118 @@
+//! A stand-in for one bookinfo service: answers with its name and version,
+//! and calls its downstream services through its sidecar (used as an HTTP
+//! proxy), propagating the `end-user` and tracing headers as bookinfo does.
+//!
+//! bookinfo-app --service reviews --version v2 --listen 127.0.1.14:9080 \
+//!     --sidecar 127.0.0.14:15001 --call ratings:9080/ratings/0
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::response::Json;
+use serde_json::{Value, json};
+
+/// Headers bookinfo propagates from an incoming request to its outgoing calls.
+const PROPAGATED: &[&str] = &[
+    "end-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+];
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct App {
+    service: String,
+    version: String,
+    /// `host:port/path` of each downstream call.
+    calls: Vec<String>,
+    client: reqwest::Client,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bookinfo-app --service NAME --version V --listen ADDR:PORT [--sidecar ADDR:PORT] [--call HOST:PORT/PATH]..."
+    );
+    std::process::exit(2)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut service, mut version, mut listen, mut sidecar) = (None, None, None, None);
+    let mut calls = Vec::new();
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--service" => service = Some(value),
+            "--version" => version = Some(value),
+            "--listen" => listen = Some(value),
+            "--sidecar" => sidecar = Some(value),
+            "--call" => calls.push(value),
+            _ => usage(),
+        }
+    }
+    let (Some(service), Some(version), Some(listen)) = (service, version, listen) else {
+        usage()
+    };
+    let listen: SocketAddr = listen.parse().unwrap_or_else(|_| usage());
+    let mut client = reqwest::Client::builder().timeout(CALL_TIMEOUT).no_proxy();
+    if let Some(sidecar) = &sidecar {
+        let proxy = reqwest::Proxy::http(format!("http://{sidecar}")).unwrap_or_else(|_| usage());
+        client = client.proxy(proxy);
+    }
+    let app = Arc::new(App {
+        service,
+        version,
+        calls,
+        client: client.build().expect("http client"),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+    eprintln!("{} {} listening on {listen}", app.service, app.version);
+    let router = Router::new().fallback(handle).with_state(app);
+    axum::serve(listener, router).await.expect("serve");
+}
+
+async fn handle(State(app): State<Arc<App>>, req: Request) -> Json<Value> {
+    let headers = req.headers().clone();
+    let path = req.uri().path().to_string();
+    let mut results = Vec::new();
+    for call in &app.calls {
+        results.push(call_downstream(&app.client, call, &headers).await);
+    }
+    Json(json!({
+        "service": app.service,
+        "version": app.version,
+        "path": path,
+        "end_user": headers.get("end-user").and_then(|v| v.to_str().ok()),
+        "calls": results,
+    }))
+}
+
+async fn call_downstream(client: &reqwest::Client, call: &str, incoming: &HeaderMap) -> Value {
+    let url = format!("http://{call}");
+    let mut req = client.get(&url);
+    for name in PROPAGATED {
+        if let Some(v) = incoming.get(*name) {
+            req = req.header(*name, v);
+        }
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+            json!({"target": call, "status": status, "body": body})
+        }
+        Err(e) => json!({"target": call, "status": 0, "error": e.to_string()}),
+    }
+}
