@@ -1,1 +1,296 @@
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+use super::*;
+use crate::xds::cache::{Layer, ProxyResources};
+
+fn mk_cluster(name: &str, tag: &str) -> (String, Cluster) {
+    (
+        name.to_string(),
+        Cluster {
+            name: name.to_string(),
+            alt_stat_name: tag.to_string(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Resources where every type holds the given (name, content tag) pairs.
+fn mk_res(items: &[(&str, &str)]) -> ProxyResources {
+    let layer = Arc::new(Layer::encode(
+        XdsType::Cluster,
+        items.iter().map(|(n, t)| mk_cluster(n, t)),
+    ));
+    ProxyResources {
+        layers: [
+            vec![Arc::clone(&layer)],
+            vec![Arc::clone(&layer)],
+            vec![Arc::clone(&layer)],
+            vec![layer],
+        ],
+    }
+}
+
+fn names(p: &Push) -> Vec<&str> {
+    p.resources.iter().map(|e| e.name.as_str()).collect()
+}
+
+fn sotw_req<'a>(nonce: &'a str, names: &'a [String]) -> Request<'a> {
+    Request {
+        nonce,
+        subscribe: names,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sotw_initial_request_gets_full_set_then_ack() {
+    let res = mk_res(&[("a", "1"), ("b", "1")]);
+    let mut p = StreamProtocol::new(false);
+    let (ack, push) = p.on_request(XdsType::Cluster, &sotw_req("", &[]));
+    assert_eq!((ack, push), (Ack::Initial, true));
+    let resp = p.push(XdsType::Cluster, &res, true).unwrap();
+    assert_eq!(names(&resp), ["a", "b"]);
+    let (ack, push) = p.on_request(
+        XdsType::Cluster,
+        &Request {
+            nonce: &resp.nonce,
+            version: &resp.version,
+            ..Default::default()
+        },
+    );
+    assert_eq!((ack, push), (Ack::Ack, false));
+    assert_eq!(p.status(XdsType::Cluster).acked_version, Some(resp.version));
+    // Nothing changed: no push.
+    assert!(p.push(XdsType::Cluster, &res, false).is_none());
+}
+
+#[test]
+fn sotw_wildcard_type_sends_full_set_on_change_and_removal_by_absence() {
+    let mut p = StreamProtocol::new(false);
+    p.on_request(XdsType::Cluster, &sotw_req("", &[]));
+    p.push(XdsType::Cluster, &mk_res(&[("a", "1"), ("b", "1")]), true)
+        .unwrap();
+    let resp = p
+        .push(XdsType::Cluster, &mk_res(&[("a", "2")]), false)
+        .unwrap();
+    assert_eq!(names(&resp), ["a"], "b removed by leaving it out");
+}
+
+#[test]
+fn sotw_nack_is_recorded_and_not_resent() {
+    let res = mk_res(&[("a", "1")]);
+    let mut p = StreamProtocol::new(false);
+    p.on_request(XdsType::Cluster, &sotw_req("", &[]));
+    let resp = p.push(XdsType::Cluster, &res, true).unwrap();
+    let (ack, push) = p.on_request(
+        XdsType::Cluster,
+        &Request {
+            nonce: &resp.nonce,
+            version: "",
+            error: Some("bad cluster"),
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(&ack, Ack::Nack(n) if n.message == "bad cluster" && n.version == resp.version)
+    );
+    assert!(!push);
+    assert!(
+        p.push(XdsType::Cluster, &res, false).is_none(),
+        "no resend loop"
+    );
+    let st = p.status(XdsType::Cluster);
+    assert_eq!(st.last_nack.unwrap().message, "bad cluster");
+    assert_eq!(st.acked_version, None);
+    // A new version is pushed (that is how a NACKed proxy recovers).
+    assert!(
+        p.push(XdsType::Cluster, &mk_res(&[("a", "2")]), false)
+            .is_some()
+    );
+}
+
+#[test]
+fn sotw_stale_nonce_is_ignored() {
+    let mut p = StreamProtocol::new(false);
+    p.on_request(XdsType::Route, &sotw_req("", &["r".to_string()]));
+    let first = p
+        .push(XdsType::Route, &mk_res(&[("r", "1")]), true)
+        .unwrap();
+    let second = p
+        .push(XdsType::Route, &mk_res(&[("r", "2")]), false)
+        .unwrap();
+    let (ack, push) = p.on_request(
+        XdsType::Route,
+        &Request {
+            nonce: &first.nonce,
+            error: Some("old"),
+            ..Default::default()
+        },
+    );
+    assert_eq!((ack, push), (Ack::Stale, false));
+    assert!(p.status(XdsType::Route).last_nack.is_none());
+    let (ack, _) = p.on_request(
+        XdsType::Route,
+        &Request {
+            nonce: &second.nonce,
+            version: &second.version,
+            subscribe: &["r".to_string()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(ack, Ack::Ack);
+}
+
+#[test]
+fn sotw_named_type_sends_new_subscriptions_and_only_changes() {
+    let res = mk_res(&[("a", "1"), ("b", "1"), ("c", "1")]);
+    let mut p = StreamProtocol::new(false);
+    let a = vec!["a".to_string()];
+    p.on_request(XdsType::Endpoint, &sotw_req("", &a));
+    let r1 = p.push(XdsType::Endpoint, &res, true).unwrap();
+    assert_eq!(names(&r1), ["a"]);
+    // Envoy adds b: only b is sent.
+    let ab = vec!["a".to_string(), "b".to_string()];
+    let (_, push) = p.on_request(XdsType::Endpoint, &sotw_req(&r1.nonce, &ab));
+    assert!(push);
+    let r2 = p.push(XdsType::Endpoint, &res, false).unwrap();
+    assert_eq!(names(&r2), ["b"]);
+    // b changes: only b is sent; c (not subscribed) never is.
+    let res2 = mk_res(&[("a", "1"), ("b", "2"), ("c", "2")]);
+    let r3 = p.push(XdsType::Endpoint, &res2, false).unwrap();
+    assert_eq!(names(&r3), ["b"]);
+    // Unsubscribe b, resubscribe: it is sent again.
+    p.on_request(XdsType::Endpoint, &sotw_req(&r3.nonce, &a));
+    assert!(p.push(XdsType::Endpoint, &res2, false).is_none());
+    let (_, push) = p.on_request(XdsType::Endpoint, &sotw_req(&r3.nonce, &ab));
+    assert!(push);
+    assert_eq!(
+        names(&p.push(XdsType::Endpoint, &res2, false).unwrap()),
+        ["b"]
+    );
+}
+
+#[test]
+fn delta_wildcard_sends_changes_and_removals() {
+    let mut p = StreamProtocol::new(true);
+    let (ack, push) = p.on_request(XdsType::Cluster, &Request::default());
+    assert_eq!((ack, push), (Ack::Initial, true));
+    let r1 = p
+        .push(XdsType::Cluster, &mk_res(&[("a", "1"), ("b", "1")]), true)
+        .unwrap();
+    assert_eq!(names(&r1), ["a", "b"]);
+    assert!(r1.removed.is_empty());
+    let r2 = p
+        .push(XdsType::Cluster, &mk_res(&[("a", "1"), ("c", "1")]), false)
+        .unwrap();
+    assert_eq!(names(&r2), ["c"]);
+    assert_eq!(r2.removed, ["b"]);
+    assert!(
+        p.push(XdsType::Cluster, &mk_res(&[("a", "1"), ("c", "1")]), false)
+            .is_none()
+    );
+}
+
+#[test]
+fn delta_named_subscribe_unsubscribe_and_missing() {
+    let res = mk_res(&[("a", "1"), ("b", "1")]);
+    let mut p = StreamProtocol::new(true);
+    let sub = vec!["a".to_string(), "zz".to_string()];
+    p.on_request(
+        XdsType::Endpoint,
+        &Request {
+            subscribe: &sub,
+            ..Default::default()
+        },
+    );
+    let r = p.push(XdsType::Endpoint, &res, true).unwrap();
+    assert_eq!(names(&r), ["a"]);
+    assert_eq!(r.removed, ["zz"], "a missing name is reported once");
+    assert!(p.push(XdsType::Endpoint, &res, false).is_none());
+    let unsub = vec!["a".to_string()];
+    let b = vec!["b".to_string()];
+    let (_, push) = p.on_request(
+        XdsType::Endpoint,
+        &Request {
+            nonce: &r.nonce,
+            subscribe: &b,
+            unsubscribe: &unsub,
+            ..Default::default()
+        },
+    );
+    assert!(push);
+    let r2 = p.push(XdsType::Endpoint, &res, false).unwrap();
+    assert_eq!(names(&r2), ["b"]);
+    assert!(
+        r2.removed.is_empty(),
+        "unsubscribed names are not 'removed'"
+    );
+}
+
+#[test]
+fn delta_reconnect_with_initial_versions_skips_what_client_has() {
+    let res = mk_res(&[("a", "1"), ("b", "1")]);
+    let version_a = res.get(XdsType::Cluster, "a").unwrap().version.clone();
+    let mut initial = HashMap::new();
+    initial.insert("a".to_string(), version_a);
+    initial.insert("gone".to_string(), "old".to_string());
+    let mut p = StreamProtocol::new(true);
+    p.on_request(
+        XdsType::Cluster,
+        &Request {
+            initial_versions: Some(&initial),
+            ..Default::default()
+        },
+    );
+    let r = p.push(XdsType::Cluster, &res, true).unwrap();
+    assert_eq!(names(&r), ["b"]);
+    assert_eq!(r.removed, ["gone"]);
+}
+
+#[test]
+fn delta_nack_recorded_without_resend() {
+    let res = mk_res(&[("a", "1")]);
+    let mut p = StreamProtocol::new(true);
+    p.on_request(XdsType::Listener, &Request::default());
+    let r = p.push(XdsType::Listener, &res, true).unwrap();
+    let (ack, push) = p.on_request(
+        XdsType::Listener,
+        &Request {
+            nonce: &r.nonce,
+            error: Some("bad listener"),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(ack, Ack::Nack(_)));
+    assert!(!push);
+    assert!(p.push(XdsType::Listener, &res, false).is_none());
+}
+
+#[test]
+fn reconnect_starts_fresh() {
+    // A new stream (Envoy reconnecting) is a new StreamProtocol: everything is sent again.
+    let res = mk_res(&[("a", "1")]);
+    for delta in [false, true] {
+        let mut p = StreamProtocol::new(delta);
+        p.on_request(XdsType::Cluster, &Request::default());
+        assert_eq!(names(&p.push(XdsType::Cluster, &res, true).unwrap()), ["a"]);
+        let mut again = StreamProtocol::new(delta);
+        again.on_request(XdsType::Cluster, &Request::default());
+        assert_eq!(
+            names(&again.push(XdsType::Cluster, &res, true).unwrap()),
+            ["a"]
+        );
+    }
+}
+
+#[test]
+fn unrequested_types_are_never_pushed() {
+    let mut p = StreamProtocol::new(false);
+    assert!(
+        p.push(XdsType::Route, &mk_res(&[("a", "1")]), true)
+            .is_none()
+    );
+}

