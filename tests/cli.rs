@@ -17,7 +17,8 @@ fn serve_with_missing_config_dir_fails_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("/nonexistent/pilotfish-config") && err.contains("cannot read config directory"),
+        err.contains("/nonexistent/pilotfish-config")
+            && err.contains("cannot read config directory"),
         "{err}"
     );
 }
@@ -26,14 +27,27 @@ fn serve_with_missing_config_dir_fails_clearly() {
 fn bootstrap_is_accepted_by_envoy_in_validate_mode() {
     let dir = tempfile::tempdir().unwrap();
     for delta in [false, true] {
-        let mut args = vec!["bootstrap", "--workload", "reviews-v1", "--namespace", "default"];
+        let mut args = vec![
+            "bootstrap",
+            "--workload",
+            "reviews-v1",
+            "--namespace",
+            "default",
+        ];
         if delta {
             args.push("--delta");
         }
         let out = pilotfish(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains("sidecar~0.0.0.0~reviews-v1.default~default.svc.cluster.local"), "{text}");
+        assert!(
+            text.contains("sidecar~0.0.0.0~reviews-v1.default~default.svc.cluster.local"),
+            "{text}"
+        );
         let path = dir.path().join(format!("b-{delta}.yaml"));
         std::fs::write(&path, &text).unwrap();
         let envoy = Command::new(common::envoy_bin())
@@ -52,15 +66,33 @@ fn bootstrap_is_accepted_by_envoy_in_validate_mode() {
 #[test]
 fn bootstrap_checks_the_workload_exists_and_uses_its_address() {
     let mesh = format!("{}/examples/bookinfo/mesh", common::ROOT);
-    let out = pilotfish(&["bootstrap", "--workload", "reviews-v2", "--config-dir", &mesh, "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pilotfish(&[
+        "bootstrap",
+        "--workload",
+        "reviews-v2",
+        "--config-dir",
+        &mesh,
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(b["node"]["id"], "sidecar~127.0.0.14~reviews-v2.default~default.svc.cluster.local");
+    assert_eq!(
+        b["node"]["id"],
+        "sidecar~127.0.0.14~reviews-v2.default~default.svc.cluster.local"
+    );
 
     let out = pilotfish(&["bootstrap", "--workload", "nope", "--config-dir", &mesh]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no WorkloadEntry default/nope") && err.contains("default/reviews-v2"), "{err}");
+    assert!(
+        err.contains("no WorkloadEntry default/nope") && err.contains("default/reviews-v2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -68,7 +100,13 @@ fn bad_flags_are_rejected_with_usage() {
     let out = pilotfish(&["serve", "--config-dir", ".", "--debounce", "soon"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--debounce"));
-    let out = pilotfish(&["bootstrap", "--workload", "x", "--xds-address", "nohostport"]);
+    let out = pilotfish(&[
+        "bootstrap",
+        "--workload",
+        "x",
+        "--xds-address",
+        "nohostport",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected HOST:PORT"));
 }

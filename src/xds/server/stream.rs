@@ -195,8 +195,10 @@ impl Stream<'_> {
             warn!(type_url = %req.type_url, "request for a type pilotfish does not serve; ignored");
             return Ok(());
         };
+        let mut built = true;
         if self.resources.is_none() {
             let snapshot = Arc::clone(&self.shared.snapshots.borrow());
+            built = snapshot.generation > 0;
             self.resources = snapshot.resources_for(&self.workload);
         }
         let push = {
@@ -228,7 +230,7 @@ impl Stream<'_> {
                 _ => None,
             }
         };
-        if self.resources.is_none() && !self.warned_unknown {
+        if self.resources.is_none() && built && !self.warned_unknown {
             self.warned_unknown = true;
             warn!(node = %self.conn.node_id, workload = %self.workload, "no WorkloadEntry {} exists; this proxy gets no config until one does", self.workload);
         }
