@@ -182,9 +182,38 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
             "expected a mapping with apiVersion, kind, metadata and spec",
         ));
     }
+    // Look at the kind first: kinds pilotfish does not serve (ConfigMap,
+    // Secret, ...) have top-level fields of their own and are skipped whole.
+    let str_at = |v: &serde_yaml_ng::Value, key: &str| {
+        v.get(key).and_then(|x| x.as_str()).map(str::to_string)
+    };
+    let raw_kind = str_at(&value, "kind");
+    if let Some(k) = &raw_kind
+        && Kind::from_name(k).is_none()
+    {
+        let api = str_at(&value, "apiVersion").unwrap_or_default();
+        return Ok(Parsed::Skipped(format!(
+            "kind {k} ({api}) is not served by pilotfish; skipped"
+        )));
+    }
+    // Name the resource in errors as early as it can be named.
+    let early_id = raw_kind.map(|k| {
+        let meta = value.get("metadata");
+        let field = |f: &str| meta.and_then(|m| str_at(m, f)).filter(|s| !s.is_empty());
+        let ns = field("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let name = field("name").unwrap_or_else(|| "(no name)".to_string());
+        format!("{k} {ns}/{name}")
+    });
+    let with_early_id = |mut e: DocError| {
+        e.resource = early_id.clone();
+        e
+    };
     let env: Envelope = serde_path_to_error::deserialize(value).map_err(|e| {
         let p = e.path().to_string();
-        doc_error((p != ".").then_some(p.as_str()), e.into_inner().to_string())
+        with_early_id(doc_error(
+            (p != ".").then_some(p.as_str()),
+            e.into_inner().to_string(),
+        ))
     })?;
     let Some(kind) = Kind::from_name(&env.kind) else {
         return Ok(Parsed::Skipped(format!(
@@ -202,14 +231,14 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
             .iter()
             .map(|v| format!("{}/{v}", kind.group()))
             .collect();
-        return Err(doc_error(
+        return Err(with_early_id(doc_error(
             Some("apiVersion"),
             format!(
                 "{} is not an apiVersion of {kind}; expected one of {}",
                 env.api_version,
                 expected.join(", ")
             ),
-        ));
+        )));
     }
     let meta: ObjectMeta = if env.metadata.is_null() {
         ObjectMeta::default()
@@ -226,7 +255,7 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-    let id = format!("{kind} {namespace}/{}", meta.name);
+    let id = early_id.unwrap_or_else(|| format!("{kind} {namespace}/{}", meta.name));
     let with_id = |mut e: DocError| {
         e.resource = Some(id.clone());
         e

@@ -141,6 +141,11 @@ impl Store {
         };
         let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
         if hash == state.hash && state.hash != 0 {
+            // Same content, but a newer write still decides between duplicates.
+            if state.errors.is_empty() && state.modified != modified {
+                state.modified = modified;
+                return !state.good.is_empty();
+            }
             return false;
         }
         state.hash = hash;
