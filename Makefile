@@ -25,7 +25,8 @@ lint:
 
 # Unit, golden, in-process and end-to-end tests (real pilotfish + real Envoy).
 test: $(ENVOY) lint
-	ENVOY_BIN=$(CURDIR)/$(ENVOY) cargo test --all-targets
+	cargo build --examples
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) cargo test --lib --tests
 
 # The bookinfo example on this machine, with one stock Envoy per workload.
 run: $(ENVOY) build
