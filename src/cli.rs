@@ -37,6 +37,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print an Envoy bootstrap for one workload's sidecar.
     Bootstrap(BootstrapArgs),
+    /// Load generator: simulated Envoys, generated scenarios, the floor server.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +103,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bootstrap(args) => print_bootstrap(args),
+        Command::Loadgen(args) => crate::loadgen::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

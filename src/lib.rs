@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod xds;
