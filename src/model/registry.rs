@@ -1,7 +1,7 @@
 //! The service registry: services and workloads derived from ServiceEntry
 //! and WorkloadEntry resources. A pure function of the config snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -52,7 +52,7 @@ impl Protocol {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct ServicePort {
     pub number: u32,
     pub name: String,
@@ -119,7 +119,7 @@ impl Service {
 }
 
 /// A workload: a WorkloadEntry, with a sidecar bound to its address.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Workload {
     pub key: WorkloadKey,
     pub address: String,
@@ -138,6 +138,8 @@ pub struct Registry {
     /// By FQDN.
     pub services: BTreeMap<String, Arc<Service>>,
     pub workloads: BTreeMap<WorkloadKey, Arc<Workload>>,
+    /// The services whose workloadSelector selects each workload.
+    pub selected: HashMap<WorkloadKey, Vec<Arc<Service>>>,
     /// Conflicts found while building (e.g. a host defined twice).
     pub warnings: Vec<String>,
 }
@@ -177,6 +179,21 @@ impl Registry {
             );
         }
 
+        // WorkloadEntries by (namespace, label, value), so a selector is
+        // matched against the few entries carrying its first label rather than
+        // against every entry in the mesh.
+        let mut by_label: HashMap<
+            (&str, &str, &str),
+            Vec<(&crate::model::Resource, &WorkloadEntrySpec)>,
+        > = HashMap::new();
+        for (we, spec) in snapshot.workload_entries() {
+            for (k, v) in &spec.labels {
+                by_label
+                    .entry((we.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push((we, spec));
+            }
+        }
         for (res, spec) in snapshot.service_entries() {
             let ports: Vec<ServicePort> = spec
                 .ports
@@ -189,12 +206,24 @@ impl Registry {
                 })
                 .collect();
             let selector = spec.workload_selector.as_ref().map(|s| s.labels.clone());
+            let candidates: Vec<(&crate::model::Resource, &WorkloadEntrySpec)> = match &selector {
+                Some(sel) => match sel.iter().next() {
+                    Some((k, v)) => by_label
+                        .get(&(res.namespace.as_str(), k.as_str(), v.as_str()))
+                        .cloned()
+                        .unwrap_or_default(),
+                    // An empty selector selects every workload in the namespace.
+                    None => snapshot
+                        .workload_entries()
+                        .filter(|(we, _)| we.namespace == res.namespace)
+                        .collect(),
+                },
+                None => Vec::new(),
+            };
             let endpoints: Vec<Endpoint> = match &selector {
-                Some(sel) => snapshot
-                    .workload_entries()
-                    .filter(|(we, we_spec)| {
-                        we.namespace == res.namespace && selects(sel, &we_spec.labels)
-                    })
+                Some(sel) => candidates
+                    .iter()
+                    .filter(|(_, we_spec)| selects(sel, &we_spec.labels))
                     .filter_map(|(we, we_spec)| {
                         let key = WorkloadKey {
                             namespace: we.namespace.clone(),
@@ -219,31 +248,35 @@ impl Registry {
                     ));
                     continue;
                 }
-                reg.services.insert(
-                    hostname.clone(),
-                    Arc::new(Service {
-                        hostname,
-                        namespace: res.namespace.clone(),
-                        source: source.clone(),
-                        ports: ports.clone(),
-                        resolution: spec.resolution.unwrap_or_default(),
-                        location: spec.location.unwrap_or_default(),
-                        endpoints: endpoints.clone(),
-                        selector: selector.clone(),
-                    }),
-                );
+                let svc = Arc::new(Service {
+                    hostname: hostname.clone(),
+                    namespace: res.namespace.clone(),
+                    source: source.clone(),
+                    ports: ports.clone(),
+                    resolution: spec.resolution.unwrap_or_default(),
+                    location: spec.location.unwrap_or_default(),
+                    endpoints: endpoints.clone(),
+                    selector: selector.clone(),
+                });
+                for w in svc.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+                    reg.selected
+                        .entry(w.clone())
+                        .or_default()
+                        .push(Arc::clone(&svc));
+                }
+                reg.services.insert(hostname, svc);
             }
         }
         reg
     }
 
     /// The services whose workloadSelector selects `workload`.
-    pub fn services_of<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a Service> {
-        self.services.values().map(|s| s.as_ref()).filter(move |s| {
-            s.namespace == workload.key.namespace
-                && s.selector
-                    .as_ref()
-                    .is_some_and(|sel| selects(sel, &workload.labels))
-        })
+    pub fn services_of<'a>(&'a self, workload: &Workload) -> impl Iterator<Item = &'a Service> {
+        self.selected
+            .get(&workload.key)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.as_ref())
     }
 }

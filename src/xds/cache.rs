@@ -62,6 +62,9 @@ impl Layer {
 /// What one workload's sidecar gets beyond the shared layers.
 #[derive(Debug, Default)]
 pub struct WorkloadLayers {
+    /// Hash of everything these layers were translated from (the workload
+    /// and the ports of the services selecting it): equal means reusable.
+    pub input: u64,
     pub clusters: Arc<Layer>,
     pub listeners: Arc<Layer>,
 }
@@ -164,8 +167,28 @@ impl XdsSnapshot {
             .workloads
             .iter()
             .map(|(key, w)| {
+                let input = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::hash::DefaultHasher::new();
+                    w.hash(&mut h);
+                    for s in registry.services_of(w) {
+                        s.hostname.hash(&mut h);
+                        s.ports.hash(&mut h);
+                    }
+                    h.finish()
+                };
                 let old = prev.workloads.get(key);
+                if let Some(o) = old.filter(|o| o.input == input) {
+                    // Nothing this workload's own resources depend on changed.
+                    let layers = WorkloadLayers {
+                        input,
+                        clusters: Arc::clone(&o.clusters),
+                        listeners: Arc::clone(&o.listeners),
+                    };
+                    return (key.clone(), layers);
+                }
                 let layers = WorkloadLayers {
+                    input,
                     clusters: Layer::encode(
                         XdsType::Cluster,
                         clusters::inbound(&mesh, w)
@@ -194,3 +217,6 @@ impl XdsSnapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::config::parse_file;
+use crate::model::{ConfigSnapshot, Registry, WorkloadKey};
+
+const MESH: &str = include_str!("../../../examples/bookinfo/mesh/services.yaml");
+const WORKLOADS: &str = include_str!("../../../examples/bookinfo/mesh/workloads.yaml");
+const DR: &str = include_str!("../../../examples/bookinfo/routing/destination-rule-all.yaml");
+const VS: &str = include_str!("../../../examples/bookinfo/routing/virtual-service-all-v1.yaml");
+
+fn mk_snapshot(files: &[&str]) -> (ConfigSnapshot, Registry) {
+    let mut snap = ConfigSnapshot::default();
+    for (i, text) in files.iter().enumerate() {
+        let parsed = parse_file(std::path::Path::new(&format!("f{i}.yaml")), text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        for r in parsed.resources {
+            snap.resources.insert(r.key(), Arc::new(r));
+        }
+    }
+    let reg = Registry::build(&snap);
+    (snap, reg)
+}
+
+fn mk_key(name: &str) -> WorkloadKey {
+    WorkloadKey {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+#[test]
+fn proxies_share_layers_and_unchanged_layers_keep_identity() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg);
+    assert_eq!(first.generation, 1);
+    let a = first.resources_for(&mk_key("reviews-v1")).unwrap();
+    let b = first.resources_for(&mk_key("ratings-v1")).unwrap();
+    // Mesh-wide clusters, endpoints and the namespace's routes are one allocation.
+    assert!(Arc::ptr_eq(&a.layers[0][0], &b.layers[0][0]));
+    assert!(Arc::ptr_eq(&a.layers[1][0], &b.layers[1][0]));
+    assert!(Arc::ptr_eq(&a.layers[3][0], &b.layers[3][0]));
+    // Listeners are the workload's own.
+    assert!(!Arc::ptr_eq(&a.layers[2][0], &b.layers[2][0]));
+
+    // Rebuilding from the same config changes nothing.
+    let second = XdsSnapshot::build(&first, &snap, &reg);
+    let a2 = second.resources_for(&mk_key("reviews-v1")).unwrap();
+    for t in XdsType::PUSH_ORDER {
+        assert!(a.same_layers(&a2, t), "{t:?} rebuilt");
+    }
+}
+
+#[test]
+fn an_endpoint_change_touches_only_endpoints_and_that_workload() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg);
+    let moved = WORKLOADS.replace("address: 127.0.0.16", "address: 127.0.0.99");
+    let (snap2, reg2) = mk_snapshot(&[MESH, &moved, DR, VS]);
+    let second = XdsSnapshot::build(&first, &snap2, &reg2);
+    let before = first.resources_for(&mk_key("reviews-v1")).unwrap();
+    let after = second.resources_for(&mk_key("reviews-v1")).unwrap();
+    assert!(before.same_layers(&after, XdsType::Cluster));
+    assert!(!before.same_layers(&after, XdsType::Endpoint));
+    assert!(before.same_layers(&after, XdsType::Listener));
+    assert!(before.same_layers(&after, XdsType::Route));
+    let ratings = second.resources_for(&mk_key("ratings-v1")).unwrap();
+    let lds = &ratings.layers[XdsType::Listener.index()][0];
+    assert!(lds.resources.contains_key("127.0.0.99_9080"));
+}
+
+#[test]
+fn a_routing_change_touches_only_routes() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg);
+    let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS, DR, &VS.replace("subset: v1\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings", "subset: v2\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings")]);
+    let second = XdsSnapshot::build(&first, &snap2, &reg2);
+    let before = first.resources_for(&mk_key("productpage-v1")).unwrap();
+    let after = second.resources_for(&mk_key("productpage-v1")).unwrap();
+    assert!(before.same_layers(&after, XdsType::Cluster));
+    assert!(before.same_layers(&after, XdsType::Endpoint));
+    assert!(before.same_layers(&after, XdsType::Listener));
+    assert!(!before.same_layers(&after, XdsType::Route));
+}
+
+#[test]
+fn unknown_workload_has_no_resources() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS]);
+    let s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg);
+    assert!(s.resources_for(&mk_key("ghost")).is_none());
+}
