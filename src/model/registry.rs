@@ -144,6 +144,9 @@ pub struct Registry {
     pub warnings: Vec<String>,
 }
 
+/// A WorkloadEntry resource and its spec.
+type EntryRef<'a> = (&'a crate::model::Resource, &'a WorkloadEntrySpec);
+
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -182,10 +185,7 @@ impl Registry {
         // WorkloadEntries by (namespace, label, value), so a selector is
         // matched against the few entries carrying its first label rather than
         // against every entry in the mesh.
-        let mut by_label: HashMap<
-            (&str, &str, &str),
-            Vec<(&crate::model::Resource, &WorkloadEntrySpec)>,
-        > = HashMap::new();
+        let mut by_label: HashMap<(&str, &str, &str), Vec<EntryRef<'_>>> = HashMap::new();
         for (we, spec) in snapshot.workload_entries() {
             for (k, v) in &spec.labels {
                 by_label
@@ -206,7 +206,7 @@ impl Registry {
                 })
                 .collect();
             let selector = spec.workload_selector.as_ref().map(|s| s.labels.clone());
-            let candidates: Vec<(&crate::model::Resource, &WorkloadEntrySpec)> = match &selector {
+            let candidates: Vec<EntryRef<'_>> = match &selector {
                 Some(sel) => match sel.iter().next() {
                     Some((k, v)) => by_label
                         .get(&(res.namespace.as_str(), k.as_str(), v.as_str()))
