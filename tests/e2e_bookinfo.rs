@@ -249,17 +249,22 @@ fn nack_is_surfaced_and_not_looped() {
         false,
     );
     mesh.start_bookinfo();
-    // Passes pilotfish's checks today but Envoy refuses a route with both a
-    // prefix rewrite and a regex rewrite.
+    // A valid RE2 regex that Envoy refuses: its compiled program is larger
+    // than Envoy's default limit (100). Istio's validation accepts it too.
     let bad = REVIEWS_V3.replace(
         "  - route:\n",
-        "  - rewrite:\n      uri: /x\n      uriRegexRewrite: {match: '^/y', rewrite: /z}\n    route:\n",
+        "  - match:\n    - uri:\n        regex: \"^/(a|b)[a-z]{200}$\"\n    route:\n",
     );
     mesh.write("reviews.yaml", &bad);
     wait_until("a NACK in /debug/syncz", || {
         mesh.get_text(&mesh.admin_url("/debug/syncz"))
             .contains("last_nack\":{")
     });
+    let syncz = mesh.get_text(&mesh.admin_url("/debug/syncz"));
+    assert!(
+        syncz.contains("program size"),
+        "Envoy's own message is shown: {syncz}"
+    );
     let m = mesh.metrics();
     assert!(
         metric(&m, "pilot_total_xds_rejects_total{type=\"rds\"}").unwrap_or(0.0) >= 1.0,

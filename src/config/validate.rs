@@ -176,6 +176,15 @@ fn virtual_service(s: &VirtualServiceSpec, p: &mut Problems) {
                 "with several destinations, at least one weight must be above 0".into(),
             ));
         }
+        if let Some(rw) = &r.rewrite
+            && rw.uri.is_some()
+            && rw.uri_regex_rewrite.is_some()
+        {
+            p.push((
+                format!("{path}.rewrite"),
+                "uri and uriRegexRewrite cannot both be set".into(),
+            ));
+        }
         duration(format!("{path}.timeout"), &r.timeout, p);
         if let Some(retries) = &r.retries {
             duration(
@@ -243,6 +252,12 @@ fn service_entry(s: &ServiceEntrySpec, p: &mut Problems) {
         }
     }
     let resolution = s.resolution.unwrap_or_default();
+    if resolution == Resolution::DnsRoundRobin && s.endpoints.len() > 1 {
+        p.push((
+            "spec.endpoints".into(),
+            "resolution DNS_ROUND_ROBIN takes at most one endpoint (Envoy's LOGICAL_DNS resolves a single name)".into(),
+        ));
+    }
     for (i, e) in s.endpoints.iter().enumerate() {
         let path = format!("spec.endpoints[{i}]");
         workload_fields(&path, e, p);

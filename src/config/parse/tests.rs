@@ -949,3 +949,30 @@ fn alias_bomb_is_rejected_quickly() {
     assert!(parsed.resources.is_empty());
     assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
 }
+
+#[test]
+fn rewrite_uri_and_regex_rewrite_together() {
+    let doc = mk_vs(
+        "reviews",
+        "[{rewrite: {uri: /x, uriRegexRewrite: {match: '^/y', rewrite: /z}}, route: [{destination: {host: reviews}}]}]",
+    );
+    assert_eq!(
+        mk_validate_error(&doc),
+        (
+            "spec.http[0].rewrite".to_string(),
+            "uri and uriRegexRewrite cannot both be set".to_string()
+        )
+    );
+}
+
+#[test]
+fn dns_round_robin_takes_one_endpoint() {
+    let doc = mk_doc(
+        "ServiceEntry",
+        "ext",
+        "{hosts: [ext.example.com], ports: [{number: 80, name: http}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.example.com}, {address: b.example.com}]}",
+    );
+    let (path, message) = mk_validate_error(&doc);
+    assert_eq!(path, "spec.endpoints");
+    assert!(message.contains("DNS_ROUND_ROBIN"), "{message}");
+}

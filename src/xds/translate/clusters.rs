@@ -20,7 +20,10 @@ use super::{
     CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, any, inbound_cluster_name,
     outbound_cluster_name, socket_address,
 };
-use crate::model::istio::{LoadBalancerSettings, Resolution, SimpleLb, TrafficPolicy};
+use crate::model::istio::{
+    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, Resolution,
+    SimpleLb, TrafficPolicy,
+};
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 
 /// Every outbound cluster in the mesh, named as Istio names them.
@@ -28,17 +31,18 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
     let mut out = Vec::new();
     for svc in mesh.registry.services.values() {
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
-        let policy = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
+        let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
         for port in &svc.ports {
-            out.push(cluster(svc, port, "", policy, None));
+            let policy = EffectivePolicy::merge(top, None, port.number);
+            out.push(cluster(svc, port, "", &policy, None));
             for subset in dr.map(|(_, d)| d.subsets.as_slice()).unwrap_or_default() {
-                // A subset's own policy replaces the top-level one where set.
-                let sub_policy = subset.traffic_policy.as_ref().or(policy);
+                let policy =
+                    EffectivePolicy::merge(top, subset.traffic_policy.as_ref(), port.number);
                 out.push(cluster(
                     svc,
                     port,
                     &subset.name,
-                    sub_policy,
+                    &policy,
                     Some(&subset.labels),
                 ));
             }
@@ -47,11 +51,53 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
     out
 }
 
+/// The traffic policy that applies to one port of one (subset) cluster, as
+/// Istio merges it: the top-level policy; replaced entirely by a matching
+/// top-level `portLevelSettings` entry; then each section the subset's policy
+/// sets overrides the result, and a matching subset port-level entry replaces it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EffectivePolicy<'a> {
+    pub load_balancer: Option<&'a LoadBalancerSettings>,
+    pub connection_pool: Option<&'a ConnectionPoolSettings>,
+    pub outlier_detection: Option<&'a OutlierDetection>,
+    pub tls: Option<&'a ClientTlsSettings>,
+}
+
+impl<'a> EffectivePolicy<'a> {
+    pub fn merge(
+        top: Option<&'a TrafficPolicy>,
+        subset: Option<&'a TrafficPolicy>,
+        port: u32,
+    ) -> Self {
+        let mut p = EffectivePolicy::default();
+        for layer in [top, subset].into_iter().flatten() {
+            p.load_balancer = layer.load_balancer.as_ref().or(p.load_balancer);
+            p.connection_pool = layer.connection_pool.as_ref().or(p.connection_pool);
+            p.outlier_detection = layer.outlier_detection.as_ref().or(p.outlier_detection);
+            p.tls = layer.tls.as_ref().or(p.tls);
+            if let Some(pl) = layer
+                .port_level_settings
+                .iter()
+                .find(|s| s.port.as_ref().and_then(|x| x.number) == Some(port))
+            {
+                // Port-level settings replace the policy; omitted sections take defaults.
+                p = EffectivePolicy {
+                    load_balancer: pl.load_balancer.as_ref(),
+                    connection_pool: pl.connection_pool.as_ref(),
+                    outlier_detection: pl.outlier_detection.as_ref(),
+                    tls: pl.tls.as_ref(),
+                };
+            }
+        }
+        p
+    }
+}
+
 fn cluster(
     svc: &Service,
     port: &ServicePort,
     subset: &str,
-    policy: Option<&TrafficPolicy>,
+    policy: &EffectivePolicy<'_>,
     subset_labels: Option<&BTreeMap<String, String>>,
 ) -> Cluster {
     let name = outbound_cluster_name(port.number, subset, &svc.hostname);
@@ -63,8 +109,7 @@ fn cluster(
         }),
         ..Default::default()
     };
-    let lb = policy.and_then(|p| load_balancer_for(p, port.number));
-    apply_lb(&mut c, lb);
+    apply_lb(&mut c, policy.load_balancer);
     match svc.resolution {
         Resolution::Static => {
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
@@ -93,17 +138,6 @@ fn cluster(
         set_http2(&mut c);
     }
     c
-}
-
-/// The load balancer for `port`: a matching `portLevelSettings` entry's
-/// replaces the top-level one, as in Istio.
-fn load_balancer_for(policy: &TrafficPolicy, port: u32) -> Option<&LoadBalancerSettings> {
-    policy
-        .port_level_settings
-        .iter()
-        .find(|p| p.port.as_ref().and_then(|s| s.number) == Some(port))
-        .and_then(|p| p.load_balancer.as_ref())
-        .or(policy.load_balancer.as_ref())
 }
 
 fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
@@ -171,10 +205,24 @@ fn dns_assignment(
 }
 
 pub(super) fn lb_endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint {
+    // `unix:///path` endpoints (allowed by Istio for STATIC) are pipes.
+    let address = match address.strip_prefix("unix://") {
+        Some(path) => envoy_types::pb::envoy::config::core::v3::Address {
+            address: Some(
+                envoy_types::pb::envoy::config::core::v3::address::Address::Pipe(
+                    envoy_types::pb::envoy::config::core::v3::Pipe {
+                        path: path.to_string(),
+                        mode: 0,
+                    },
+                ),
+            ),
+        },
+        None => socket_address(address, port),
+    };
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(
             envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
-                address: Some(socket_address(address, port)),
+                address: Some(address),
                 ..Default::default()
             },
         )),

@@ -25,8 +25,8 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::{Mesh, OUTBOUND_ROUTE, duration, outbound_cluster_name};
 use crate::model::istio::{
-    Destination, HeaderOperations, HttpMatchRequest, HttpRoute, StringMatch, StringMatchKind,
-    VirtualServiceSpec, parse_duration,
+    Destination, HeaderOperations, HttpMatchRequest, HttpRoute, HttpRouteDestination, StringMatch,
+    StringMatchKind, VirtualServiceSpec, parse_duration,
 };
 use crate::model::registry::{Service, ServicePort};
 use crate::model::{Resource, host};
@@ -54,14 +54,19 @@ pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
             if domains.is_empty() {
                 continue;
             }
-            let routes = match vs {
+            let mut routes = match vs {
                 Some((res, spec)) => http_routes(mesh, res, spec, svc, port),
-                None => vec![default_route(&outbound_cluster_name(
+                None => Vec::new(),
+            };
+            if routes.is_empty() {
+                // No VirtualService, or none of its rules apply to this port:
+                // plain routing to the service, as Istio falls back to.
+                routes.push(default_route(&outbound_cluster_name(
                     port.number,
                     "",
                     &svc.hostname,
-                ))],
-            };
+                )));
+            }
             virtual_hosts.push(VirtualHost {
                 name: format!("{}:{}", svc.hostname, port.number),
                 domains,
@@ -167,20 +172,44 @@ pub fn http_routes(
                 action: Some(action.clone()),
                 ..Default::default()
             };
-            if let Some(h) = &route.headers {
+            // The rule's header operations, then a sole destination's.
+            let sole = match route.route.as_slice() {
+                [only] => only.headers.as_ref(),
+                _ => None,
+            };
+            for h in route.headers.iter().chain(sole) {
                 if let Some(req) = &h.request {
-                    r.request_headers_to_add = header_ops(req);
-                    r.request_headers_to_remove = req.remove.clone();
+                    r.request_headers_to_add.extend(header_ops(req));
+                    r.request_headers_to_remove
+                        .extend(req.remove.iter().cloned());
                 }
                 if let Some(resp) = &h.response {
-                    r.response_headers_to_add = header_ops(resp);
-                    r.response_headers_to_remove = resp.remove.clone();
+                    r.response_headers_to_add.extend(header_ops(resp));
+                    r.response_headers_to_remove
+                        .extend(resp.remove.iter().cloned());
                 }
             }
             out.push(r);
         }
     }
     out
+}
+
+/// Istio's `retryOn`: Envoy policies, and HTTP status codes which become
+/// `retriable-status-codes`.
+fn retry_on(spec: &str) -> (String, Vec<u32>) {
+    let mut policies: Vec<&str> = Vec::new();
+    let mut codes = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<u32>() {
+            Ok(code) => codes.push(code),
+            Err(_) => policies.push(part),
+        }
+    }
+    if !codes.is_empty() && !policies.contains(&"retriable-status-codes") {
+        policies.push("retriable-status-codes");
+    }
+    (policies.join(","), codes)
 }
 
 fn header_ops(ops: &HeaderOperations) -> Vec<HeaderValueOption> {
@@ -360,30 +389,46 @@ fn action(
             ..Default::default()
         });
     }
-    // Weights are relative (as in current Istio); destinations weighted 0 get no traffic.
-    let dests: Vec<(String, u32)> = route
+    // Weights are relative (as in current Istio). A sole destination gets all
+    // traffic whatever its weight; among several, those weighted 0 get none.
+    let dests: Vec<(&HttpRouteDestination, String, u32)> = route
         .route
         .iter()
         .map(|d| {
             let w = match d.weight {
+                _ if route.route.len() == 1 => 100,
                 Some(w) => w.max(0) as u32,
-                None if route.route.len() == 1 => 100,
                 None => 0,
             };
-            (destination_cluster(mesh, vs, &d.destination, port), w)
+            (d, destination_cluster(mesh, vs, &d.destination, port), w)
         })
-        .filter(|(_, w)| *w > 0)
+        .filter(|(_, _, w)| *w > 0)
         .collect();
     let cluster_specifier = match dests.as_slice() {
         [] => ClusterSpecifier::Cluster(outbound_cluster_name(port.number, "", &svc.hostname)),
-        [(c, _)] => ClusterSpecifier::Cluster(c.clone()),
+        // A sole destination's header operations are merged into the route
+        // (see `http_routes`).
+        [(_, c, _)] => ClusterSpecifier::Cluster(c.clone()),
         many => ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
-                .map(|(c, w)| ClusterWeight {
-                    name: c.clone(),
-                    weight: Some(UInt32Value { value: *w }),
-                    ..Default::default()
+                .map(|(d, c, w)| {
+                    let ops = d.headers.as_ref();
+                    let req = ops.and_then(|h| h.request.as_ref());
+                    let resp = ops.and_then(|h| h.response.as_ref());
+                    ClusterWeight {
+                        name: c.clone(),
+                        weight: Some(UInt32Value { value: *w }),
+                        request_headers_to_add: req.map(header_ops).unwrap_or_default(),
+                        request_headers_to_remove: req
+                            .map(|r| r.remove.clone())
+                            .unwrap_or_default(),
+                        response_headers_to_add: resp.map(header_ops).unwrap_or_default(),
+                        response_headers_to_remove: resp
+                            .map(|r| r.remove.clone())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    }
                 })
                 .collect(),
             ..Default::default()
@@ -397,22 +442,25 @@ fn action(
     let retry_policy = match &route.retries {
         None => Some(default_retry_policy()),
         Some(r) if r.attempts.unwrap_or(0) <= 0 => None,
-        Some(r) => Some(RetryPolicy {
-            retry_on: r
-                .retry_on
-                .clone()
-                .unwrap_or_else(|| DEFAULT_RETRY_ON.to_string()),
-            num_retries: Some(UInt32Value {
-                value: r.attempts.unwrap_or(0) as u32,
-            }),
-            per_try_timeout: r
-                .per_try_timeout
-                .as_deref()
-                .and_then(|t| parse_duration(t).ok())
-                .map(duration),
-            retriable_status_codes: vec![503],
-            ..Default::default()
-        }),
+        Some(r) => {
+            let (retry_on, retriable_status_codes) = match &r.retry_on {
+                Some(on) => retry_on(on),
+                None => (DEFAULT_RETRY_ON.to_string(), vec![503]),
+            };
+            Some(RetryPolicy {
+                retry_on,
+                num_retries: Some(UInt32Value {
+                    value: r.attempts.unwrap_or(0) as u32,
+                }),
+                per_try_timeout: r
+                    .per_try_timeout
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .map(duration),
+                retriable_status_codes,
+                ..Default::default()
+            })
+        }
     };
     let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),

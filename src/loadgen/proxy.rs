@@ -1,0 +1,697 @@
+//! One simulated Envoy: an ADS stream over its own gRPC connection,
+//! following Envoy's xDS client behaviour closely enough to load a control
+//! plane the way real sidecars do.
+//!
+//! * The node is the one `pilotfish bootstrap` writes (id
+//!   `sidecar~IP~NAME.NS~NS.svc.cluster.local`, metadata `NAMESPACE`,
+//!   `WORKLOAD_NAME`, ...), sent on the first request of each stream only
+//!   (`set_node_on_first_message_only`).
+//! * CDS and LDS are requested as wildcards; every response is ACKed with its
+//!   version and nonce (the loadgen never NACKs). EDS is then requested for
+//!   every EDS cluster (its `service_name`, else its name) and RDS for every
+//!   route table an HttpConnectionManager names, and re-requested whenever
+//!   that set changes. SotW requests carry the full name list (ACKs too, as
+//!   Envoy's do); delta requests carry only what was (un)subscribed.
+//! * When the stream ends the proxy reconnects on a new connection after a
+//!   jittered exponential backoff (Envoy's defaults: 500 ms doubling to
+//!   30 s), re-requesting what it had (delta: with `initial_resource_versions`).
+//!
+//! Against a server whose resources do not decode as their type (the floor's
+//! `--opaque` blobs) every resource is treated as opaque: nothing follows
+//! from CDS or LDS, so only those two types are requested.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use super::scenario::WorkloadRef;
+use super::wire::{DecodeCache, LiteCodec, LiteDeltaResponse, LiteResponse, ResourceInfo, Sized};
+use crate::model::WorkloadKey;
+use crate::xds::bootstrap::{BootstrapParams, bootstrap};
+use crate::xds::types::XdsType;
+
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// Envoy's default ADS retry backoff: 500 ms base, 30 s cap, jittered.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envoy's HTTP/2 defaults for its gRPC client (256 MiB stream and connection
+/// windows): the server is never held back by flow control.
+const H2_WINDOW: u32 = 256 * 1024 * 1024;
+/// The HTTP/2 keepalive `pilotfish bootstrap` gives the xds-grpc cluster.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response accepted (Envoy sets no limit of its own).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+/// Requests queued for the stream's writer: a few ACKs and subscriptions.
+const REQUEST_QUEUE: usize = 16;
+/// Version prefix of the floor server's timed pushes: `floor-push-SEQ-UNIXMICROS`.
+pub const FLOOR_PUSH_PREFIX: &str = "floor-push-";
+/// Floor pushes remembered per proxy.
+const MAX_FLOOR_PUSHES: usize = 10_000;
+
+/// A change the run applied, as the proxies see it.
+#[derive(Debug)]
+pub struct ChangeMark {
+    /// When the change's files were in place.
+    pub at: Instant,
+    /// The type whose first response after `at` completes the change.
+    pub primary: XdsType,
+    /// Proxies that received and ACKed a `primary` response since `at`.
+    pub converged: AtomicUsize,
+}
+
+/// What every proxy task shares with the run.
+#[derive(Debug)]
+pub struct Shared {
+    pub start: Instant,
+    pub cache: DecodeCache,
+    pub changes: RwLock<Vec<Arc<ChangeMark>>>,
+    pub synced: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub responses: AtomicU64,
+    pub bytes: AtomicU64,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn new(stop: watch::Receiver<bool>) -> Self {
+        Shared {
+            start: Instant::now(),
+            cache: DecodeCache::default(),
+            changes: RwLock::new(Vec::new()),
+            synced: AtomicUsize::new(0),
+            connected: AtomicUsize::new(0),
+            responses: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            stop,
+        }
+    }
+}
+
+/// Who a simulated proxy is and where it connects.
+#[derive(Clone, Debug)]
+pub struct ProxySpec {
+    pub workload: WorkloadRef,
+    /// `http://HOST:PORT` of the ADS server.
+    pub uri: String,
+    pub delta: bool,
+}
+
+/// What one proxy measured.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyStats {
+    pub workload: String,
+    /// When the proxy task started, from the start of the run.
+    pub started: Duration,
+    /// First connection established, from the proxy's start.
+    pub connected_after: Option<Duration>,
+    /// All four types received and ACKed (EDS/RDS for every name the proxy
+    /// asked for), from the proxy's start.
+    pub synced_after: Option<Duration>,
+    /// Bytes of responses (gRPC message payload), per type.
+    pub bytes: [u64; 4],
+    pub responses: [u64; 4],
+    /// Resources the proxy holds now, per type (SotW EDS/RDS: last response).
+    pub resources: [usize; 4],
+    /// SotW: responses whose version equals the one last ACKed for the type.
+    /// Delta: resources received again with the version the proxy has.
+    pub redundant: [u64; 4],
+    /// Responses of a type the proxy never asked for (not ACKed).
+    pub unrequested: u64,
+    pub connects: u32,
+    pub stream_errors: u32,
+    pub last_error: Option<String>,
+    /// Per change applied by the run, per type: from the change to the ACK of
+    /// the first response of that type received after it.
+    pub changes: Vec<[Option<Duration>; 4]>,
+    /// Floor pushes: (push number, latency from the floor's send timestamp).
+    pub floor_pushes: Vec<(u64, Duration)>,
+}
+
+/// Builds the node exactly as `pilotfish bootstrap` writes it.
+pub fn node_for(w: &WorkloadRef, delta: bool) -> Node {
+    let b = bootstrap(&BootstrapParams {
+        workload: WorkloadKey {
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+        },
+        ip: w.address.clone(),
+        xds_host: String::new(),
+        xds_port: 0,
+        admin_host: String::new(),
+        admin_port: 0,
+        delta,
+    });
+    let node = &b["node"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let metadata = match json_to_value(&node["metadata"]).kind {
+        Some(Kind::StructValue(s)) => Some(s),
+        _ => None,
+    };
+    Node {
+        id: text(&node["id"]),
+        cluster: text(&node["cluster"]),
+        metadata,
+        user_agent_name: "envoy".to_string(),
+        ..Default::default()
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(Struct {
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+/// Why a session ended.
+enum Ended {
+    Stopped,
+    /// The stream or connection failed (after `responses` responses).
+    Failed { error: String, responses: u64 },
+}
+
+/// Runs one simulated proxy until the run stops; returns what it measured.
+pub async fn run(spec: ProxySpec, shared: Arc<Shared>) -> ProxyStats {
+    let mut p = Proxy::new(&spec, &shared);
+    let mut backoff = BACKOFF_BASE;
+    let mut rng = Jitter::new(xxhash_rust::xxh3::xxh3_64(p.stats.workload.as_bytes()));
+    loop {
+        if *shared.stop.borrow() {
+            break;
+        }
+        match p.session(&spec).await {
+            Ended::Stopped => break,
+            Ended::Failed { error, responses } => {
+                p.stats.stream_errors += 1;
+                p.stats.last_error = Some(error);
+                if responses > 0 {
+                    backoff = BACKOFF_BASE;
+                }
+                let wait = rng.up_to(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let mut stop = shared.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+    p.stats
+}
+
+/// Full-jitter backoff without a random-number crate (xorshift).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Self {
+        Jitter(seed | 1)
+    }
+
+    fn up_to(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let frac = (self.0 % 1_000_000) as f64 / 1e6;
+        max.mul_f64(0.5 + frac / 2.0)
+    }
+}
+
+/// Per-type state that survives reconnects.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Asked for on this stream.
+    requested: bool,
+    /// SotW: version and nonce of the last response (ACKed at once).
+    version: String,
+    nonce: String,
+    acked: bool,
+    /// EDS/RDS: the names asked for, sorted.
+    names: Vec<Arc<str>>,
+    /// Delta: what the proxy holds, name -> (version, what it leads to).
+    have: HashMap<Arc<str>, (Arc<str>, Arc<ResourceInfo>)>,
+    /// Until synced: EDS/RDS names answered (received, or said not to exist).
+    answered: HashSet<Arc<str>>,
+}
+
+struct Proxy<'a> {
+    shared: &'a Shared,
+    node: Node,
+    started_at: Instant,
+    types: [TypeState; 4],
+    synced: bool,
+    last_floor_push: u64,
+    stats: ProxyStats,
+}
+
+/// The request stream's sender, either variant.
+enum Tx {
+    Sotw(mpsc::Sender<DiscoveryRequest>),
+    Delta(mpsc::Sender<DeltaDiscoveryRequest>),
+}
+
+/// What a response asks the proxy to do next.
+#[derive(Default)]
+struct Next {
+    /// Names the dependent type (EDS after CDS, RDS after LDS) should now have.
+    dependent: Option<(XdsType, Vec<Arc<str>>)>,
+}
+
+fn dependent_of(t: XdsType) -> Option<XdsType> {
+    match t {
+        XdsType::Cluster => Some(XdsType::Endpoint),
+        XdsType::Listener => Some(XdsType::Route),
+        _ => None,
+    }
+}
+
+impl<'a> Proxy<'a> {
+    fn new(spec: &ProxySpec, shared: &'a Shared) -> Self {
+        let started_at = Instant::now();
+        Proxy {
+            shared,
+            node: node_for(&spec.workload, spec.delta),
+            started_at,
+            types: Default::default(),
+            synced: false,
+            last_floor_push: 0,
+            stats: ProxyStats {
+                workload: format!("{}/{}", spec.workload.namespace, spec.workload.name),
+                started: started_at - shared.start,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn endpoint(spec: &ProxySpec) -> Result<Endpoint, String> {
+        let mut ep = Endpoint::from_shared(spec.uri.clone())
+            .map_err(|e| format!("bad address {}: {e}", spec.uri))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(H2_WINDOW);
+        // Each sidecar connects from its own address, as real ones do.
+        if let Some(ip) = spec
+            .workload
+            .address
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .filter(|ip| ip.is_loopback())
+        {
+            ep = ep.local_address(Some(ip));
+        }
+        Ok(ep)
+    }
+
+    /// One connection and stream, until it ends or the run stops.
+    async fn session(&mut self, spec: &ProxySpec) -> Ended {
+        let failed = |error: String| Ended::Failed {
+            error,
+            responses: 0,
+        };
+        let channel = match Self::endpoint(spec) {
+            Ok(ep) => {
+                let mut stop = self.shared.stop.clone();
+                tokio::select! {
+                    c = ep.connect() => match c {
+                        Ok(c) => c,
+                        Err(e) => return failed(format!("connect: {e}")),
+                    },
+                    _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+                }
+            }
+            Err(e) => return failed(e),
+        };
+        self.stats.connects += 1;
+        if self.stats.connected_after.is_none() {
+            self.stats.connected_after = Some(self.started_at.elapsed());
+        }
+        let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        // A new stream: nothing requested on it yet, no nonce to answer.
+        for t in &mut self.types {
+            t.requested = false;
+            t.nonce.clear();
+        }
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        let ended = if spec.delta {
+            self.delta_session(grpc).await
+        } else {
+            self.sotw_session(grpc).await
+        };
+        self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        ended
+    }
+
+    async fn sotw_session(
+        &mut self,
+        mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    ) -> Ended {
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let tx = Tx::Sotw(tx);
+        // Queued before the call so they go out with the stream's headers.
+        let mut first = true;
+        for t in [XdsType::Cluster, XdsType::Listener, XdsType::Endpoint, XdsType::Route] {
+            if dependent_of(t).is_some() || !self.types[t.index()].names.is_empty() {
+                let node = first.then(|| self.node.clone());
+                first = false;
+                if self.send_sotw(&tx, t, node).await.is_err() {
+                    return Ended::Failed { error: "request stream closed".into(), responses: 0 };
+                }
+            }
+        }
+        if let Err(e) = grpc.ready().await {
+            return Ended::Failed { error: format!("channel: {e}"), responses: 0 };
+        }
+        let codec = LiteCodec::<DiscoveryRequest, LiteResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(SOTW_PATH);
+        let call = grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec);
+        let mut stop = self.shared.stop.clone();
+        let mut inbound = tokio::select! {
+            r = call => match r {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Ended::Failed { error: format!("call: {status}"), responses: 0 },
+            },
+            _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+        };
+        let mut responses = 0;
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+            };
+            match msg {
+                Ok(Some(resp)) => {
+                    responses += 1;
+                    if self.on_sotw(&tx, resp).await.is_err() {
+                        return Ended::Failed { error: "request stream closed".into(), responses };
+                    }
+                }
+                Ok(None) => return Ended::Failed { error: "stream ended by server".into(), responses },
+                Err(status) => return Ended::Failed { error: format!("stream: {status}"), responses },
+            }
+        }
+    }
+
+    async fn send_sotw(&mut self, tx: &Tx, t: XdsType, node: Option<Node>) -> Result<(), ()> {
+        let st = &mut self.types[t.index()];
+        st.requested = true;
+        let req = DiscoveryRequest {
+            version_info: st.version.clone(),
+            node,
+            resource_names: st.names.iter().map(|n| n.to_string()).collect(),
+            type_url: t.type_url().to_string(),
+            response_nonce: st.nonce.clone(),
+            ..Default::default()
+        };
+        match tx {
+            Tx::Sotw(tx) => tx.send(req).await.map_err(|_| ()),
+            Tx::Delta(_) => Err(()),
+        }
+    }
+
+    async fn on_sotw(&mut self, tx: &Tx, resp: Sized<LiteResponse>) -> Result<(), ()> {
+        let received = Instant::now();
+        let Sized { bytes, msg } = resp;
+        let Some(t) = XdsType::from_type_url(&msg.type_url) else {
+            self.stats.unrequested += 1;
+            return Ok(());
+        };
+        self.count(t, bytes);
+        if !self.types[t.index()].requested {
+            self.stats.unrequested += 1;
+            return Ok(());
+        }
+        let set = self.shared.cache.set(t, &msg.resources);
+        self.stats.resources[t.index()] = msg.resources.len();
+        let st = &mut self.types[t.index()];
+        if st.acked && st.version == msg.version_info {
+            self.stats.redundant[t.index()] += 1;
+        }
+        st.version = msg.version_info;
+        st.nonce = msg.nonce;
+        st.acked = true;
+        if !self.synced && dependent_of(t).is_none() {
+            st.answered.extend(set.names.iter().cloned());
+        }
+        let floor = floor_push(&st.version);
+        // ACK (the full name list again, as Envoy does), then follow-ups.
+        self.send_sotw(tx, t, None).await?;
+        if let Some(d) = dependent_of(t) {
+            let ds = &mut self.types[d.index()];
+            if ds.names[..] != set.next[..] {
+                ds.names = set.next.to_vec();
+                if !ds.names.is_empty() || ds.requested {
+                    self.send_sotw(tx, d, None).await?;
+                }
+            }
+        }
+        self.after_response(t, received, floor);
+        Ok(())
+    }
+
+    async fn delta_session(
+        &mut self,
+        mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    ) -> Ended {
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let tx = Tx::Delta(tx);
+        let mut first = true;
+        for t in [XdsType::Cluster, XdsType::Listener, XdsType::Endpoint, XdsType::Route] {
+            if dependent_of(t).is_some() || !self.types[t.index()].names.is_empty() {
+                let node = first.then(|| self.node.clone());
+                first = false;
+                if self.send_delta_initial(&tx, t, node).await.is_err() {
+                    return Ended::Failed { error: "request stream closed".into(), responses: 0 };
+                }
+            }
+        }
+        if let Err(e) = grpc.ready().await {
+            return Ended::Failed { error: format!("channel: {e}"), responses: 0 };
+        }
+        let codec = LiteCodec::<DeltaDiscoveryRequest, LiteDeltaResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(DELTA_PATH);
+        let call = grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec);
+        let mut stop = self.shared.stop.clone();
+        let mut inbound = tokio::select! {
+            r = call => match r {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Ended::Failed { error: format!("call: {status}"), responses: 0 },
+            },
+            _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+        };
+        let mut responses = 0;
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+            };
+            match msg {
+                Ok(Some(resp)) => {
+                    responses += 1;
+                    if self.on_delta(&tx, resp).await.is_err() {
+                        return Ended::Failed { error: "request stream closed".into(), responses };
+                    }
+                }
+                Ok(None) => return Ended::Failed { error: "stream ended by server".into(), responses },
+                Err(status) => return Ended::Failed { error: format!("stream: {status}"), responses },
+            }
+        }
+    }
+
+    /// First request of a type on a delta stream: wildcard for CDS/LDS, the
+    /// names for EDS/RDS, and the versions already held (after a reconnect).
+    async fn send_delta_initial(&mut self, tx: &Tx, t: XdsType, node: Option<Node>) -> Result<(), ()> {
+        let st = &mut self.types[t.index()];
+        st.requested = true;
+        let req = DeltaDiscoveryRequest {
+            node,
+            type_url: t.type_url().to_string(),
+            resource_names_subscribe: st.names.iter().map(|n| n.to_string()).collect(),
+            initial_resource_versions: st
+                .have
+                .iter()
+                .map(|(k, (v, _))| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        send_delta(tx, req).await
+    }
+
+    async fn on_delta(&mut self, tx: &Tx, resp: Sized<LiteDeltaResponse>) -> Result<(), ()> {
+        let received = Instant::now();
+        let Sized { bytes, msg } = resp;
+        let Some(t) = XdsType::from_type_url(&msg.type_url) else {
+            self.stats.unrequested += 1;
+            return Ok(());
+        };
+        self.count(t, bytes);
+        if !self.types[t.index()].requested {
+            self.stats.unrequested += 1;
+            return Ok(());
+        }
+        let synced = self.synced;
+        let cache = &self.shared.cache;
+        let st = &mut self.types[t.index()];
+        for r in &msg.resources {
+            let info = match &r.resource {
+                Some(any) => cache.info(t, &any.value),
+                None => Arc::new(ResourceInfo::default()),
+            };
+            let name = cache.intern(&r.name);
+            let version = cache.intern(&r.version);
+            if let Some((old, _)) = st.have.get(&name)
+                && *old == version
+            {
+                self.stats.redundant[t.index()] += 1;
+            }
+            if !synced && dependent_of(t).is_none() {
+                st.answered.insert(Arc::clone(&name));
+            }
+            st.have.insert(name, (version, info));
+        }
+        for name in &msg.removed_resources {
+            st.have.remove(name.as_str());
+            if !synced && dependent_of(t).is_none() {
+                st.answered.insert(cache.intern(name));
+            }
+        }
+        st.acked = true;
+        self.stats.resources[t.index()] = st.have.len();
+        let floor = floor_push(&msg.system_version_info);
+        // ACK, then (un)subscribe what the new set leads to.
+        let ack = DeltaDiscoveryRequest {
+            type_url: msg.type_url,
+            response_nonce: msg.nonce,
+            ..Default::default()
+        };
+        send_delta(tx, ack).await?;
+        if let Some(d) = dependent_of(t) {
+            let wanted: BTreeSet<Arc<str>> = st
+                .have
+                .values()
+                .flat_map(|(_, info)| info.next.iter().cloned())
+                .collect();
+            let ds = &mut self.types[d.index()];
+            let old: BTreeSet<Arc<str>> = ds.names.iter().cloned().collect();
+            let subscribe: Vec<String> = wanted.difference(&old).map(|n| n.to_string()).collect();
+            let unsubscribe: Vec<String> = old.difference(&wanted).map(|n| n.to_string()).collect();
+            if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                for gone in &unsubscribe {
+                    ds.have.remove(gone.as_str());
+                }
+                ds.names = wanted.into_iter().collect();
+                if ds.requested {
+                    let req = DeltaDiscoveryRequest {
+                        type_url: d.type_url().to_string(),
+                        resource_names_subscribe: subscribe,
+                        resource_names_unsubscribe: unsubscribe,
+                        ..Default::default()
+                    };
+                    send_delta(tx, req).await?;
+                } else {
+                    self.send_delta_initial(tx, d, None).await?;
+                }
+            }
+        }
+        self.after_response(t, received, floor);
+        Ok(())
+    }
+
+    fn count(&mut self, t: XdsType, bytes: usize) {
+        self.stats.bytes[t.index()] += bytes as u64;
+        self.stats.responses[t.index()] += 1;
+        self.shared.responses.fetch_add(1, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// After a response of type `t` (received at `received`) was ACKed:
+    /// convergence of changes, floor push latency, initial sync.
+    fn after_response(&mut self, t: XdsType, received: Instant, floor: Option<(u64, u64)>) {
+        let now = Instant::now();
+        {
+            let marks = self.shared.changes.read().unwrap_or_else(|e| e.into_inner());
+            while self.stats.changes.len() < marks.len() {
+                self.stats.changes.push([None; 4]);
+            }
+            for (m, mark) in marks.iter().enumerate() {
+                if mark.at > received {
+                    break;
+                }
+                let slot = &mut self.stats.changes[m][t.index()];
+                if slot.is_none() {
+                    *slot = Some(now - mark.at);
+                    if t == mark.primary {
+                        mark.converged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if let Some((seq, micros)) = floor
+            && seq > self.last_floor_push
+            && self.stats.floor_pushes.len() < MAX_FLOOR_PUSHES
+        {
+            self.last_floor_push = seq;
+            let sent = UNIX_EPOCH + Duration::from_micros(micros);
+            let latency = SystemTime::now().duration_since(sent).unwrap_or_default();
+            self.stats.floor_pushes.push((seq, latency));
+        }
+        if !self.synced && self.is_synced() {
+            self.synced = true;
+            self.stats.synced_after = Some(now - self.started_at);
+            for st in &mut self.types {
+                st.answered = HashSet::new();
+            }
+            self.shared.synced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn is_synced(&self) -> bool {
+        let ready = |t: XdsType| {
+            let st = &self.types[t.index()];
+            st.acked && st.names.iter().all(|n| st.answered.contains(n))
+        };
+        ready(XdsType::Cluster)
+            && ready(XdsType::Listener)
+            && (self.types[XdsType::Endpoint.index()].names.is_empty() || ready(XdsType::Endpoint))
+            && (self.types[XdsType::Route.index()].names.is_empty() || ready(XdsType::Route))
+    }
+}
+
+async fn send_delta(tx: &Tx, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+    match tx {
+        Tx::Delta(tx) => tx.send(req).await.map_err(|_| ()),
+        Tx::Sotw(_) => Err(()),
+    }
+}
+
+/// `(push number, unix micros)` of a floor server's timed push version.
+fn floor_push(version: &str) -> Option<(u64, u64)> {
+    let rest = version.strip_prefix(FLOOR_PUSH_PREFIX)?;
+    let (seq, micros) = rest.split_once('-')?;
+    Some((seq.parse().ok()?, micros.parse().ok()?))
+}
