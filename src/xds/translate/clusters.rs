@@ -6,18 +6,13 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
-};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions,
-    http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config},
 };
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
 use super::{
-    CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, any, inbound_cluster_name,
+    CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, cluster_policy, inbound_cluster_name,
     outbound_cluster_name, socket_address,
 };
 use crate::model::istio::{
@@ -109,7 +104,6 @@ fn cluster(
         }),
         ..Default::default()
     };
-    apply_lb(&mut c, policy.load_balancer);
     match svc.resolution {
         Resolution::Static => {
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
@@ -127,51 +121,31 @@ fn cluster(
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(t as i32));
             c.load_assignment = Some(dns_assignment(&name, svc, port, subset_labels));
         }
-        Resolution::None => {
-            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
-                DiscoveryType::OriginalDst as i32,
-            ));
-            c.lb_policy = LbPolicy::ClusterProvided as i32;
-        }
+        Resolution::None => {}
     }
-    if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
-        set_http2(&mut c);
+    cluster_policy::load_balancer(&mut c, policy.load_balancer);
+    let passthrough = policy.load_balancer.and_then(|l| l.simple) == Some(SimpleLb::Passthrough);
+    if svc.resolution == Resolution::None || passthrough {
+        // Forward to the address the client asked for.
+        c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        ));
+        c.eds_cluster_config = None;
+        c.load_assignment = None;
+        c.lb_policy = LbPolicy::ClusterProvided as i32;
+        c.lb_config = None;
     }
+    let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    cluster_policy::apply_connection_pool(&mut c, policy.connection_pool, http2);
+    cluster_policy::outlier_detection(&mut c, policy.outlier_detection);
+    cluster_policy::upstream_tls(&mut c, policy.tls);
     c
 }
 
-fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
-    let simple = lb.and_then(|l| l.simple);
-    c.lb_policy = match simple {
-        Some(SimpleLb::LeastConn) | Some(SimpleLb::LeastRequest) => LbPolicy::LeastRequest,
-        Some(SimpleLb::Random) => LbPolicy::Random,
-        Some(SimpleLb::Passthrough) => {
-            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
-                DiscoveryType::OriginalDst as i32,
-            ));
-            LbPolicy::ClusterProvided
-        }
-        // Istio's default is LEAST_REQUEST; ROUND_ROBIN when asked.
-        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
-        _ => LbPolicy::LeastRequest,
-    } as i32;
-}
-
 fn set_http2(c: &mut Cluster) {
-    let opts = HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
-                )),
-            },
-        )),
-        ..Default::default()
-    };
-    c.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-        any(&opts),
-    );
+    cluster_policy::apply_connection_pool(c, None, true);
+    // Inbound clusters carry no circuit breakers of their own.
+    c.circuit_breakers = None;
 }
 
 fn dns_assignment(

@@ -8,6 +8,8 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
@@ -17,6 +19,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 
 use super::clusters::inbound_ports;
+use super::http_policy;
 use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
@@ -72,7 +75,12 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 config_source: Some(ads_config_source()),
                 route_config_name: OUTBOUND_ROUTE.to_string(),
             })),
-            http_filters: vec![router()],
+            // Fault and CORS act only where a route configures them.
+            http_filters: vec![
+                http_filter(http_policy::FAULT_FILTER, any(&HttpFault::default())),
+                http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
+                router(),
+            ],
             ..Default::default()
         }),
     ));
@@ -99,11 +107,13 @@ fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
 }
 
 fn router() -> HttpFilter {
+    http_filter(ROUTER, any(&Router::default()))
+}
+
+fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {
     HttpFilter {
-        name: ROUTER.to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(
-            any(&Router::default()),
-        )),
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
         ..Default::default()
     }
 }

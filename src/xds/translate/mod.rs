@@ -4,8 +4,10 @@
 //! proxy it is for, where the output depends on it) and returns Envoy protos.
 //! No I/O, no shared state: golden tests run them on YAML fixtures.
 
+pub mod cluster_policy;
 pub mod clusters;
 pub mod endpoints;
+pub mod http_policy;
 pub mod listeners;
 pub mod routes;
 

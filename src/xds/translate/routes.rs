@@ -23,7 +23,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
-use super::{Mesh, OUTBOUND_ROUTE, duration, outbound_cluster_name};
+use super::clusters::EffectivePolicy;
+use super::{Mesh, OUTBOUND_ROUTE, duration, http_policy, outbound_cluster_name};
 use crate::model::istio::{
     Destination, HeaderOperations, HttpMatchRequest, HttpRoute, HttpRouteDestination, StringMatch,
     StringMatchKind, VirtualServiceSpec, parse_duration,
@@ -188,6 +189,14 @@ pub fn http_routes(
                     r.response_headers_to_remove
                         .extend(resp.remove.iter().cloned());
                 }
+            }
+            if let Some(f) = route.fault.as_ref().and_then(http_policy::fault) {
+                r.typed_per_filter_config
+                    .insert(http_policy::FAULT_FILTER.to_string(), f);
+            }
+            if let Some(c) = &route.cors_policy {
+                r.typed_per_filter_config
+                    .insert(http_policy::CORS_FILTER.to_string(), http_policy::cors(c));
             }
             out.push(r);
         }
@@ -468,6 +477,49 @@ fn action(
         retry_policy,
         ..Default::default()
     };
+    // Mirroring: `mirror` (+ mirrorPercentage) or the newer `mirrors` list.
+    if let Some(m) = &route.mirror {
+        action.request_mirror_policies.push(http_policy::mirror(
+            destination_cluster(mesh, vs, m, port),
+            route.effective_mirror_percentage(),
+        ));
+    }
+    for m in &route.mirrors {
+        action.request_mirror_policies.push(http_policy::mirror(
+            destination_cluster(mesh, vs, &m.destination, port),
+            m.percentage.as_ref().map(|p| p.value),
+        ));
+    }
+    // Consistent hashing is set on the destination's DestinationRule; the
+    // key to hash is part of the route (Istio takes the first destination's).
+    if let Some(d) = route.route.first() {
+        let hostname = host::resolve(&d.destination.host, &vs.namespace);
+        let dest_svc = mesh.registry.services.get(&hostname);
+        let ns = dest_svc.map_or(vs.namespace.as_str(), |s| s.namespace.as_str());
+        if let Some((_, dr)) = mesh.destination_rule(&hostname, ns) {
+            let subset = d
+                .destination
+                .subset
+                .as_ref()
+                .and_then(|name| dr.subsets.iter().find(|s| &s.name == name));
+            let policy = EffectivePolicy::merge(
+                dr.traffic_policy.as_ref(),
+                subset.and_then(|s| s.traffic_policy.as_ref()),
+                d.destination
+                    .port
+                    .as_ref()
+                    .and_then(|p| p.number)
+                    .unwrap_or(port.number),
+            );
+            if let Some(h) = policy
+                .load_balancer
+                .and_then(|l| l.consistent_hash.as_ref())
+                .and_then(http_policy::hash_policy)
+            {
+                action.hash_policy.push(h);
+            }
+        }
+    }
     if let Some(rw) = &route.rewrite {
         if let Some(uri) = &rw.uri {
             action.prefix_rewrite = uri.clone();

@@ -1,0 +1,251 @@
+//! DestinationRule traffic policy applied to an Envoy cluster: connection
+//! pool (circuit breakers), outlier detection, upstream TLS, load balancer.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
+    circuit_breakers::Thresholds,
+    cluster::{CommonLbConfig, LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig},
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
+    TcpKeepalive, TransportSocket, data_source::Specifier, transport_socket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext, common_tls_context::ValidationContextType,
+    subject_alt_name_matcher::SanType,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config},
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+
+use super::{any, duration};
+use crate::model::istio::{
+    ClientTlsSettings, ConnectionPoolSettings, HashAlgorithm, LoadBalancerSettings,
+    OutlierDetection, SimpleLb, TlsMode, parse_duration,
+};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+/// Istio lifts Envoy's default circuit-breaker limits (1024) out of the way:
+/// limits apply only where a DestinationRule sets them.
+const UNLIMITED: u32 = u32::MAX;
+
+fn dur(s: &Option<String>) -> Option<envoy_types::pb::google::protobuf::Duration> {
+    s.as_deref()
+        .and_then(|d| parse_duration(d).ok())
+        .map(duration)
+}
+
+fn u32v(v: Option<i32>) -> Option<UInt32Value> {
+    v.filter(|v| *v > 0)
+        .map(|v| UInt32Value { value: v as u32 })
+}
+
+/// Circuit breakers, timeouts and keepalives from `connectionPool`, and the
+/// upstream HTTP protocol options (HTTP/2 for `http2`).
+pub fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettings>, http2: bool) {
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let or_unlimited = |v: Option<UInt32Value>| v.or(Some(UInt32Value { value: UNLIMITED }));
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            priority: RoutingPriority::Default as i32,
+            max_connections: or_unlimited(u32v(tcp.and_then(|t| t.max_connections))),
+            max_pending_requests: or_unlimited(u32v(
+                http.and_then(|h| h.http1_max_pending_requests),
+            )),
+            max_requests: or_unlimited(u32v(http.and_then(|h| h.http2_max_requests))),
+            max_retries: or_unlimited(u32v(http.and_then(|h| h.max_retries))),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    if let Some(t) = tcp {
+        if let Some(d) = dur(&t.connect_timeout) {
+            c.connect_timeout = Some(d);
+        }
+        if let Some(k) = &t.tcp_keepalive {
+            c.upstream_connection_options = Some(UpstreamConnectionOptions {
+                tcp_keepalive: Some(TcpKeepalive {
+                    keepalive_probes: k.probes.map(|value| UInt32Value { value }),
+                    keepalive_time: dur(&k.time).map(|d| UInt32Value {
+                        value: d.seconds.max(1) as u32,
+                    }),
+                    keepalive_interval: dur(&k.interval).map(|d| UInt32Value {
+                        value: d.seconds.max(1) as u32,
+                    }),
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    let common = CommonHttpOptions {
+        idle_timeout: http
+            .and_then(|h| dur(&h.idle_timeout))
+            .or(tcp.and_then(|t| dur(&t.idle_timeout))),
+        max_connection_duration: tcp.and_then(|t| dur(&t.max_connection_duration)),
+        max_requests_per_connection: u32v(http.and_then(|h| h.max_requests_per_connection)),
+        ..Default::default()
+    };
+    let has_common = common != CommonHttpOptions::default();
+    if http2 || has_common {
+        let opts = HttpProtocolOptions {
+            common_http_protocol_options: has_common.then_some(common),
+            upstream_protocol_options: http2.then(|| {
+                UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                    protocol_config: Some(
+                        explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions {
+                                max_concurrent_streams: u32v(
+                                    http.and_then(|h| h.max_concurrent_streams),
+                                ),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                })
+            }),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
+    }
+}
+
+/// Outlier detection, as Istio maps it: each consecutive-error check set above
+/// zero is enforced 100 %; success-rate ejection is off.
+pub fn outlier_detection(c: &mut Cluster, od: Option<&OutlierDetection>) {
+    let Some(od) = od else { return };
+    let five_xx = od
+        .consecutive_5xx_errors
+        .or(od.consecutive_errors.filter(|v| *v > 0).map(|v| v as u32));
+    let enforce = |v: Option<u32>| {
+        v.map(|v| UInt32Value {
+            value: if v > 0 { 100 } else { 0 },
+        })
+    };
+    c.outlier_detection = Some(EnvoyOutlier {
+        consecutive_5xx: five_xx.map(|value| UInt32Value { value }),
+        enforcing_consecutive_5xx: enforce(five_xx).or(Some(UInt32Value { value: 0 })),
+        consecutive_gateway_failure: od
+            .consecutive_gateway_errors
+            .map(|value| UInt32Value { value }),
+        enforcing_consecutive_gateway_failure: enforce(od.consecutive_gateway_errors),
+        split_external_local_origin_errors: od.split_external_local_origin_errors.unwrap_or(false),
+        consecutive_local_origin_failure: od
+            .consecutive_local_origin_failures
+            .map(|value| UInt32Value { value }),
+        enforcing_consecutive_local_origin_failure: enforce(od.consecutive_local_origin_failures),
+        interval: dur(&od.interval),
+        base_ejection_time: dur(&od.base_ejection_time),
+        max_ejection_percent: od.max_ejection_percent.map(|v| UInt32Value {
+            value: v.clamp(0, 100) as u32,
+        }),
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
+        ..Default::default()
+    });
+    if let Some(min) = od.min_health_percent {
+        c.common_lb_config = Some(CommonLbConfig {
+            healthy_panic_threshold: Some(Percent {
+                value: f64::from(min.clamp(0, 100)),
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+/// Upstream TLS for SIMPLE and MUTUAL modes (certificates from files, as
+/// Istio's non-mesh TLS does). ISTIO_MUTUAL and `credentialName` need the
+/// mesh CA and SDS, which are not built yet: such clusters stay plaintext
+/// (listed under "Not done yet" in the README).
+pub fn upstream_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>) {
+    let Some(tls) = tls else { return };
+    let mode = tls.mode.unwrap_or_default();
+    if !matches!(mode, TlsMode::Simple | TlsMode::Mutual) || tls.credential_name.is_some() {
+        return;
+    }
+    let file = |p: &Option<String>| {
+        p.clone().map(|f| DataSource {
+            specifier: Some(Specifier::Filename(f)),
+            ..Default::default()
+        })
+    };
+    let mut common = CommonTlsContext::default();
+    if mode == TlsMode::Mutual {
+        common.tls_certificates = vec![TlsCertificate {
+            certificate_chain: file(&tls.client_certificate),
+            private_key: file(&tls.private_key),
+            ..Default::default()
+        }];
+    }
+    if !tls.insecure_skip_verify.unwrap_or(false)
+        && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty())
+    {
+        common.validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: file(&tls.ca_certificates),
+                match_typed_subject_alt_names: tls
+                    .subject_alt_names
+                    .iter()
+                    .map(|san| SubjectAltNameMatcher {
+                        san_type: SanType::Dns as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(san.clone())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                crl: file(&tls.ca_crl),
+                ..Default::default()
+            },
+        ));
+    }
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls.sni.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    c.transport_socket = Some(TransportSocket {
+        name: TLS_SOCKET.to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    });
+}
+
+/// The load-balancing policy. Istio's default is LEAST_REQUEST.
+pub fn load_balancer(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
+    if let Some(hash) = lb.and_then(|l| l.consistent_hash.as_ref()) {
+        match hash.hash_algorithm() {
+            Some(HashAlgorithm::Maglev(m)) => {
+                c.lb_policy = LbPolicy::Maglev as i32;
+                c.lb_config = Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                    table_size: m.table_size.map(|value| UInt64Value { value }),
+                }));
+            }
+            ring => {
+                let min = match ring {
+                    Some(HashAlgorithm::RingHash(r)) => r.minimum_ring_size,
+                    _ => hash.minimum_ring_size,
+                };
+                c.lb_policy = LbPolicy::RingHash as i32;
+                c.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                    minimum_ring_size: min.map(|value| UInt64Value { value }),
+                    ..Default::default()
+                }));
+            }
+        }
+        return;
+    }
+    c.lb_policy = match lb.and_then(|l| l.simple) {
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
+        _ => LbPolicy::LeastRequest,
+    } as i32;
+}
