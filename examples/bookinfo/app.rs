@@ -7,12 +7,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::response::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Value, json};
 
 /// Headers bookinfo propagates from an incoming request to its outgoing calls.
@@ -34,6 +36,8 @@ struct App {
     /// `host:port/path` of each downstream call.
     calls: Vec<String>,
     client: reqwest::Client,
+    /// Requests served so far.
+    served: AtomicU64,
 }
 
 fn usage() -> ! {
@@ -73,6 +77,7 @@ async fn main() {
         version,
         calls,
         client: client.build().expect("http client"),
+        served: AtomicU64::new(0),
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -82,9 +87,27 @@ async fn main() {
     axum::serve(listener, router).await.expect("serve");
 }
 
-async fn handle(State(app): State<Arc<App>>, req: Request) -> Json<Value> {
+async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let headers = req.headers().clone();
     let path = req.uri().path().to_string();
+    // Test knobs: `sleep_ms=N` answers slowly; `flaky=N` fails every Nth request with 503.
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let seq = app.served.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(ms) = param("sleep_ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    if let Some(n) = param("flaky").filter(|n| *n > 0)
+        && seq % n == 0
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "flaky\n").into_response();
+    }
     let mut results = Vec::new();
     for call in &app.calls {
         results.push(call_downstream(&app.client, call, &headers).await);
@@ -93,9 +116,11 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Json<Value> {
         "service": app.service,
         "version": app.version,
         "path": path,
+        "served": seq,
         "end_user": headers.get("end-user").and_then(|v| v.to_str().ok()),
         "calls": results,
     }))
+    .into_response()
 }
 
 async fn call_downstream(client: &reqwest::Client, call: &str, incoming: &HeaderMap) -> Value {

@@ -375,3 +375,74 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 pub fn connect_ok(addr: &str) -> bool {
     TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1)).is_ok()
 }
+
+/// One HTTP exchange made through a sidecar used as an HTTP proxy.
+#[derive(Debug)]
+pub struct Exchange {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Mesh {
+    /// GET `url` (e.g. `http://ratings:9080/ratings/0`) through the sidecar on
+    /// host number `via`, as an app would.
+    pub fn via_sidecar(&self, via: u8, url: &str, headers: &[(&str, &str)]) -> Exchange {
+        let client = reqwest::blocking::Client::builder()
+            .proxy(reqwest::Proxy::http(format!("http://127.{}.0.{via}:15001", self.net)).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut req = client.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let start = Instant::now();
+        let resp = req.send().unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().unwrap_or_default();
+        Exchange {
+            status,
+            headers,
+            body,
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// productpage's call to reviews, as JSON (`status`, `body`), and how long
+    /// the whole page took.
+    pub fn reviews_call(&self, end_user: Option<&str>) -> (Value, Duration) {
+        let start = Instant::now();
+        let page = self.try_productpage(end_user).expect("productpage");
+        let elapsed = start.elapsed();
+        let call = page["calls"]
+            .as_array()
+            .and_then(|c| {
+                c.iter().find(|c| {
+                    c["target"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("reviews"))
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no reviews call in {page}"));
+        (call, elapsed)
+    }
+
+    /// A counter from the Envoy admin `/stats` of the sidecar on `host`.
+    pub fn envoy_stat(&self, host: u8, name: &str) -> u64 {
+        let stats = self.envoy_admin(host, &format!("/stats?filter={}", name.replace('|', "%7C")));
+        stats
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+}

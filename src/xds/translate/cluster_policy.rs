@@ -7,8 +7,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{CommonLbConfig, LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig},
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, RoutingPriority,
-    TcpKeepalive, TransportSocket, data_source::Specifier, transport_socket,
+    DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpOptions, RoutingPriority, TcpKeepalive, TransportSocket,
+    data_source::Specifier, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
@@ -97,9 +98,10 @@ pub fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettin
     if http2 || has_common {
         let opts = HttpProtocolOptions {
             common_http_protocol_options: has_common.then_some(common),
-            upstream_protocol_options: http2.then(|| {
-                UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-                    protocol_config: Some(
+            // Envoy requires the upstream protocol whenever these options are set.
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(if http2 {
                         explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
                             Http2ProtocolOptions {
                                 max_concurrent_streams: u32v(
@@ -107,10 +109,14 @@ pub fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettin
                                 ),
                                 ..Default::default()
                             },
-                        ),
-                    ),
-                })
-            }),
+                        )
+                    } else {
+                        explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                            Http1ProtocolOptions::default(),
+                        )
+                    }),
+                },
+            )),
             ..Default::default()
         };
         c.typed_extension_protocol_options
