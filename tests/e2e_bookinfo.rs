@@ -127,11 +127,13 @@ fn fifty_fifty_split_between_v1_and_v3() {
     );
     mesh.start_bookinfo();
     let (mut v1, mut v3) = (0, 0);
-    for _ in 0..200 {
-        match mesh.reviews(None) {
-            (v, false) if v == "v1" => v1 += 1,
-            (v, true) if v == "v3" => v3 += 1,
-            other => panic!("unexpected reviews answer {other:?}"),
+        for _ in 0..200 {
+        let (call, _) = mesh.reviews_call(None);
+        let ratings = &call["body"]["calls"][0];
+        match call["body"]["version"].as_str() {
+            Some("v1") if ratings.is_null() => v1 += 1,
+            Some("v3") if ratings["status"] == 200 => v3 += 1,
+            _ => panic!("unexpected reviews answer {call}"),
         }
     }
     // Binomial(200, 0.5): sd ~7.1; 70..=130 is over 4 sd either side.
