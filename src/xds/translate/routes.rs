@@ -56,7 +56,7 @@ pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
                 continue;
             }
             let mut routes = match vs {
-                Some((res, spec)) => http_routes(mesh, res, spec, svc, port),
+                Some((res, spec)) => http_routes(mesh, res, spec, svc, port, namespace),
                 None => Vec::new(),
             };
             if routes.is_empty() {
@@ -145,12 +145,17 @@ fn default_retry_policy() -> RetryPolicy {
 /// A VirtualService's HTTP routes for one service port. Each `match` of an
 /// HTTP route becomes one Envoy route (they are ORed); matches for another
 /// port or only for gateways are left out.
+/// Route tables are shared by every proxy of a namespace, so a match on
+/// `sourceNamespace` is decided here, and a match on `sourceLabels` (which
+/// would need a table per workload) never matches yet rather than matching
+/// every source.
 pub fn http_routes(
     mesh: &Mesh<'_>,
     vs: &Resource,
     spec: &VirtualServiceSpec,
     svc: &Service,
     port: &ServicePort,
+    client_ns: &str,
 ) -> Vec<Route> {
     let mut out = Vec::new();
     for route in &spec.http {
@@ -161,7 +166,9 @@ pub fn http_routes(
             route
                 .r#match
                 .iter()
-                .filter(|m| m.port.is_none_or(|p| p == port.number))
+                                .filter(|m| m.port.is_none_or(|p| p == port.number))
+                .filter(|m| m.source_labels.is_empty())
+                .filter(|m| m.source_namespace.as_ref().is_none_or(|ns| ns == client_ns))
                 .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
                 .map(Some)
                 .collect()
