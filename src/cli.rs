@@ -37,8 +37,26 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print an Envoy bootstrap for one workload's sidecar.
     Bootstrap(BootstrapArgs),
+    /// Check Istio YAML files or directories (`-` reads stdin); exit 1 on any problem.
+    Validate(ValidateArgs),
     /// Load generator: simulated Envoys, generated scenarios, the floor server.
     Loadgen(crate::loadgen::LoadgenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    /// Files or directories (searched for *.yaml / *.yml); `-` for stdin.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// `text`: one line per problem; `json`: an array of problems.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: ValidateFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ValidateFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Bootstrap(args) => print_bootstrap(args),
         Command::Loadgen(args) => crate::loadgen::run(args),
+        Command::Validate(args) => return validate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +131,83 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `pilotfish validate`: exit 0 when every document is valid, 1 otherwise.
+fn validate(args: ValidateArgs) -> ExitCode {
+    let mut problems: Vec<config::ConfigError> = Vec::new();
+    let mut documents = 0usize;
+    for path in &args.paths {
+        for (file, text) in read_inputs(path, &mut problems) {
+            let parsed = config::parse_file(&file, &text);
+            documents += parsed.resources.len() + parsed.errors.len();
+            problems.extend(parsed.errors);
+        }
+    }
+    match args.output {
+        ValidateFormat::Text => {
+            for p in &problems {
+                println!("{p}");
+            }
+            if problems.is_empty() {
+                eprintln!("{documents} resource(s) valid");
+            }
+        }
+        ValidateFormat::Json => match serde_json::to_string_pretty(&problems) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("pilotfish: error: {e}"),
+        },
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The YAML texts named by one `validate` argument.
+fn read_inputs(
+    path: &std::path::Path,
+    problems: &mut Vec<config::ConfigError>,
+) -> Vec<(PathBuf, String)> {
+    use std::io::Read;
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        return match std::io::stdin().read_to_string(&mut text) {
+            Ok(_) => vec![(PathBuf::from("<stdin>"), text)],
+            Err(e) => {
+                problems.push(config::ConfigError::file(
+                    path,
+                    format!("cannot read stdin: {e}"),
+                ));
+                Vec::new()
+            }
+        };
+    }
+    let files = if path.is_dir() {
+        match config::store::yaml_files(path) {
+            Ok(files) => files,
+            Err(e) => {
+                problems.push(config::ConfigError::file(
+                    path,
+                    format!("cannot read directory: {e}"),
+                ));
+                return Vec::new();
+            }
+        }
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .filter_map(|f| match std::fs::read_to_string(&f) {
+            Ok(text) => Some((f, text)),
+            Err(e) => {
+                problems.push(config::ConfigError::file(&f, format!("cannot read: {e}")));
+                None
+            }
+        })
+        .collect()
 }
 
 fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {

@@ -110,3 +110,64 @@ fn bad_flags_are_rejected_with_usage() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected HOST:PORT"));
 }
+
+#[test]
+fn validate_accepts_istio_samples_and_reports_problems() {
+    let samples = format!(
+        "{}/../shared/reference/istio-samples/bookinfo",
+        common::ROOT
+    );
+    let examples = format!("{}/examples/bookinfo", common::ROOT);
+    let out = pilotfish(&["validate", &examples, &samples]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\n\
+         spec: {hosts: [a], http: [{route: [{destination: {host: a}, weight: x}]}]}\n",
+    )
+    .unwrap();
+    let out = pilotfish(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(
+            "bad.yaml: document 2 (VirtualService default/x): spec.http[0].route[0].weight"
+        ),
+        "{text}"
+    );
+
+    let out = pilotfish(&["validate", "-o", "json", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["document"], 2);
+    assert_eq!(v[0]["path"], "spec.http[0].route[0].weight");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["validate", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.b], ports: [{number: 0, name: http}]}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("<stdin>: document 1 (ServiceEntry default/s): spec.ports[0].number")
+    );
+}

@@ -71,6 +71,14 @@ fn list(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Every YAML file below `dir` (hidden files and folders skipped), sorted.
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    list(dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 impl Store {
     /// A store for `dir`; fails if the directory cannot be read.
     pub fn open(dir: &Path) -> Result<Store, ConfigError> {
