@@ -33,10 +33,8 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
         config.resources.insert(r.key(), Arc::new(r));
     }
     let registry = Registry::build(&config);
-    let mesh = Mesh {
-        config: &config,
-        registry: &registry,
-    };
+    // A folder whose in.yaml starts with `# golden: mtls` is translated with mesh mTLS on.
+    let mesh = Mesh::new(&config, &registry).with_mtls(text.starts_with("# golden: mtls"));
 
     let mut clusters: Vec<Value> = vec![json!({
         "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",

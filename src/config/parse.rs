@@ -10,6 +10,7 @@ use crate::model::istio::{
     DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
 };
 use crate::model::resource::Origin;
+use crate::model::security::PeerAuthenticationSpec;
 use crate::model::{Kind, ObjectMeta, Resource, Spec};
 
 /// Namespace of resources whose metadata names none.
@@ -282,6 +283,9 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
         Kind::WorkloadEntry => typed::<WorkloadEntrySpec>(env.spec).map(Spec::WorkloadEntry),
         Kind::VirtualService => typed::<VirtualServiceSpec>(env.spec).map(Spec::VirtualService),
         Kind::DestinationRule => typed::<DestinationRuleSpec>(env.spec).map(Spec::DestinationRule),
+        Kind::PeerAuthentication => {
+            typed::<PeerAuthenticationSpec>(env.spec).map(Spec::PeerAuthentication)
+        }
     }
     .map_err(with_id)?;
     Ok(Parsed::Resource(Box::new(Resource {

@@ -9,6 +9,7 @@ use crate::model::istio::{
     VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
 };
 use crate::model::registry::APP_ADDRESS_ANNOTATION;
+use crate::model::security::PeerAuthenticationSpec;
 use crate::model::{Resource, Spec};
 
 /// Longest regex accepted (Envoy's default RE2 program-size guard is the real
@@ -25,6 +26,7 @@ pub fn check(r: &Resource) -> Problems {
         Spec::DestinationRule(s) => destination_rule(s, &mut p),
         Spec::ServiceEntry(s) => service_entry(s, &mut p),
         Spec::WorkloadEntry(s) => workload_entry(s, &mut p),
+        Spec::PeerAuthentication(s) => peer_authentication(s, &mut p),
     }
     if let Some(addr) = r.annotations.get(APP_ADDRESS_ANNOTATION)
         && addr.parse::<IpAddr>().is_err()
@@ -290,6 +292,38 @@ fn workload_fields(path: &str, e: &WorkloadEntrySpec, p: &mut Problems) {
         && w > u32::from(u16::MAX) * 2
     {
         p.push((format!("{path}.weight"), format!("weight {w} is too large")));
+    }
+}
+
+fn peer_authentication(s: &PeerAuthenticationSpec, p: &mut Problems) {
+    let has_selector = s
+        .selector
+        .as_ref()
+        .is_some_and(|sel| !sel.match_labels.is_empty());
+    if !s.port_level_mtls.is_empty() && !has_selector {
+        p.push((
+            "spec.portLevelMtls".into(),
+            "portLevelMtls requires a selector with matchLabels".into(),
+        ));
+    }
+    for port in s.port_level_mtls.keys() {
+        match port.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => {}
+            _ => p.push((
+                format!("spec.portLevelMtls[{port}]"),
+                "port must be between 1-65535".into(),
+            )),
+        }
+    }
+    if let Some(sel) = &s.selector {
+        for (k, v) in &sel.match_labels {
+            if k.is_empty() || k.contains('*') || v.contains('*') {
+                p.push((
+                    format!("spec.selector.matchLabels[{k}]"),
+                    "label keys must be non-empty and wildcards are not allowed".into(),
+                ));
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod host;
 pub mod istio;
 pub mod registry;
 pub mod resource;
+pub mod security;
 
 use std::fmt;
 

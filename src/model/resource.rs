@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::istio::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use super::security::PeerAuthenticationSpec;
 
 /// The kinds pilotfish reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -16,14 +17,16 @@ pub enum Kind {
     WorkloadEntry,
     VirtualService,
     DestinationRule,
+    PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::VirtualService,
         Kind::DestinationRule,
+        Kind::PeerAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -40,12 +44,18 @@ impl Kind {
     }
 
     pub fn group(self) -> &'static str {
-        "networking.istio.io"
+        match self {
+            Kind::PeerAuthentication => "security.istio.io",
+            _ => "networking.istio.io",
+        }
     }
 
     /// API versions accepted for this kind (Istio serves the same schema under each).
     pub fn versions(self) -> &'static [&'static str] {
-        &["v1", "v1beta1", "v1alpha3"]
+        match self {
+            Kind::PeerAuthentication => &["v1", "v1beta1"],
+            _ => &["v1", "v1beta1", "v1alpha3"],
+        }
     }
 }
 
@@ -77,6 +87,7 @@ pub enum Spec {
     WorkloadEntry(WorkloadEntrySpec),
     VirtualService(VirtualServiceSpec),
     DestinationRule(DestinationRuleSpec),
+    PeerAuthentication(PeerAuthenticationSpec),
 }
 
 impl Spec {
@@ -86,6 +97,7 @@ impl Spec {
             Spec::WorkloadEntry(_) => Kind::WorkloadEntry,
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 }
@@ -156,4 +168,9 @@ impl ConfigSnapshot {
     typed_iter!(workload_entries, WorkloadEntry, WorkloadEntrySpec);
     typed_iter!(virtual_services, VirtualService, VirtualServiceSpec);
     typed_iter!(destination_rules, DestinationRule, DestinationRuleSpec);
+    typed_iter!(
+        peer_authentications,
+        PeerAuthentication,
+        PeerAuthenticationSpec
+    );
 }

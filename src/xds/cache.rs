@@ -78,6 +78,9 @@ pub struct XdsSnapshot {
     /// Outbound route tables, by the namespace of the proxy that uses them.
     pub routes: HashMap<String, Arc<Layer>>,
     pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
+    /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
+    /// proxy only ever sees its own workload's certificate.
+    pub secrets: HashMap<WorkloadKey, Arc<Layer>>,
 }
 
 impl XdsSnapshot {
@@ -95,6 +98,7 @@ impl XdsSnapshot {
                 vec![Arc::clone(&self.endpoints)],
                 vec![Arc::clone(&own.listeners)],
                 vec![routes],
+                self.secrets.get(workload).cloned().into_iter().collect(),
             ],
         })
     }
@@ -103,7 +107,7 @@ impl XdsSnapshot {
 /// The layers one proxy sees, per type (indexed by `XdsType::index`).
 #[derive(Clone, Debug, Default)]
 pub struct ProxyResources {
-    pub layers: [Vec<Arc<Layer>>; 4],
+    pub layers: [Vec<Arc<Layer>>; XdsType::COUNT],
 }
 
 impl ProxyResources {
@@ -129,9 +133,14 @@ impl ProxyResources {
 impl XdsSnapshot {
     /// Translates and encodes everything for `config`, keeping the layers of
     /// `prev` whose content did not change (so streams skip them cheaply).
-    pub fn build(prev: &XdsSnapshot, config: &ConfigSnapshot, registry: &Registry) -> XdsSnapshot {
+    pub fn build(
+        prev: &XdsSnapshot,
+        config: &ConfigSnapshot,
+        registry: &Registry,
+        trust_domain: &str,
+    ) -> XdsSnapshot {
         use super::translate::{Mesh, clusters, endpoints, listeners, routes};
-        let mesh = Mesh { config, registry };
+        let mesh = Mesh::new(config, registry).with_trust_domain(trust_domain);
 
         let clusters = Layer::encode(
             XdsType::Cluster,
@@ -214,6 +223,7 @@ impl XdsSnapshot {
             endpoints,
             routes,
             workloads,
+            secrets: prev.secrets.clone(),
         }
     }
 }

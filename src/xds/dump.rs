@@ -32,6 +32,10 @@ pub const ROOT_FILES: &[&str] = &[
     "envoy/extensions/transport_sockets/tls/v3/tls.proto",
     "envoy/extensions/access_loggers/grpc/v3/als.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
+    "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+    "envoy/service/discovery/v3/discovery.proto",
 ];
 
 /// Renders one encoded message of `type_url` (`type.googleapis.com/NAME`) as JSON.

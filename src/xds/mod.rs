@@ -34,7 +34,7 @@ pub async fn run_translator(
             let built = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let registry = Registry::build(&state.snapshot);
-                let snap = cache::XdsSnapshot::build(&prev, &state.snapshot, &registry);
+                let snap = cache::XdsSnapshot::build(&prev, &state.snapshot, &registry, translate::DEFAULT_TRUST_DOMAIN);
                 (snap, registry, started.elapsed())
             })
             .await;

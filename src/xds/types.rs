@@ -7,17 +7,23 @@ pub enum XdsType {
     Endpoint,
     Listener,
     Route,
+    /// SDS: certificates and trust bundles.
+    Secret,
 }
 
 impl XdsType {
     /// Push order for a change that touches several types: clusters before the
     /// endpoints they load, listeners before the routes they name (make before break).
-    pub const PUSH_ORDER: [XdsType; 4] = [
+    pub const PUSH_ORDER: [XdsType; 5] = [
         XdsType::Cluster,
         XdsType::Endpoint,
         XdsType::Listener,
         XdsType::Route,
+        XdsType::Secret,
     ];
+
+    /// Number of types (the length of per-type arrays).
+    pub const COUNT: usize = 5;
 
     pub fn type_url(self) -> &'static str {
         match self {
@@ -27,6 +33,9 @@ impl XdsType {
             }
             XdsType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             XdsType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            XdsType::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
         }
     }
 
@@ -41,6 +50,7 @@ impl XdsType {
             XdsType::Endpoint => "eds",
             XdsType::Listener => "lds",
             XdsType::Route => "rds",
+            XdsType::Secret => "sds",
         }
     }
 

@@ -90,7 +90,7 @@ struct TypeState {
 #[derive(Debug)]
 pub struct StreamProtocol {
     delta: bool,
-    types: [TypeState; 4],
+    types: [TypeState; XdsType::COUNT],
     nonce_seq: u64,
 }
 

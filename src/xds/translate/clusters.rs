@@ -12,10 +12,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
 use super::{
-    CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, cluster_policy, inbound_cluster_name,
+    CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, cluster_policy, inbound_cluster_name, mtls,
     outbound_cluster_name, socket_address,
 };
 use crate::model::istio::{
+    Location, TlsMode,
     ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, Resolution,
     SimpleLb, TrafficPolicy,
 };
@@ -29,11 +30,12 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
         let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
         for port in &svc.ports {
             let policy = EffectivePolicy::merge(top, None, port.number);
-            out.push(cluster(svc, port, "", &policy, None));
+            out.push(cluster((mesh.trust_domain, mesh.mtls), svc, port, "", &policy, None));
             for subset in dr.map(|(_, d)| d.subsets.as_slice()).unwrap_or_default() {
                 let policy =
                     EffectivePolicy::merge(top, subset.traffic_policy.as_ref(), port.number);
                 out.push(cluster(
+                    (mesh.trust_domain, mesh.mtls),
                     svc,
                     port,
                     &subset.name,
@@ -89,6 +91,7 @@ impl<'a> EffectivePolicy<'a> {
 }
 
 fn cluster(
+    (trust_domain, mesh_mtls): (&str, bool),
     svc: &Service,
     port: &ServicePort,
     subset: &str,
@@ -138,7 +141,24 @@ fn cluster(
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     cluster_policy::apply_connection_pool(&mut c, policy.connection_pool, http2);
     cluster_policy::outlier_detection(&mut c, policy.outlier_detection);
-    cluster_policy::upstream_tls(&mut c, policy.tls);
+        cluster_policy::upstream_tls(&mut c, policy.tls);
+    // Mesh mTLS: ISTIO_MUTUAL when the DestinationRule asks; otherwise auto
+    // mTLS toward the endpoints that run a sidecar (Istio's default).
+    if !mesh_mtls {
+        return c;
+    }
+    let sans = mtls::service_sans(trust_domain, svc, subset_labels);
+    let sni = mtls::sni(port.number, subset, &svc.hostname);
+    match policy.tls.and_then(|t| t.mode) {
+        Some(TlsMode::IstioMutual) => {
+            c.transport_socket = Some(mtls::upstream_socket(&sans, &sni));
+        }
+        Some(_) => {}
+        None if svc.location == Location::MeshInternal && !sans.is_empty() => {
+            c.transport_socket_matches = mtls::auto_mtls_matches(&sans, &sni);
+        }
+        None => {}
+    }
     c
 }
 

@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 
 use super::clusters::lb_endpoint;
-use super::{Mesh, outbound_cluster_name};
+use super::{Mesh, mtls, outbound_cluster_name};
 use crate::model::istio::Resolution;
 use crate::model::registry::{Endpoint, Service, ServicePort};
 
@@ -23,9 +23,9 @@ pub fn assignments(mesh: &Mesh<'_>) -> Vec<ClusterLoadAssignment> {
             .map(|(_, dr)| dr.subsets.as_slice())
             .unwrap_or_default();
         for port in &svc.ports {
-            out.push(assignment(svc, port, "", &BTreeMap::new()));
+            out.push(assignment(mesh.mtls, svc, port, "", &BTreeMap::new()));
             for s in subsets {
-                out.push(assignment(svc, port, &s.name, &s.labels));
+                out.push(assignment(mesh.mtls, svc, port, &s.name, &s.labels));
             }
         }
     }
@@ -33,6 +33,7 @@ pub fn assignments(mesh: &Mesh<'_>) -> Vec<ClusterLoadAssignment> {
 }
 
 fn assignment(
+    mesh_mtls: bool,
     svc: &Service,
     port: &ServicePort,
     subset: &str,
@@ -53,9 +54,15 @@ fn assignment(
             .into_iter()
             .map(|(locality, eps)| LocalityLbEndpoints {
                 locality: parse_locality(locality),
-                lb_endpoints: eps
+                                lb_endpoints: eps
                     .iter()
-                    .map(|e| lb_endpoint(&e.address, e.port_for(port), e.weight))
+                    .map(|e| {
+                        let mut lb = lb_endpoint(&e.address, e.port_for(port), e.weight);
+                        if mesh_mtls && mtls::has_sidecar(e) {
+                            lb.metadata = Some(mtls::endpoint_metadata());
+                        }
+                        lb
+                    })
                     .collect(),
                 ..Default::default()
             })

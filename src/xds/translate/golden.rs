@@ -96,10 +96,8 @@ fn render(dir: &Path) -> String {
         );
     }
     let registry = Registry::build(&config);
-    let mesh = Mesh {
-        config: &config,
-        registry: &registry,
-    };
+    // A folder whose in.yaml starts with `# golden: mtls` is translated with mesh mTLS on.
+    let mesh = Mesh::new(&config, &registry).with_mtls(text.starts_with("# golden: mtls"));
 
     let mut workloads = Map::new();
     for (key, w) in &registry.workloads {

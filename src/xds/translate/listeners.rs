@@ -19,7 +19,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 
 use super::clusters::inbound_ports;
-use super::http_policy;
+use super::{http_policy, mtls};
+use crate::model::security::MtlsMode;
 use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
@@ -60,7 +61,11 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     }))),
                 }
             };
-            listener(&workload.address, port, filter)
+                        let mut l = listener(&workload.address, port, filter);
+            if mesh.mtls {
+                apply_peer_authentication(&mut l, mtls::peer_mode(mesh, workload, port));
+            }
+            l
         })
         .collect();
     out.push(listener(
@@ -96,6 +101,29 @@ fn listener(address: &str, port: u32, filter: Filter) -> Listener {
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+/// The server side of mTLS per PeerAuthentication: STRICT takes only mesh
+/// mTLS; PERMISSIVE takes mesh mTLS and plaintext (told apart by the TLS
+/// inspector); DISABLE takes plaintext.
+fn apply_peer_authentication(l: &mut Listener, mode: MtlsMode) {
+    let Some(plain) = l.filter_chains.first().cloned() else {
+        return;
+    };
+    let mut tls = plain.clone();
+    tls.filter_chain_match = Some(mtls::mtls_chain_match());
+    tls.transport_socket = Some(mtls::downstream_socket());
+    match mode {
+        MtlsMode::Disable => {}
+        MtlsMode::Strict => {
+            l.listener_filters = vec![mtls::tls_inspector()];
+            l.filter_chains = vec![tls];
+        }
+        MtlsMode::Permissive | MtlsMode::Unset => {
+            l.listener_filters = vec![mtls::tls_inspector()];
+            l.filter_chains = vec![tls, plain];
+        }
     }
 }
 

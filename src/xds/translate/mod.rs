@@ -9,6 +9,7 @@ pub mod clusters;
 pub mod endpoints;
 pub mod http_policy;
 pub mod listeners;
+pub mod mtls;
 pub mod routes;
 
 #[cfg(test)]
@@ -32,14 +33,43 @@ pub const OUTBOUND_ROUTE: &str = "outbound";
 /// Istio's default connect timeout for upstream clusters.
 pub const CONNECT_TIMEOUT_SECS: i64 = 10;
 
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 /// The inputs of every translation.
 #[derive(Clone, Copy, Debug)]
 pub struct Mesh<'a> {
     pub config: &'a ConfigSnapshot,
     pub registry: &'a Registry,
+    /// The SPIFFE trust domain of workload identities.
+    pub trust_domain: &'a str,
+    /// Whether proxies get certificates (a CA is running): mesh mTLS is only
+    /// configured then, since Envoy would wait for secrets that never come.
+    pub mtls: bool,
 }
 
 impl<'a> Mesh<'a> {
+    pub fn new(config: &'a ConfigSnapshot, registry: &'a Registry) -> Self {
+        Mesh {
+            config,
+            registry,
+            trust_domain: DEFAULT_TRUST_DOMAIN,
+            mtls: false,
+        }
+    }
+
+    /// Mesh mTLS on (certificates served over SDS) or off.
+    pub fn with_mtls(self, mtls: bool) -> Self {
+        Mesh { mtls, ..self }
+    }
+
+    pub fn with_trust_domain(self, trust_domain: &'a str) -> Self {
+        Mesh {
+            trust_domain,
+            ..self
+        }
+    }
+
     /// The DestinationRule for `hostname`, as Istio picks it: exact host
     /// before wildcard, the service's own namespace first, then by namespace/name.
     pub fn destination_rule(

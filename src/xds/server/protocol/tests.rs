@@ -28,6 +28,7 @@ fn mk_res(items: &[(&str, &str)]) -> ProxyResources {
             vec![Arc::clone(&layer)],
             vec![Arc::clone(&layer)],
             vec![Arc::clone(&layer)],
+            vec![Arc::clone(&layer)],
             vec![layer],
         ],
     }

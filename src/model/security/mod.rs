@@ -1,0 +1,42 @@
+//! Typed `spec`s of the `security.istio.io` kinds pilotfish serves
+//! (v1 and v1beta1 share the schema).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::istio::WorkloadSelector;
+
+/// Istio `security.v1.PeerAuthentication`: how workloads accept peer traffic.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<PeerMtls>,
+    /// Port number (as a string key, as in YAML) -> mTLS settings for that port.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<String, PeerMtls>,
+}
+
+/// Istio `PeerAuthentication.MutualTLS`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerMtls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MtlsMode>,
+}
+
+/// Istio `PeerAuthentication.MutualTLS.Mode`. UNSET inherits from the parent
+/// scope (workload -> namespace -> mesh); the mesh default is PERMISSIVE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
