@@ -73,6 +73,20 @@ pub struct ServeArgs {
     /// Quiet time after a file change before the config is re-read.
     #[arg(long, default_value = "100ms", value_parser = duration_arg)]
     pub debounce: Duration,
+    /// Where pilotfish keeps its state: the self-signed root CA (created on
+    /// first start, key mode 0600) lives here.
+    #[arg(long, default_value = ".pilotfish")]
+    pub state_dir: PathBuf,
+    /// Plugged-in CA: a directory with Istio's cacerts files (ca-cert.pem,
+    /// ca-key.pem, root-cert.pem, cert-chain.pem) instead of the self-signed root.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates; they are re-issued at half-life.
+    #[arg(long, default_value = "24h", value_parser = duration_arg)]
+    pub cert_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -303,9 +317,23 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         config_tx,
         metrics.clone(),
     ));
+    let ca = match &args.ca_dir {
+        Some(dir) => crate::ca::Ca::from_cacerts(dir, &args.trust_domain),
+        None => crate::ca::Ca::load_or_create(&args.state_dir, &args.trust_domain),
+    }
+    .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))?;
+    metrics.root_cert_expiry.set(
+        ca.root_not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default(),
+    );
+    info!(trust_domain = %args.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca_dir.is_some(), "certificate authority ready");
+    let certs = crate::xds::secrets::CertBook::new(Arc::new(ca), args.cert_ttl);
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),
         xds_tx,
+        Some(certs),
         metrics.clone(),
     ));
     let ads = tokio::spawn(server::serve(

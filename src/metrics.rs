@@ -32,6 +32,8 @@ pub struct Metrics {
     pub config_files_invalid: Gauge,
     pub config_reloads: Counter,
     pub services: Gauge,
+    pub certs_issued: Counter,
+    pub root_cert_expiry: Gauge,
 }
 
 impl Metrics {
@@ -78,6 +80,16 @@ impl Metrics {
             "pilot_services",
             "Services in the mesh registry",
             metrics.services.clone(),
+        );
+        registry.register(
+            "citadel_server_success_cert_issuance_count",
+            "Workload certificates issued",
+            metrics.certs_issued.clone(),
+        );
+        registry.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "When the root certificate expires (Unix seconds)",
+            metrics.root_cert_expiry.clone(),
         );
         (metrics, registry)
     }

@@ -23,7 +23,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-"$PILOTFISH" serve --config-dir "$CONFIG" >"$RUN/logs/pilotfish.log" 2>&1 &
+"$PILOTFISH" serve --config-dir "$CONFIG" --state-dir "$RUN/state" >"$RUN/logs/pilotfish.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -fs http://127.0.0.1:15014/readyz >/dev/null && break; sleep 0.1; done
 

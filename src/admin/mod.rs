@@ -110,10 +110,14 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
                     )
                     .ok()
                     .and_then(|r| r.resources.into_iter().next());
-                let body = any
+                let mut body = any
                     .map(|a| crate::xds::dump::to_json(&a.type_url, &a.value))
                     .unwrap_or_else(|| Err("undecodable".into()))
                     .unwrap_or_else(serde_json::Value::String);
+                // Private keys never leave pilotfish through the debug API.
+                if let Some(key) = body.pointer_mut("/tlsCertificate/privateKey") {
+                    *key = json!({"inlineString": "[redacted]"});
+                }
                 json!({"name": e.name, "version": e.version, "resource": body})
             })
             .collect();

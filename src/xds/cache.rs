@@ -60,7 +60,7 @@ impl Layer {
 }
 
 /// What one workload's sidecar gets beyond the shared layers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WorkloadLayers {
     /// Hash of everything these layers were translated from (the workload
     /// and the ports of the services selecting it): equal means reusable.
@@ -70,7 +70,7 @@ pub struct WorkloadLayers {
 }
 
 /// Every encoded resource for every proxy, at one config generation.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct XdsSnapshot {
     pub generation: u64,
     pub clusters: Arc<Layer>,
@@ -138,9 +138,12 @@ impl XdsSnapshot {
         config: &ConfigSnapshot,
         registry: &Registry,
         trust_domain: &str,
+        mtls: bool,
     ) -> XdsSnapshot {
         use super::translate::{Mesh, clusters, endpoints, listeners, routes};
-        let mesh = Mesh::new(config, registry).with_trust_domain(trust_domain);
+        let mesh = Mesh::new(config, registry)
+            .with_trust_domain(trust_domain)
+            .with_mtls(mtls);
 
         let clusters = Layer::encode(
             XdsType::Cluster,
@@ -183,6 +186,13 @@ impl XdsSnapshot {
                     for s in registry.services_of(w) {
                         s.hostname.hash(&mut h);
                         s.ports.hash(&mut h);
+                    }
+                    // The server side of mTLS per port (PeerAuthentication).
+                    mesh.mtls.hash(&mut h);
+                    if mesh.mtls {
+                        for port in clusters::inbound_ports(&mesh, w).keys() {
+                            crate::xds::translate::mtls::peer_mode(&mesh, w, *port).hash(&mut h);
+                        }
                     }
                     h.finish()
                 };

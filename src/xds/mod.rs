@@ -5,11 +5,13 @@ pub mod bootstrap;
 pub mod cache;
 pub mod dump;
 pub mod encoded;
+pub mod secrets;
 pub mod server;
 pub mod translate;
 pub mod types;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -18,32 +20,82 @@ use crate::config::ConfigState;
 use crate::metrics::Metrics;
 use crate::model::Registry;
 
-/// Turns each new config state into a new xDS snapshot, off the async
-/// workers; runs until either channel closes.
+/// Longest sleep between certificate checks, so a clock jump (suspend,
+/// NTP step) cannot push a renewal far past its due time.
+const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(60);
+/// Shortest: a renewal that keeps failing must not spin.
+const MIN_RENEWAL_SLEEP: Duration = Duration::from_secs(1);
+
+/// Turns each new config state into a new xDS snapshot, and keeps workload
+/// certificates fresh when a CA runs (`certs`), off the async workers; runs
+/// until either channel closes.
 pub async fn run_translator(
     mut config: watch::Receiver<Arc<ConfigState>>,
     out: watch::Sender<Arc<cache::XdsSnapshot>>,
+    mut certs: Option<secrets::CertBook>,
     metrics: Metrics,
 ) {
     let mut last_version = 0;
+    let mut registry = Arc::new(Registry::default());
+    let mut next_renewal: Option<SystemTime> = None;
     loop {
         let state = Arc::clone(&config.borrow_and_update());
-        if state.version != last_version {
+        let config_changed = state.version != last_version;
+        let renewal_due = next_renewal.is_some_and(|t| SystemTime::now() >= t);
+        if config_changed || renewal_due {
             last_version = state.version;
             let prev = Arc::clone(&out.borrow());
+            let old_registry = Arc::clone(&registry);
+            let book = certs.take();
             let built = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                let registry = Registry::build(&state.snapshot);
-                let snap = cache::XdsSnapshot::build(&prev, &state.snapshot, &registry, translate::DEFAULT_TRUST_DOMAIN);
-                (snap, registry, started.elapsed())
+                let mtls = book.is_some();
+                let trust_domain = book
+                    .as_ref()
+                    .map_or(translate::DEFAULT_TRUST_DOMAIN, |b| b.trust_domain())
+                    .to_string();
+                let (mut snap, registry) = if config_changed {
+                    let registry = Arc::new(Registry::build(&state.snapshot));
+                    let snap = cache::XdsSnapshot::build(
+                        &prev,
+                        &state.snapshot,
+                        &registry,
+                        &trust_domain,
+                        mtls,
+                    );
+                    (snap, registry)
+                } else {
+                    let mut snap = (*prev).clone();
+                    snap.generation += 1;
+                    (snap, old_registry)
+                };
+                let mut book = book;
+                let refresh = book
+                    .as_mut()
+                    .map(|b| b.refresh(&registry, SystemTime::now()));
+                if let Some(r) = &refresh {
+                    snap.secrets = r.layers.clone();
+                }
+                (snap, registry, book, refresh, started.elapsed())
             })
             .await;
             match built {
-                Ok((snap, registry, took)) => {
-                    for w in &registry.warnings {
-                        warn!("{w}");
+                Ok((snap, reg, book, refresh, took)) => {
+                    certs = book;
+                    if config_changed {
+                        for w in &reg.warnings {
+                            warn!("{w}");
+                        }
                     }
+                    registry = reg;
                     metrics.services.set(registry.services.len() as i64);
+                    if let Some(r) = refresh {
+                        for e in &r.errors {
+                            warn!(error = %e, "certificate not issued");
+                        }
+                        metrics.certs_issued.inc_by(r.issued as u64);
+                        next_renewal = r.next_renewal;
+                    }
                     info!(
                         generation = snap.generation,
                         services = registry.services.len(),
@@ -56,12 +108,18 @@ pub async fn run_translator(
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "translation task failed; keeping the previous snapshot")
+                    warn!(error = %e, "translation task failed; keeping the previous snapshot");
+                    return;
                 }
             }
         }
-        if config.changed().await.is_err() {
-            return;
+        let sleep = next_renewal
+            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(MAX_RENEWAL_SLEEP)
+            .clamp(MIN_RENEWAL_SLEEP, MAX_RENEWAL_SLEEP);
+        tokio::select! {
+            changed = config.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(sleep) => {},
         }
     }
 }

@@ -93,6 +93,8 @@ pub struct Mesh {
     pub config: PathBuf,
     pub delta: bool,
     pilotfish: Option<Child>,
+    /// Extra `pilotfish serve` flags (e.g. a short `--cert-ttl`).
+    pub serve_args: Vec<String>,
     children: Vec<Child>,
     http: reqwest::blocking::Client,
 }
@@ -138,6 +140,7 @@ impl Mesh {
             config,
             delta,
             pilotfish: None,
+            serve_args: Vec::new(),
             children: Vec::new(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(15))
@@ -168,6 +171,9 @@ impl Mesh {
             .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
             .args(["--admin-address", &format!("{}:15014", self.pilotfish_ip())])
             .args(["--log-level", "info,pilotfish=debug"])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(self.serve_args.iter())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -32,7 +32,7 @@ fn mk_key(name: &str) -> WorkloadKey {
 #[test]
 fn proxies_share_layers_and_unchanged_layers_keep_identity() {
     let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
-    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local");
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
     assert_eq!(first.generation, 1);
     let a = first.resources_for(&mk_key("reviews-v1")).unwrap();
     let b = first.resources_for(&mk_key("ratings-v1")).unwrap();
@@ -44,7 +44,7 @@ fn proxies_share_layers_and_unchanged_layers_keep_identity() {
     assert!(!Arc::ptr_eq(&a.layers[2][0], &b.layers[2][0]));
 
     // Rebuilding from the same config changes nothing.
-    let second = XdsSnapshot::build(&first, &snap, &reg, "cluster.local");
+    let second = XdsSnapshot::build(&first, &snap, &reg, "cluster.local", false);
     let a2 = second.resources_for(&mk_key("reviews-v1")).unwrap();
     for t in XdsType::PUSH_ORDER {
         assert!(a.same_layers(&a2, t), "{t:?} rebuilt");
@@ -54,10 +54,10 @@ fn proxies_share_layers_and_unchanged_layers_keep_identity() {
 #[test]
 fn an_endpoint_change_touches_only_endpoints_and_that_workload() {
     let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
-    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local");
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
     let moved = WORKLOADS.replace("address: 127.0.0.16", "address: 127.0.0.99");
     let (snap2, reg2) = mk_snapshot(&[MESH, &moved, DR, VS]);
-    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local");
+    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local", false);
     let before = first.resources_for(&mk_key("reviews-v1")).unwrap();
     let after = second.resources_for(&mk_key("reviews-v1")).unwrap();
     assert!(before.same_layers(&after, XdsType::Cluster));
@@ -72,9 +72,9 @@ fn an_endpoint_change_touches_only_endpoints_and_that_workload() {
 #[test]
 fn a_routing_change_touches_only_routes() {
     let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
-    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local");
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
     let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS, DR, &VS.replace("subset: v1\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings", "subset: v2\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings")]);
-    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local");
+    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local", false);
     let before = first.resources_for(&mk_key("productpage-v1")).unwrap();
     let after = second.resources_for(&mk_key("productpage-v1")).unwrap();
     assert!(before.same_layers(&after, XdsType::Cluster));
@@ -86,6 +86,19 @@ fn a_routing_change_touches_only_routes() {
 #[test]
 fn unknown_workload_has_no_resources() {
     let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS]);
-    let s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local");
+    let s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
     assert!(s.resources_for(&mk_key("ghost")).is_none());
+}
+
+#[test]
+fn a_peer_authentication_change_rebuilds_the_workloads_listeners() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", true);
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mode: STRICT}}\n";
+    let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS, strict]);
+    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local", true);
+    let before = first.resources_for(&mk_key("reviews-v1")).unwrap();
+    let after = second.resources_for(&mk_key("reviews-v1")).unwrap();
+    assert!(!before.same_layers(&after, XdsType::Listener));
+    assert!(before.same_layers(&after, XdsType::Cluster));
 }

@@ -16,9 +16,8 @@ use super::{
     outbound_cluster_name, socket_address,
 };
 use crate::model::istio::{
-    Location, TlsMode,
-    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, Resolution,
-    SimpleLb, TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, Location, OutlierDetection,
+    Resolution, SimpleLb, TlsMode, TrafficPolicy,
 };
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 
@@ -30,7 +29,14 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
         let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
         for port in &svc.ports {
             let policy = EffectivePolicy::merge(top, None, port.number);
-            out.push(cluster((mesh.trust_domain, mesh.mtls), svc, port, "", &policy, None));
+            out.push(cluster(
+                (mesh.trust_domain, mesh.mtls),
+                svc,
+                port,
+                "",
+                &policy,
+                None,
+            ));
             for subset in dr.map(|(_, d)| d.subsets.as_slice()).unwrap_or_default() {
                 let policy =
                     EffectivePolicy::merge(top, subset.traffic_policy.as_ref(), port.number);
@@ -141,7 +147,7 @@ fn cluster(
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     cluster_policy::apply_connection_pool(&mut c, policy.connection_pool, http2);
     cluster_policy::outlier_detection(&mut c, policy.outlier_detection);
-        cluster_policy::upstream_tls(&mut c, policy.tls);
+    cluster_policy::upstream_tls(&mut c, policy.tls);
     // Mesh mTLS: ISTIO_MUTUAL when the DestinationRule asks; otherwise auto
     // mTLS toward the endpoints that run a sidecar (Istio's default).
     if !mesh_mtls {

@@ -54,7 +54,7 @@ fn assignment(
             .into_iter()
             .map(|(locality, eps)| LocalityLbEndpoints {
                 locality: parse_locality(locality),
-                                lb_endpoints: eps
+                lb_endpoints: eps
                     .iter()
                     .map(|e| {
                         let mut lb = lb_endpoint(&e.address, e.port_for(port), e.weight);

@@ -73,7 +73,6 @@ pub fn fault(f: &HttpFaultInjection) -> Option<Any> {
         Some(EnvoyDelay {
             percentage: Some(percent(d.effective_percentage().unwrap_or(100.0))),
             fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(duration(fixed))),
-            ..Default::default()
         })
     });
     let abort = f.abort.as_ref().and_then(|a| {

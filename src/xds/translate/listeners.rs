@@ -19,13 +19,13 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 
 use super::clusters::inbound_ports;
-use super::{http_policy, mtls};
-use crate::model::security::MtlsMode;
 use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
 };
+use super::{http_policy, mtls};
 use crate::model::registry::Workload;
+use crate::model::security::MtlsMode;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
@@ -61,7 +61,7 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     }))),
                 }
             };
-                        let mut l = listener(&workload.address, port, filter);
+            let mut l = listener(&workload.address, port, filter);
             if mesh.mtls {
                 apply_peer_authentication(&mut l, mtls::peer_mode(mesh, workload, port));
             }

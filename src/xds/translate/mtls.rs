@@ -177,8 +177,15 @@ pub fn peer_mode(mesh: &Mesh<'_>, workload: &Workload, port: u32) -> MtlsMode {
     let mut namespace_mode = None;
     let mut mesh_mode = None;
     for (r, spec) in mesh.config.peer_authentications() {
-        let selector = spec.selector.as_ref().filter(|s| !s.match_labels.is_empty());
-        let mode = spec.mtls.as_ref().and_then(|m| m.mode).filter(|m| *m != MtlsMode::Unset);
+        let selector = spec
+            .selector
+            .as_ref()
+            .filter(|s| !s.match_labels.is_empty());
+        let mode = spec
+            .mtls
+            .as_ref()
+            .and_then(|m| m.mode)
+            .filter(|m| *m != MtlsMode::Unset);
         match selector {
             Some(sel) if r.namespace == workload.key.namespace => {
                 let selected = sel

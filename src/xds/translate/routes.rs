@@ -166,7 +166,7 @@ pub fn http_routes(
             route
                 .r#match
                 .iter()
-                                .filter(|m| m.port.is_none_or(|p| p == port.number))
+                .filter(|m| m.port.is_none_or(|p| p == port.number))
                 .filter(|m| m.source_labels.is_empty())
                 .filter(|m| m.source_namespace.as_ref().is_none_or(|ns| ns == client_ns))
                 .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
