@@ -127,7 +127,7 @@ fn fifty_fifty_split_between_v1_and_v3() {
     );
     mesh.start_bookinfo();
     let (mut v1, mut v3) = (0, 0);
-        for _ in 0..200 {
+    for _ in 0..200 {
         let (call, _) = mesh.reviews_call(None);
         let ratings = &call["body"]["calls"][0];
         match call["body"]["version"].as_str() {
