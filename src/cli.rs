@@ -64,9 +64,15 @@ pub struct ServeArgs {
     /// Directory of Istio YAML (*.yaml, *.yml, searched recursively), watched for changes.
     #[arg(long)]
     pub config_dir: PathBuf,
-    /// ADS (gRPC) listen address.
-    #[arg(long, default_value = "127.0.0.1:15010")]
+    /// ADS (gRPC) listen address: TLS with pilotfish's certificate, and every
+    /// proxy must present the credential `pilotfish bootstrap` gives it.
+    #[arg(long, default_value = "127.0.0.1:15012")]
     pub xds_address: SocketAddr,
+    /// Also serve ADS in plaintext WITHOUT authentication here (Istio's
+    /// 15010): for trusted networks, debugging and the load generator. Off
+    /// by default; keep it on loopback.
+    #[arg(long)]
+    pub plaintext_xds_address: Option<SocketAddr>,
     /// Admin HTTP listen address (/healthz, /readyz, /metrics, /debug/*).
     #[arg(long, default_value = "127.0.0.1:15014")]
     pub admin_address: SocketAddr,
@@ -107,8 +113,23 @@ pub struct BootstrapArgs {
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
     /// Where Envoy reaches pilotfish's ADS server (host:port).
-    #[arg(long, default_value = "127.0.0.1:15010")]
+    #[arg(long, default_value = "127.0.0.1:15012")]
     pub xds_address: String,
+    /// pilotfish's state directory (as given to `serve`): the CA root and the
+    /// key that signs the proxy's credential.
+    #[arg(long, default_value = ".pilotfish")]
+    pub state_dir: PathBuf,
+    /// Plugged-in CA directory, when `serve` uses one.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// How long the proxy's xDS credential is valid.
+    #[arg(long, default_value = "720h", value_parser = duration_arg)]
+    pub token_ttl: Duration,
+    /// For a `--plaintext-xds-address` port: no TLS, no credential.
+    #[arg(long)]
+    pub plaintext: bool,
     /// Envoy's admin listener (host:port). Keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_address: String,
@@ -240,12 +261,16 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         name: args.workload,
     };
     let mut ip = None;
+    let mut service_account = None;
     if let Some(dir) = &args.config_dir {
         let (_, state) =
             config::watch::load(dir, &Metrics::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let registry = crate::model::Registry::build(&state.snapshot);
         match registry.workloads.get(&workload) {
-            Some(w) => ip = Some(w.address.clone()),
+            Some(w) => {
+                ip = Some(w.address.clone());
+                service_account = w.service_account.clone();
+            }
             None => bail!(
                 "no WorkloadEntry {workload} in {} (known: {})",
                 dir.display(),
@@ -260,6 +285,26 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     }
     let (xds_host, xds_port) = split_host_port(&args.xds_address, "--xds-address")?;
     let (admin_host, admin_port) = split_host_port(&args.admin_address, "--admin-address")?;
+    let security = if args.plaintext {
+        None
+    } else {
+        let ca = open_ca(&args.state_dir, args.ca_dir.as_deref(), &args.trust_domain)?;
+        let key = crate::ca::token::TokenKey::load_or_create(&args.state_dir)?;
+        let token = key.sign(
+            crate::ca::token::Claims {
+                namespace: workload.namespace.clone(),
+                service_account: service_account.unwrap_or_else(|| "default".into()),
+                workload: workload.name.clone(),
+                exp: 0,
+            },
+            args.token_ttl,
+        );
+        Some(crate::xds::bootstrap::XdsSecurity {
+            roots_pem: ca.roots_pem(),
+            server_identity: server_identity(&args.trust_domain)?.spiffe_uri(),
+            token,
+        })
+    };
     let b = bootstrap(&BootstrapParams {
         workload,
         ip,
@@ -268,6 +313,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         admin_host,
         admin_port,
         delta: args.delta,
+        security,
     });
     let text = match args.output {
         Format::Yaml => serde_yaml_ng::to_string(&b)?,
@@ -275,6 +321,24 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     };
     print!("{text}");
     Ok(())
+}
+
+/// pilotfish's own identity, in its xDS serving certificate.
+fn server_identity(trust_domain: &str) -> Result<crate::ca::Identity> {
+    crate::ca::Identity::new(trust_domain, "istio-system", "pilotfish")
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn open_ca(
+    state_dir: &std::path::Path,
+    ca_dir: Option<&std::path::Path>,
+    trust_domain: &str,
+) -> Result<crate::ca::Ca> {
+    match ca_dir {
+        Some(dir) => crate::ca::Ca::from_cacerts(dir, trust_domain),
+        None => crate::ca::Ca::load_or_create(state_dir, trust_domain),
+    }
+    .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -317,11 +381,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         config_tx,
         metrics.clone(),
     ));
-    let ca = match &args.ca_dir {
-        Some(dir) => crate::ca::Ca::from_cacerts(dir, &args.trust_domain),
-        None => crate::ca::Ca::load_or_create(&args.state_dir, &args.trust_domain),
-    }
-    .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))?;
+    let ca = open_ca(&args.state_dir, args.ca_dir.as_deref(), &args.trust_domain)?;
     metrics.root_cert_expiry.set(
         ca.root_not_after()
             .duration_since(std::time::UNIX_EPOCH)
@@ -329,6 +389,17 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .unwrap_or_default(),
     );
     info!(trust_domain = %args.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca_dir.is_some(), "certificate authority ready");
+    // pilotfish's own serving certificate for the xDS port.
+    let serving = ca
+        .issue(
+            &server_identity(&args.trust_domain)?,
+            crate::ca::MAX_WORKLOAD_TTL,
+        )
+        .map_err(|e| anyhow::anyhow!("xDS serving certificate: {e}"))?;
+    let token_key = Arc::new(
+        crate::ca::token::TokenKey::load_or_create(&args.state_dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let certs = crate::xds::secrets::CertBook::new(Arc::new(ca), args.cert_ttl);
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),
@@ -336,13 +407,36 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         Some(certs),
         metrics.clone(),
     ));
+    let shared = AdsShared {
+        snapshots: xds_rx.clone(),
+        metrics: metrics.clone(),
+        syncs: syncs.clone(),
+        auth: Some(token_key),
+    };
+    if let Some(addr) = args.plaintext_xds_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind plaintext xDS address {addr}"))?;
+        tracing::warn!(%addr, "serving xDS in plaintext without authentication");
+        let plain = AdsShared {
+            auth: None,
+            ..shared.clone()
+        };
+        tokio::spawn(server::serve(
+            listener,
+            plain,
+            None,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let tls = Some((
+        serving.cert_chain_pem.clone(),
+        serving.key_pem.expose().to_string(),
+    ));
     let ads = tokio::spawn(server::serve(
         xds_listener,
-        AdsShared {
-            snapshots: xds_rx.clone(),
-            metrics: metrics.clone(),
-            syncs: syncs.clone(),
-        },
+        shared,
+        tls,
         stopped(stop_rx.clone()),
     ));
     let admin = tokio::spawn(admin::serve(

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub services: Gauge,
     pub certs_issued: Counter,
     pub root_cert_expiry: Gauge,
+    pub auth_failures: Counter,
 }
 
 impl Metrics {
@@ -90,6 +91,11 @@ impl Metrics {
             "citadel_server_root_cert_expiry_timestamp",
             "When the root certificate expires (Unix seconds)",
             metrics.root_cert_expiry.clone(),
+        );
+        registry.register(
+            "citadel_server_authentication_failure_count",
+            "xDS connections refused: missing, forged or expired credential, or another workload's",
+            metrics.auth_failures.clone(),
         );
         (metrics, registry)
     }

@@ -26,6 +26,7 @@ fn serve_with_missing_config_dir_fails_clearly() {
 #[test]
 fn bootstrap_is_accepted_by_envoy_in_validate_mode() {
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
     for delta in [false, true] {
         let mut args = vec![
             "bootstrap",
@@ -33,6 +34,8 @@ fn bootstrap_is_accepted_by_envoy_in_validate_mode() {
             "reviews-v1",
             "--namespace",
             "default",
+            "--state-dir",
+            state.to_str().unwrap(),
         ];
         if delta {
             args.push("--delta");
@@ -66,10 +69,14 @@ fn bootstrap_is_accepted_by_envoy_in_validate_mode() {
 #[test]
 fn bootstrap_checks_the_workload_exists_and_uses_its_address() {
     let mesh = format!("{}/examples/bookinfo/mesh", common::ROOT);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
     let out = pilotfish(&[
         "bootstrap",
         "--workload",
         "reviews-v2",
+        "--state-dir",
+        state,
         "--config-dir",
         &mesh,
         "-o",
@@ -86,7 +93,15 @@ fn bootstrap_checks_the_workload_exists_and_uses_its_address() {
         "sidecar~127.0.0.14~reviews-v2.default~default.svc.cluster.local"
     );
 
-    let out = pilotfish(&["bootstrap", "--workload", "nope", "--config-dir", &mesh]);
+    let out = pilotfish(&[
+        "bootstrap",
+        "--workload",
+        "nope",
+        "--state-dir",
+        state,
+        "--config-dir",
+        &mesh,
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -198,3 +198,78 @@ fn restart_keeps_root_and_identities() {
         ["spiffe://cluster.local/ns/default/sa/bookinfo-reviews"]
     );
 }
+
+/// The authorization metadata of a bootstrap.
+fn auth_header(b: &mut Value) -> &mut Value {
+    &mut b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]["value"]
+}
+
+#[test]
+fn xds_refuses_missing_forged_expired_and_borrowed_credentials() {
+    let mut mesh = mk_mesh(&[]);
+    let failures = |m: &Mesh| {
+        metric(
+            &m.metrics(),
+            "citadel_server_authentication_failure_count_total",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = failures(&mesh);
+    // No credential at all.
+    mesh.start_envoy_with("reviews-v1", 21, &[], |b| {
+        b["dynamic_resources"]["ads_config"]["grpc_services"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("initial_metadata");
+    });
+    // A forged one: reviews-v1's token rewritten to claim ratings-v1 (the
+    // signature no longer matches), used by a proxy claiming ratings-v1.
+    mesh.start_envoy_with("reviews-v1", 22, &[], |b| {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let t = auth_header(b)
+            .as_str()
+            .unwrap()
+            .trim_start_matches("Bearer ")
+            .to_string();
+        let (payload, sig) = t.split_once('.').unwrap();
+        let claims = String::from_utf8(b64.decode(payload).unwrap()).unwrap();
+        let forged = b64.encode(claims.replace("reviews-v1", "ratings-v1"));
+        *auth_header(b) = Value::String(format!("Bearer {forged}.{sig}"));
+        b["node"]["metadata"]["WORKLOAD_NAME"] = Value::String("ratings-v1".into());
+    });
+    // reviews-v1's credential, used by a proxy claiming to be ratings-v1.
+    mesh.start_envoy_with("reviews-v1", 23, &[], |b| {
+        b["node"]["metadata"]["WORKLOAD_NAME"] = Value::String("ratings-v1".into());
+    });
+    // An expired one.
+    mesh.start_envoy_with("reviews-v1", 24, &["--token-ttl", "1s"], |_| {
+        std::thread::sleep(Duration::from_millis(2100));
+    });
+    for what in [
+        "no credential",
+        "does not verify",
+        "credential expired",
+        "proxy claims another workload than its credential",
+    ] {
+        wait_until(&format!("pilotfish to log '{what}'"), || {
+            mesh.log().contains(what)
+        });
+    }
+    assert!(failures(&mesh) >= before + 4.0);
+    // None of them got any config (in particular no certificate).
+    for host in 21..=24 {
+        let listeners = mesh.envoy_admin(host, "/listeners");
+        assert!(
+            listeners.trim().is_empty(),
+            "refused proxy {host} got listeners: {listeners}"
+        );
+        assert!(
+            envoy_cert(&mesh, host).is_none(),
+            "refused proxy {host} got a certificate"
+        );
+    }
+    // Only authenticated proxies are connected; the mesh keeps working.
+    assert_eq!(metric(&mesh.metrics(), "pilot_xds"), Some(6.0));
+    assert_eq!(mesh.reviews(None).0, "v1");
+}

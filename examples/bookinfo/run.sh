@@ -30,7 +30,7 @@ for _ in $(seq 50); do curl -fs http://127.0.0.1:15014/readyz >/dev/null && brea
 # name app version N downstream-calls...
 start() {
   local name=$1 app=$2 version=$3 n=$4; shift 4
-  "$PILOTFISH" bootstrap --workload "$name" --config-dir "$CONFIG" \
+  "$PILOTFISH" bootstrap --workload "$name" --config-dir "$CONFIG" --state-dir "$RUN/state" \
     --admin-address "127.0.0.$n:15000" >"$RUN/$name.yaml"
   "$ENVOY" -c "$RUN/$name.yaml" --use-dynamic-base-id --concurrency 1 --log-level warn \
     >"$RUN/logs/$name-envoy.log" 2>&1 &

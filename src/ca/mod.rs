@@ -24,6 +24,7 @@ mod identity;
 mod inspect;
 mod pem;
 mod store;
+pub mod token;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -21,6 +21,19 @@ pub struct BootstrapParams {
     pub admin_port: u16,
     /// Use the delta (incremental) ADS variant.
     pub delta: bool,
+    /// TLS and a credential on the xDS connection; None for a plaintext port.
+    pub security: Option<XdsSecurity>,
+}
+
+/// How a proxy authenticates pilotfish, and itself, on the xDS connection.
+#[derive(Clone, Debug)]
+pub struct XdsSecurity {
+    /// PEM of the roots pilotfish's serving certificate chains to.
+    pub roots_pem: String,
+    /// pilotfish's SPIFFE identity, checked in its certificate.
+    pub server_identity: String,
+    /// Bearer token naming this workload (see `ca::token`).
+    pub token: String,
 }
 
 /// Istio's node id format: `sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local`.
@@ -37,7 +50,7 @@ pub fn node_id(workload: &WorkloadKey, ip: Option<&str>) -> String {
 /// The bootstrap as a JSON value (render with YAML or JSON).
 pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
     let xds_is_ip = p.xds_host.parse::<std::net::IpAddr>().is_ok();
-    json!({
+    let mut b = json!({
         "node": {
             "id": node_id(&p.workload, p.ip.as_deref()),
             "cluster": format!("{}.{}", p.workload.name, p.workload.namespace),
@@ -82,7 +95,28 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
                 },
             }],
         },
-    })
+    });
+    if let Some(sec) = &p.security {
+        b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] =
+            json!([{"key": "authorization", "value": format!("Bearer {}", sec.token)}]);
+        b["static_resources"]["clusters"][0]["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "validation_context": {
+                        "trusted_ca": {"inline_string": sec.roots_pem},
+                        "match_typed_subject_alt_names": [{
+                            "san_type": "URI",
+                            "matcher": {"exact": sec.server_identity},
+                        }],
+                    },
+                },
+            },
+        });
+    }
+    b
 }
 
 #[cfg(test)]
@@ -101,6 +135,11 @@ mod tests {
             admin_host: "127.0.0.1".into(),
             admin_port: 15000,
             delta,
+            security: Some(XdsSecurity {
+                roots_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
+                server_identity: "spiffe://cluster.local/ns/istio-system/sa/pilotfish".into(),
+                token: "abc.def".into(),
+            }),
         }
     }
 

@@ -220,6 +220,18 @@ impl Mesh {
     /// Spawned from the calling thread, which must outlive the Envoy (its
     /// parent-death signal ends it with the thread).
     pub fn start_envoy(&mut self, workload: &str, host: u8) {
+        self.start_envoy_with(workload, host, &[], |_| {});
+    }
+
+    /// Like `start_envoy`, with extra `pilotfish bootstrap` flags and an edit
+    /// of the bootstrap (JSON) before Envoy starts.
+    pub fn start_envoy_with(
+        &mut self,
+        workload: &str,
+        host: u8,
+        extra: &[&str],
+        edit: impl FnOnce(&mut Value),
+    ) {
         let ip = format!("127.{}.0.{host}", self.net);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pilotfish"));
         cmd.args([
@@ -230,18 +242,23 @@ impl Mesh {
             "default",
         ])
         .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
-        .args(["--admin-address", &format!("{ip}:15000")]);
+        .args(["--admin-address", &format!("{ip}:15000")])
+        .arg("--state-dir")
+        .arg(self.dir.path().join("state"));
         if self.delta {
             cmd.arg("--delta");
         }
+        cmd.args(["-o", "json"]).args(extra);
         let out = cmd.output().expect("pilotfish bootstrap");
         assert!(
             out.status.success(),
             "bootstrap: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let path = self.dir.path().join(format!("{workload}.yaml"));
-        fs::write(&path, &out.stdout).unwrap();
+        let mut bootstrap: Value = serde_json::from_slice(&out.stdout).expect("bootstrap JSON");
+        edit(&mut bootstrap);
+        let path = self.dir.path().join(format!("{workload}-{host}.json"));
+        fs::write(&path, serde_json::to_vec_pretty(&bootstrap).unwrap()).unwrap();
         let log = fs::File::create(self.dir.path().join(format!("{workload}-envoy.log"))).unwrap();
         let child = Command::new(envoy_bin())
             .arg("-c")

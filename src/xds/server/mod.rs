@@ -28,6 +28,7 @@ use self::body::AdsBody;
 use self::status::SyncRegistry;
 use self::stream::Incoming;
 use super::cache::XdsSnapshot;
+use crate::ca::token::{TokenError, TokenKey};
 use crate::metrics::Metrics;
 
 const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -44,6 +45,8 @@ pub struct AdsShared {
     pub snapshots: watch::Receiver<Arc<XdsSnapshot>>,
     pub metrics: Metrics,
     pub syncs: SyncRegistry,
+    /// Verifies proxy credentials; None on an unauthenticated (plaintext) port.
+    pub auth: Option<Arc<TokenKey>>,
 }
 
 /// The tower service that tonic's server routes ADS calls to.
@@ -81,12 +84,42 @@ impl tower::Service<http::Request<Body>> for AdsService {
                 return std::future::ready(Ok(status.into_http()));
             }
         };
-        let peer = req
-            .extensions()
+        let ext = req.extensions();
+        let peer = ext
             .get::<tonic::transport::server::TcpConnectInfo>()
+            .or_else(|| {
+                ext.get::<tonic::transport::server::TlsConnectInfo<
+                    tonic::transport::server::TcpConnectInfo,
+                >>()
+                .map(|t| t.get_ref())
+            })
             .and_then(|i| i.remote_addr())
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // The credential, checked before anything else is read.
+        let claims = match &self.shared.auth {
+            None => None,
+            Some(key) => {
+                let token = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                let verified = match token {
+                    Some(t) => key.verify(t, std::time::SystemTime::now()),
+                    None => Err(TokenError::Missing),
+                };
+                match verified {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "xDS connection refused");
+                        self.shared.metrics.auth_failures.inc();
+                        let status = tonic::Status::unauthenticated(e.to_string());
+                        return std::future::ready(Ok(status.into_http()));
+                    }
+                }
+            }
+        };
         let body = req.into_body();
         let incoming = if delta {
             let s: Streaming<DeltaDiscoveryRequest> = Streaming::new_request(
@@ -108,7 +141,15 @@ impl tower::Service<http::Request<Body>> for AdsService {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let span = tracing::info_span!("ads", peer = %peer, delta);
         tokio::spawn(
-            stream::run(self.shared.clone(), delta, incoming, tx, peer.clone()).instrument(span),
+            stream::run(
+                self.shared.clone(),
+                delta,
+                incoming,
+                tx,
+                peer.clone(),
+                claims,
+            )
+            .instrument(span),
         );
         let response = http::Response::builder()
             .header(http::header::CONTENT_TYPE, "application/grpc")
@@ -118,14 +159,23 @@ impl tower::Service<http::Request<Body>> for AdsService {
     }
 }
 
-/// Serves ADS on `addr` until `shutdown` resolves.
+/// Serves ADS on `listener` until `shutdown`; over TLS with `tls` (the
+/// server certificate chain and key, PEM).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: AdsShared,
+    tls: Option<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+    }
+    builder
         // Detect dead proxies even when no config changes flow.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))

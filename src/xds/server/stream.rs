@@ -15,6 +15,7 @@ use super::body::Out;
 use super::protocol::{Ack, Push, Request, StreamProtocol};
 use super::status::{ProxyConn, lock};
 use super::wire;
+use crate::ca::token::Claims;
 use crate::metrics::Metrics;
 use crate::model::WorkloadKey;
 use crate::xds::cache::ProxyResources;
@@ -89,6 +90,7 @@ pub async fn run(
     mut requests: BoxStream<'static, Result<Incoming, tonic::Status>>,
     tx: mpsc::Sender<Out>,
     peer: String,
+    claims: Option<Claims>,
 ) {
     // The first request names the proxy.
     let first = match requests.next().await {
@@ -117,6 +119,20 @@ pub async fn run(
             .await;
         return;
     };
+    // An authenticated proxy may only be the workload its credential names.
+    if let Some(c) = &claims
+        && (c.namespace != workload.namespace || c.workload != workload.name)
+    {
+        warn!(node = %node.id, %workload, credential = %format!("{}/{}", c.namespace, c.workload), "proxy claims another workload than its credential; refused");
+        shared.metrics.auth_failures.inc();
+        let _ = tx
+            .send(Out::End(tonic::Status::permission_denied(format!(
+                "the credential is for workload {}/{}, not {workload}",
+                c.namespace, c.workload
+            ))))
+            .await;
+        return;
+    }
     let conn = Arc::new(ProxyConn {
         node_id: node.id.clone(),
         workload: workload.to_string(),
