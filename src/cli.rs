@@ -39,8 +39,32 @@ pub enum Command {
     Bootstrap(BootstrapArgs),
     /// Check Istio YAML files or directories (`-` reads stdin); exit 1 on any problem.
     Validate(ValidateArgs),
+    /// Each connected proxy's sync state per xDS type (like istioctl proxy-status).
+    ProxyStatus(AdminClientArgs),
+    /// What pilotfish last sent one proxy: clusters, listeners, routes,
+    /// endpoints or secrets (keys redacted).
+    ProxyConfig(ProxyConfigArgs),
     /// Load generator: simulated Envoys, generated scenarios, the floor server.
     Loadgen(crate::loadgen::LoadgenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AdminClientArgs {
+    /// pilotfish's admin address.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub admin_address: String,
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: ValidateFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProxyConfigArgs {
+    /// Node id or namespace/workload (see proxy-status).
+    pub proxy: String,
+    /// clusters | listeners | routes | endpoints | secrets
+    pub kind: String,
+    #[command(flatten)]
+    pub admin: AdminClientArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,6 +182,17 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(args) => print_bootstrap(args),
         Command::Loadgen(args) => crate::loadgen::run(args),
         Command::Validate(args) => return validate(args),
+        Command::ProxyStatus(a) => {
+            admin::client::proxy_status(&a.admin_address, matches!(a.output, ValidateFormat::Json))
+                .map(|s| print!("{s}"))
+        }
+        Command::ProxyConfig(a) => admin::client::proxy_config(
+            &a.admin.admin_address,
+            &a.proxy,
+            &a.kind,
+            matches!(a.admin.output, ValidateFormat::Json),
+        )
+        .map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,6 +81,47 @@ fn sidecars_talk_mtls_with_spiffe_identities() {
     let certs = mesh.envoy_admin(13, "/certs");
     assert!(certs.contains("expiration_time"), "{certs}");
 
+    // istioctl-style views from the CLI.
+    let admin = format!("{}:15014", mesh.pilotfish_ip());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+            .args(args)
+            .args(["--admin-address", &admin])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status = run(&["proxy-status"]);
+    assert_eq!(status.lines().count(), 7, "{status}");
+    for line in status.lines().skip(1) {
+        assert_eq!(
+            line.matches("SYNCED").count(),
+            5,
+            "not all types synced: {line}"
+        );
+    }
+    let secrets = run(&[
+        "proxy-config",
+        "default/reviews-v1",
+        "secrets",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        secrets.contains("[redacted]") && !secrets.contains("PRIVATE KEY"),
+        "{secrets}"
+    );
+    let clusters = run(&["proxy-config", "default/reviews-v1", "clusters"]);
+    assert!(
+        clusters.contains("outbound|9080|v1|ratings.default.svc.cluster.local"),
+        "{clusters}"
+    );
+
     // The debug API never shows private keys.
     let dump = mesh.get_text(&mesh.admin_url("/debug/config_dump?proxy=default/reviews-v1"));
     assert!(dump.contains("[redacted]"), "sds missing from {dump}");

@@ -1,6 +1,8 @@
 //! The admin HTTP surface: health, metrics and debug views. It reads from the
 //! other roles; none of them reads from it.
 
+pub mod client;
+
 use std::sync::Arc;
 
 use axum::Router;
