@@ -300,6 +300,17 @@ impl Mesh {
             self.start_envoy(workload, *host);
             self.start_app(app, version, *host, calls);
         }
+        // Every sidecar initialized: listeners and clusters warmed, which
+        // includes their certificates arriving over SDS.
+        for (_, _, _, host, _) in BOOKINFO {
+            let url = format!("http://127.{}.0.{host}:15000/ready", self.net);
+            wait_until(&format!("sidecar {host} ready"), || {
+                self.http
+                    .get(&url)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+            });
+        }
         wait_until("bookinfo answering through its sidecars", || {
             self.try_productpage(None).is_ok_and(|v| {
                 v["calls"]
