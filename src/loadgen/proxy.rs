@@ -8,10 +8,12 @@
 //!   (`set_node_on_first_message_only`).
 //! * CDS and LDS are requested as wildcards; every response is ACKed with its
 //!   version and nonce (the loadgen never NACKs). EDS is then requested for
-//!   every EDS cluster (its `service_name`, else its name) and RDS for every
-//!   route table an HttpConnectionManager names, and re-requested whenever
-//!   that set changes. SotW requests carry the full name list (ACKs too, as
-//!   Envoy's do); delta requests carry only what was (un)subscribed.
+//!   every EDS cluster (its `service_name`, else its name), RDS for every
+//!   route table an HttpConnectionManager names, and SDS for every secret a
+//!   cluster's or listener's TLS transport socket names; each is
+//!   re-requested whenever its set of names changes. SotW requests carry the
+//!   full name list (ACKs too, as Envoy's do); delta requests carry only what
+//!   was (un)subscribed.
 //! * When the stream ends the proxy reconnects on a new connection after a
 //!   jittered exponential backoff (Envoy's defaults: 500 ms doubling to
 //!   30 s), re-requesting what it had (delta: with `initial_resource_versions`).
@@ -28,18 +30,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
 use tonic::transport::Endpoint;
 
 use super::scenario::WorkloadRef;
-use super::wire::{DecodeCache, LiteCodec, LiteDeltaResponse, LiteResponse, ResourceInfo, Sized};
+use super::wire::{
+    DecodeCache, LiteCodec, LiteDeltaResponse, LiteResponse, N, ResourceInfo, SetInfo, Sized, ix,
+    slot,
+};
 use crate::model::WorkloadKey;
 use crate::xds::bootstrap::{BootstrapParams, bootstrap};
 use crate::xds::types::XdsType;
 
-const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// Envoy's default ADS retry backoff: 500 ms base, 30 s cap, jittered.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -115,17 +125,19 @@ pub struct ProxyStats {
     pub started: Duration,
     /// First connection established, from the proxy's start.
     pub connected_after: Option<Duration>,
-    /// All four types received and ACKed (EDS/RDS for every name the proxy
-    /// asked for), from the proxy's start.
+    /// CDS and LDS received and ACKed, and EDS, RDS and SDS for every name
+    /// the proxy asked for (when it asked for any), from the proxy's start.
     pub synced_after: Option<Duration>,
     /// Bytes of responses (gRPC message payload), per type.
-    pub bytes: [u64; 4],
-    pub responses: [u64; 4],
-    /// Resources the proxy holds now, per type (SotW EDS/RDS: last response).
-    pub resources: [usize; 4],
+    pub bytes: [u64; N],
+    /// `bytes` when the proxy synced: the initial config alone.
+    pub sync_bytes: [u64; N],
+    pub responses: [u64; N],
+    /// Resources the proxy holds now, per type (SotW EDS/RDS/SDS: in the last response).
+    pub resources: [usize; N],
     /// SotW: responses whose version equals the one last ACKed for the type.
     /// Delta: resources received again with the version the proxy has.
-    pub redundant: [u64; 4],
+    pub redundant: [u64; N],
     /// Responses of a type the proxy never asked for (not ACKed).
     pub unrequested: u64,
     pub connects: u32,
@@ -133,7 +145,7 @@ pub struct ProxyStats {
     pub last_error: Option<String>,
     /// Per change applied by the run, per type: from the change to the ACK of
     /// the first response of that type received after it.
-    pub changes: Vec<[Option<Duration>; 4]>,
+    pub changes: Vec<[Option<Duration>; N]>,
     /// Floor pushes: (push number, latency from the floor's send timestamp).
     pub floor_pushes: Vec<(u64, Duration)>,
 }
@@ -151,6 +163,8 @@ pub fn node_for(w: &WorkloadRef, delta: bool) -> Node {
         admin_host: String::new(),
         admin_port: 0,
         delta,
+        // The node is all that is used here; the loadgen talks to a plaintext port.
+        security: None,
     });
     let node = &b["node"];
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
@@ -190,7 +204,19 @@ fn json_to_value(v: &serde_json::Value) -> Value {
 enum Ended {
     Stopped,
     /// The stream or connection failed (after `responses` responses).
-    Failed { error: String, responses: u64 },
+    Failed {
+        error: String,
+        responses: u64,
+    },
+}
+
+impl Ended {
+    fn closed(responses: u64) -> Self {
+        Ended::Failed {
+            error: "request stream closed".into(),
+            responses,
+        }
+    }
 }
 
 /// Runs one simulated proxy until the run stops; returns what it measured.
@@ -223,7 +249,7 @@ pub async fn run(spec: ProxySpec, shared: Arc<Shared>) -> ProxyStats {
     p.stats
 }
 
-/// Full-jitter backoff without a random-number crate (xorshift).
+/// Jittered backoff (half to all of `max`) without a random-number crate (xorshift).
 struct Jitter(u64);
 
 impl Jitter {
@@ -240,6 +266,24 @@ impl Jitter {
     }
 }
 
+/// The types requested as wildcards, whose resources name the others.
+const ROOTS: [XdsType; 2] = [XdsType::Cluster, XdsType::Listener];
+/// Types requested by name, in the order they are requested after a reconnect.
+const DEPENDENTS: [XdsType; 3] = [XdsType::Endpoint, XdsType::Route, XdsType::Secret];
+
+/// The named types a root type's resources lead to.
+fn dependents_of(t: XdsType) -> &'static [XdsType] {
+    match t {
+        XdsType::Cluster => &[XdsType::Endpoint, XdsType::Secret],
+        XdsType::Listener => &[XdsType::Route, XdsType::Secret],
+        _ => &[],
+    }
+}
+
+fn is_root(t: XdsType) -> bool {
+    ROOTS.contains(&t)
+}
+
 /// Per-type state that survives reconnects.
 #[derive(Debug, Default)]
 struct TypeState {
@@ -249,19 +293,22 @@ struct TypeState {
     version: String,
     nonce: String,
     acked: bool,
-    /// EDS/RDS: the names asked for, sorted.
-    names: Vec<Arc<str>>,
+    /// Named types: the names asked for, sorted.
+    names: Arc<[Arc<str>]>,
+    /// SotW roots: what the last response holds and leads to.
+    set: Option<Arc<SetInfo>>,
     /// Delta: what the proxy holds, name -> (version, what it leads to).
     have: HashMap<Arc<str>, (Arc<str>, Arc<ResourceInfo>)>,
-    /// Until synced: EDS/RDS names answered (received, or said not to exist).
+    /// Until synced: named-type names answered (received, or said not to exist).
     answered: HashSet<Arc<str>>,
 }
 
 struct Proxy<'a> {
     shared: &'a Shared,
     node: Node,
+    delta: bool,
     started_at: Instant,
-    types: [TypeState; 4],
+    types: [TypeState; N],
     synced: bool,
     last_floor_push: u64,
     stats: ProxyStats,
@@ -273,19 +320,26 @@ enum Tx {
     Delta(mpsc::Sender<DeltaDiscoveryRequest>),
 }
 
-/// What a response asks the proxy to do next.
-#[derive(Default)]
-struct Next {
-    /// Names the dependent type (EDS after CDS, RDS after LDS) should now have.
-    dependent: Option<(XdsType, Vec<Arc<str>>)>,
+impl Tx {
+    async fn sotw(&self, req: DiscoveryRequest) -> Result<(), ()> {
+        match self {
+            Tx::Sotw(tx) => tx.send(req).await.map_err(|_| ()),
+            Tx::Delta(_) => Err(()),
+        }
+    }
+
+    async fn delta(&self, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+        match self {
+            Tx::Delta(tx) => tx.send(req).await.map_err(|_| ()),
+            Tx::Sotw(_) => Err(()),
+        }
+    }
 }
 
-fn dependent_of(t: XdsType) -> Option<XdsType> {
-    match t {
-        XdsType::Cluster => Some(XdsType::Endpoint),
-        XdsType::Listener => Some(XdsType::Route),
-        _ => None,
-    }
+/// A response of either variant.
+enum Resp {
+    Sotw(Sized<LiteResponse>),
+    Delta(Sized<LiteDeltaResponse>),
 }
 
 impl<'a> Proxy<'a> {
@@ -294,6 +348,7 @@ impl<'a> Proxy<'a> {
         Proxy {
             shared,
             node: node_for(&spec.workload, spec.delta),
+            delta: spec.delta,
             started_at,
             types: Default::default(),
             synced: false,
@@ -334,139 +389,229 @@ impl<'a> Proxy<'a> {
             error,
             responses: 0,
         };
+        let mut stop = self.shared.stop.clone();
         let channel = match Self::endpoint(spec) {
-            Ok(ep) => {
-                let mut stop = self.shared.stop.clone();
-                tokio::select! {
-                    c = ep.connect() => match c {
-                        Ok(c) => c,
-                        Err(e) => return failed(format!("connect: {e}")),
-                    },
-                    _ = stop.wait_for(|s| *s) => return Ended::Stopped,
-                }
-            }
+            Ok(ep) => tokio::select! {
+                c = ep.connect() => match c {
+                    Ok(c) => c,
+                    Err(e) => return failed(format!("connect: {e}")),
+                },
+                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+            },
             Err(e) => return failed(e),
         };
         self.stats.connects += 1;
         if self.stats.connected_after.is_none() {
             self.stats.connected_after = Some(self.started_at.elapsed());
         }
-        let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut grpc =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
         // A new stream: nothing requested on it yet, no nonce to answer.
         for t in &mut self.types {
             t.requested = false;
             t.nonce.clear();
         }
+        if let Err(e) = grpc.ready().await {
+            return failed(format!("channel: {e}"));
+        }
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
-        let ended = if spec.delta {
-            self.delta_session(grpc).await
+        // The opening requests are queued before the call, so they go out
+        // with the stream's headers.
+        let ended = if self.delta {
+            let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+            let tx = Tx::Delta(tx);
+            let codec = LiteCodec::<DeltaDiscoveryRequest, LiteDeltaResponse>::default();
+            let path = http::uri::PathAndQuery::from_static(DELTA_PATH);
+            match self.open_all(&tx).await {
+                Err(()) => Ended::closed(0),
+                Ok(()) => {
+                    let call = grpc.streaming(Request::new(ReceiverStream::new(rx)), path, codec);
+                    match self.call(call).await {
+                        Ok(s) => self.serve(tx, s.map(|r| r.map(Resp::Delta)).boxed()).await,
+                        Err(e) => e,
+                    }
+                }
+            }
         } else {
-            self.sotw_session(grpc).await
+            let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+            let tx = Tx::Sotw(tx);
+            let codec = LiteCodec::<DiscoveryRequest, LiteResponse>::default();
+            let path = http::uri::PathAndQuery::from_static(SOTW_PATH);
+            match self.open_all(&tx).await {
+                Err(()) => Ended::closed(0),
+                Ok(()) => {
+                    let call = grpc.streaming(Request::new(ReceiverStream::new(rx)), path, codec);
+                    match self.call(call).await {
+                        Ok(s) => self.serve(tx, s.map(|r| r.map(Resp::Sotw)).boxed()).await,
+                        Err(e) => e,
+                    }
+                }
+            }
         };
         self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         ended
     }
 
-    async fn sotw_session(
-        &mut self,
-        mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
-    ) -> Ended {
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let tx = Tx::Sotw(tx);
-        // Queued before the call so they go out with the stream's headers.
-        let mut first = true;
-        for t in [XdsType::Cluster, XdsType::Listener, XdsType::Endpoint, XdsType::Route] {
-            if dependent_of(t).is_some() || !self.types[t.index()].names.is_empty() {
-                let node = first.then(|| self.node.clone());
-                first = false;
-                if self.send_sotw(&tx, t, node).await.is_err() {
-                    return Ended::Failed { error: "request stream closed".into(), responses: 0 };
-                }
+    /// The opening requests of a stream: the wildcards, then what the proxy
+    /// already had (after a reconnect). The node goes on the first only.
+    async fn open_all(&mut self, tx: &Tx) -> Result<(), ()> {
+        let mut node = Some(self.node.clone());
+        for t in ROOTS.into_iter().chain(DEPENDENTS) {
+            if is_root(t) || !self.types[ix(t)].names.is_empty() {
+                self.open(tx, t, node.take()).await?;
             }
         }
-        if let Err(e) = grpc.ready().await {
-            return Ended::Failed { error: format!("channel: {e}"), responses: 0 };
-        }
-        let codec = LiteCodec::<DiscoveryRequest, LiteResponse>::default();
-        let path = http::uri::PathAndQuery::from_static(SOTW_PATH);
-        let call = grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec);
+        Ok(())
+    }
+
+    /// Waits for the call's response headers (or the end of the run).
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<
+            Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+        >,
+    ) -> Result<tonic::Streaming<T>, Ended> {
         let mut stop = self.shared.stop.clone();
-        let mut inbound = tokio::select! {
-            r = call => match r {
-                Ok(r) => r.into_inner(),
-                Err(status) => return Ended::Failed { error: format!("call: {status}"), responses: 0 },
-            },
-            _ = stop.wait_for(|s| *s) => return Ended::Stopped,
-        };
+        tokio::select! {
+            r = call => r.map(|r| r.into_inner()).map_err(|status| Ended::Failed {
+                error: format!("call: {status}"),
+                responses: 0,
+            }),
+            _ = stop.wait_for(|s| *s) => Err(Ended::Stopped),
+        }
+    }
+
+    /// Handles responses until the stream ends or the run stops.
+    async fn serve(
+        &mut self,
+        tx: Tx,
+        mut inbound: BoxStream<'static, Result<Resp, tonic::Status>>,
+    ) -> Ended {
+        let mut stop = self.shared.stop.clone();
         let mut responses = 0;
         loop {
             let msg = tokio::select! {
-                m = inbound.message() => m,
+                m = inbound.next() => m,
                 _ = stop.wait_for(|s| *s) => return Ended::Stopped,
             };
-            match msg {
-                Ok(Some(resp)) => {
-                    responses += 1;
-                    if self.on_sotw(&tx, resp).await.is_err() {
-                        return Ended::Failed { error: "request stream closed".into(), responses };
-                    }
+            let handled = match msg {
+                Some(Ok(Resp::Sotw(r))) => self.on_sotw(&tx, r).await,
+                Some(Ok(Resp::Delta(r))) => self.on_delta(&tx, r).await,
+                Some(Err(status)) => {
+                    return Ended::Failed {
+                        error: format!("stream: {status}"),
+                        responses,
+                    };
                 }
-                Ok(None) => return Ended::Failed { error: "stream ended by server".into(), responses },
-                Err(status) => return Ended::Failed { error: format!("stream: {status}"), responses },
+                None => {
+                    return Ended::Failed {
+                        error: "stream ended by server".into(),
+                        responses,
+                    };
+                }
+            };
+            responses += 1;
+            if handled.is_err() {
+                return Ended::closed(responses);
             }
         }
     }
 
-    async fn send_sotw(&mut self, tx: &Tx, t: XdsType, node: Option<Node>) -> Result<(), ()> {
-        let st = &mut self.types[t.index()];
+    /// The first request of type `t` on a stream: wildcard for the roots, the
+    /// names for the others; with what the proxy already has (reconnect).
+    async fn open(&mut self, tx: &Tx, t: XdsType, node: Option<Node>) -> Result<(), ()> {
+        let st = &mut self.types[ix(t)];
         st.requested = true;
-        let req = DiscoveryRequest {
+        match tx {
+            Tx::Sotw(_) => {
+                let req = DiscoveryRequest {
+                    node,
+                    ..self.sotw_request(t)
+                };
+                tx.sotw(req).await
+            }
+            Tx::Delta(_) => {
+                let req = DeltaDiscoveryRequest {
+                    node,
+                    type_url: t.type_url().to_string(),
+                    resource_names_subscribe: st.names.iter().map(|n| n.to_string()).collect(),
+                    initial_resource_versions: st
+                        .have
+                        .iter()
+                        .map(|(k, (v, _))| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                };
+                tx.delta(req).await
+            }
+        }
+    }
+
+    /// A SotW request (or ACK) of type `t` as Envoy sends it: the last
+    /// version and nonce, and the full list of names.
+    fn sotw_request(&self, t: XdsType) -> DiscoveryRequest {
+        let st = &self.types[ix(t)];
+        DiscoveryRequest {
             version_info: st.version.clone(),
-            node,
             resource_names: st.names.iter().map(|n| n.to_string()).collect(),
             type_url: t.type_url().to_string(),
             response_nonce: st.nonce.clone(),
             ..Default::default()
-        };
-        match tx {
-            Tx::Sotw(tx) => tx.send(req).await.map_err(|_| ()),
-            Tx::Delta(_) => Err(()),
         }
+    }
+
+    /// The type of a response, counted; None (and counted as unrequested)
+    /// for a type the proxy did not ask for.
+    fn accept(&mut self, type_url: &str, bytes: usize) -> Option<XdsType> {
+        let t = XdsType::from_type_url(type_url).filter(|t| slot(*t).is_some());
+        let Some(t) = t else {
+            self.stats.unrequested += 1;
+            return None;
+        };
+        self.stats.bytes[ix(t)] += bytes as u64;
+        self.stats.responses[ix(t)] += 1;
+        self.shared.responses.fetch_add(1, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if !self.types[ix(t)].requested {
+            self.stats.unrequested += 1;
+            return None;
+        }
+        Some(t)
     }
 
     async fn on_sotw(&mut self, tx: &Tx, resp: Sized<LiteResponse>) -> Result<(), ()> {
         let received = Instant::now();
         let Sized { bytes, msg } = resp;
-        let Some(t) = XdsType::from_type_url(&msg.type_url) else {
-            self.stats.unrequested += 1;
+        let Some(t) = self.accept(&msg.type_url, bytes) else {
             return Ok(());
         };
-        self.count(t, bytes);
-        if !self.types[t.index()].requested {
-            self.stats.unrequested += 1;
-            return Ok(());
-        }
         let set = self.shared.cache.set(t, &msg.resources);
-        self.stats.resources[t.index()] = msg.resources.len();
-        let st = &mut self.types[t.index()];
+        self.stats.resources[ix(t)] = msg.resources.len();
+        let synced = self.synced;
+        let st = &mut self.types[ix(t)];
         if st.acked && st.version == msg.version_info {
-            self.stats.redundant[t.index()] += 1;
+            self.stats.redundant[ix(t)] += 1;
         }
         st.version = msg.version_info;
         st.nonce = msg.nonce;
         st.acked = true;
-        if !self.synced && dependent_of(t).is_none() {
+        if !synced && !is_root(t) {
             st.answered.extend(set.names.iter().cloned());
         }
+        if is_root(t) {
+            st.set = Some(set);
+        }
         let floor = floor_push(&st.version);
-        // ACK (the full name list again, as Envoy does), then follow-ups.
-        self.send_sotw(tx, t, None).await?;
-        if let Some(d) = dependent_of(t) {
-            let ds = &mut self.types[d.index()];
-            if ds.names[..] != set.next[..] {
-                ds.names = set.next.to_vec();
+        // ACK, then follow what the new set leads to.
+        tx.sotw(self.sotw_request(t)).await?;
+        for d in dependents_of(t) {
+            let wanted = self.wanted(*d);
+            let ds = &mut self.types[ix(*d)];
+            if !same_names(&ds.names, &wanted) {
+                ds.names = wanted;
                 if !ds.names.is_empty() || ds.requested {
-                    self.send_sotw(tx, d, None).await?;
+                    ds.requested = true;
+                    tx.sotw(self.sotw_request(*d)).await?;
                 }
             }
         }
@@ -474,89 +619,15 @@ impl<'a> Proxy<'a> {
         Ok(())
     }
 
-    async fn delta_session(
-        &mut self,
-        mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
-    ) -> Ended {
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let tx = Tx::Delta(tx);
-        let mut first = true;
-        for t in [XdsType::Cluster, XdsType::Listener, XdsType::Endpoint, XdsType::Route] {
-            if dependent_of(t).is_some() || !self.types[t.index()].names.is_empty() {
-                let node = first.then(|| self.node.clone());
-                first = false;
-                if self.send_delta_initial(&tx, t, node).await.is_err() {
-                    return Ended::Failed { error: "request stream closed".into(), responses: 0 };
-                }
-            }
-        }
-        if let Err(e) = grpc.ready().await {
-            return Ended::Failed { error: format!("channel: {e}"), responses: 0 };
-        }
-        let codec = LiteCodec::<DeltaDiscoveryRequest, LiteDeltaResponse>::default();
-        let path = http::uri::PathAndQuery::from_static(DELTA_PATH);
-        let call = grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec);
-        let mut stop = self.shared.stop.clone();
-        let mut inbound = tokio::select! {
-            r = call => match r {
-                Ok(r) => r.into_inner(),
-                Err(status) => return Ended::Failed { error: format!("call: {status}"), responses: 0 },
-            },
-            _ = stop.wait_for(|s| *s) => return Ended::Stopped,
-        };
-        let mut responses = 0;
-        loop {
-            let msg = tokio::select! {
-                m = inbound.message() => m,
-                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
-            };
-            match msg {
-                Ok(Some(resp)) => {
-                    responses += 1;
-                    if self.on_delta(&tx, resp).await.is_err() {
-                        return Ended::Failed { error: "request stream closed".into(), responses };
-                    }
-                }
-                Ok(None) => return Ended::Failed { error: "stream ended by server".into(), responses },
-                Err(status) => return Ended::Failed { error: format!("stream: {status}"), responses },
-            }
-        }
-    }
-
-    /// First request of a type on a delta stream: wildcard for CDS/LDS, the
-    /// names for EDS/RDS, and the versions already held (after a reconnect).
-    async fn send_delta_initial(&mut self, tx: &Tx, t: XdsType, node: Option<Node>) -> Result<(), ()> {
-        let st = &mut self.types[t.index()];
-        st.requested = true;
-        let req = DeltaDiscoveryRequest {
-            node,
-            type_url: t.type_url().to_string(),
-            resource_names_subscribe: st.names.iter().map(|n| n.to_string()).collect(),
-            initial_resource_versions: st
-                .have
-                .iter()
-                .map(|(k, (v, _))| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        };
-        send_delta(tx, req).await
-    }
-
     async fn on_delta(&mut self, tx: &Tx, resp: Sized<LiteDeltaResponse>) -> Result<(), ()> {
         let received = Instant::now();
         let Sized { bytes, msg } = resp;
-        let Some(t) = XdsType::from_type_url(&msg.type_url) else {
-            self.stats.unrequested += 1;
+        let Some(t) = self.accept(&msg.type_url, bytes) else {
             return Ok(());
         };
-        self.count(t, bytes);
-        if !self.types[t.index()].requested {
-            self.stats.unrequested += 1;
-            return Ok(());
-        }
         let synced = self.synced;
         let cache = &self.shared.cache;
-        let st = &mut self.types[t.index()];
+        let st = &mut self.types[ix(t)];
         for r in &msg.resources {
             let info = match &r.resource {
                 Some(any) => cache.info(t, &any.value),
@@ -567,66 +638,86 @@ impl<'a> Proxy<'a> {
             if let Some((old, _)) = st.have.get(&name)
                 && *old == version
             {
-                self.stats.redundant[t.index()] += 1;
+                self.stats.redundant[ix(t)] += 1;
             }
-            if !synced && dependent_of(t).is_none() {
+            if !synced && !is_root(t) {
                 st.answered.insert(Arc::clone(&name));
             }
             st.have.insert(name, (version, info));
         }
         for name in &msg.removed_resources {
             st.have.remove(name.as_str());
-            if !synced && dependent_of(t).is_none() {
+            if !synced && !is_root(t) {
                 st.answered.insert(cache.intern(name));
             }
         }
         st.acked = true;
-        self.stats.resources[t.index()] = st.have.len();
+        self.stats.resources[ix(t)] = st.have.len();
         let floor = floor_push(&msg.system_version_info);
-        // ACK, then (un)subscribe what the new set leads to.
         let ack = DeltaDiscoveryRequest {
             type_url: msg.type_url,
             response_nonce: msg.nonce,
             ..Default::default()
         };
-        send_delta(tx, ack).await?;
-        if let Some(d) = dependent_of(t) {
-            let wanted: BTreeSet<Arc<str>> = st
-                .have
-                .values()
-                .flat_map(|(_, info)| info.next.iter().cloned())
-                .collect();
-            let ds = &mut self.types[d.index()];
-            let old: BTreeSet<Arc<str>> = ds.names.iter().cloned().collect();
-            let subscribe: Vec<String> = wanted.difference(&old).map(|n| n.to_string()).collect();
-            let unsubscribe: Vec<String> = old.difference(&wanted).map(|n| n.to_string()).collect();
-            if !subscribe.is_empty() || !unsubscribe.is_empty() {
-                for gone in &unsubscribe {
-                    ds.have.remove(gone.as_str());
-                }
-                ds.names = wanted.into_iter().collect();
-                if ds.requested {
-                    let req = DeltaDiscoveryRequest {
-                        type_url: d.type_url().to_string(),
-                        resource_names_subscribe: subscribe,
-                        resource_names_unsubscribe: unsubscribe,
-                        ..Default::default()
-                    };
-                    send_delta(tx, req).await?;
-                } else {
-                    self.send_delta_initial(tx, d, None).await?;
-                }
+        tx.delta(ack).await?;
+        for d in dependents_of(t) {
+            let wanted = self.wanted(*d);
+            let ds = &mut self.types[ix(*d)];
+            if same_names(&ds.names, &wanted) {
+                continue;
+            }
+            let old: BTreeSet<&Arc<str>> = ds.names.iter().collect();
+            let new: BTreeSet<&Arc<str>> = wanted.iter().collect();
+            let subscribe: Vec<String> = new.difference(&old).map(|n| n.to_string()).collect();
+            let unsubscribe: Vec<String> = old.difference(&new).map(|n| n.to_string()).collect();
+            for gone in &unsubscribe {
+                ds.have.remove(gone.as_str());
+            }
+            ds.names = wanted;
+            if ds.requested {
+                let req = DeltaDiscoveryRequest {
+                    type_url: d.type_url().to_string(),
+                    resource_names_subscribe: subscribe,
+                    resource_names_unsubscribe: unsubscribe,
+                    ..Default::default()
+                };
+                tx.delta(req).await?;
+            } else if !ds.names.is_empty() {
+                self.open(tx, *d, None).await?;
             }
         }
         self.after_response(t, received, floor);
         Ok(())
     }
 
-    fn count(&mut self, t: XdsType, bytes: usize) {
-        self.stats.bytes[t.index()] += bytes as u64;
-        self.stats.responses[t.index()] += 1;
-        self.shared.responses.fetch_add(1, Ordering::Relaxed);
-        self.shared.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    /// The names of named type `d` the roots' resources lead to, sorted.
+    fn wanted(&self, d: XdsType) -> Arc<[Arc<str>]> {
+        let roots: Vec<XdsType> = ROOTS
+            .into_iter()
+            .filter(|r| dependents_of(*r).contains(&d))
+            .collect();
+        if !self.delta
+            && let [root] = roots[..]
+        {
+            // One SotW root: its set's list, shared by every proxy with that set.
+            return self.types[ix(root)]
+                .set
+                .as_ref()
+                .map(|s| Arc::clone(s.leads_to(d)))
+                .unwrap_or_default();
+        }
+        let mut out: BTreeSet<Arc<str>> = BTreeSet::new();
+        for r in roots {
+            let st = &self.types[ix(r)];
+            if self.delta {
+                for (_, info) in st.have.values() {
+                    out.extend(info.leads_to(d).iter().cloned());
+                }
+            } else if let Some(set) = &st.set {
+                out.extend(set.leads_to(d).iter().cloned());
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// After a response of type `t` (received at `received`) was ACKed:
@@ -634,15 +725,19 @@ impl<'a> Proxy<'a> {
     fn after_response(&mut self, t: XdsType, received: Instant, floor: Option<(u64, u64)>) {
         let now = Instant::now();
         {
-            let marks = self.shared.changes.read().unwrap_or_else(|e| e.into_inner());
+            let marks = self
+                .shared
+                .changes
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             while self.stats.changes.len() < marks.len() {
-                self.stats.changes.push([None; 4]);
+                self.stats.changes.push([None; N]);
             }
             for (m, mark) in marks.iter().enumerate() {
                 if mark.at > received {
                     break;
                 }
-                let slot = &mut self.stats.changes[m][t.index()];
+                let slot = &mut self.stats.changes[m][ix(t)];
                 if slot.is_none() {
                     *slot = Some(now - mark.at);
                     if t == mark.primary {
@@ -663,6 +758,7 @@ impl<'a> Proxy<'a> {
         if !self.synced && self.is_synced() {
             self.synced = true;
             self.stats.synced_after = Some(now - self.started_at);
+            self.stats.sync_bytes = self.stats.bytes;
             for st in &mut self.types {
                 st.answered = HashSet::new();
             }
@@ -671,22 +767,17 @@ impl<'a> Proxy<'a> {
     }
 
     fn is_synced(&self) -> bool {
-        let ready = |t: XdsType| {
-            let st = &self.types[t.index()];
-            st.acked && st.names.iter().all(|n| st.answered.contains(n))
-        };
-        ready(XdsType::Cluster)
-            && ready(XdsType::Listener)
-            && (self.types[XdsType::Endpoint.index()].names.is_empty() || ready(XdsType::Endpoint))
-            && (self.types[XdsType::Route.index()].names.is_empty() || ready(XdsType::Route))
+        ROOTS.iter().all(|t| self.types[ix(*t)].acked)
+            && DEPENDENTS.iter().all(|t| {
+                let st = &self.types[ix(*t)];
+                st.names.is_empty()
+                    || (st.acked && st.names.iter().all(|n| st.answered.contains(n)))
+            })
     }
 }
 
-async fn send_delta(tx: &Tx, req: DeltaDiscoveryRequest) -> Result<(), ()> {
-    match tx {
-        Tx::Delta(tx) => tx.send(req).await.map_err(|_| ()),
-        Tx::Sotw(_) => Err(()),
-    }
+fn same_names(a: &Arc<[Arc<str>]>, b: &Arc<[Arc<str>]>) -> bool {
+    Arc::ptr_eq(a, b) || a[..] == b[..]
 }
 
 /// `(push number, unix micros)` of a floor server's timed push version.

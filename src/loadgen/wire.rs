@@ -8,10 +8,13 @@
 //! table names). Field numbers are those of Envoy's v3 protos; every field
 //! not declared here is skipped by prost.
 //!
+//! Secrets: a cluster's or listener's transport socket whose TLS context
+//! names SDS secrets makes Envoy request them over ADS; the loadgen does too.
+//!
 //! Decoded resources are cached by a hash of their bytes, so N proxies that
 //! receive the same resource decode it once between them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
@@ -81,7 +84,8 @@ pub struct LiteDeltaResponse {
 }
 
 /// `envoy.config.cluster.v3.Cluster`: name, `type` (in the
-/// `cluster_discovery_type` oneof) and `eds_cluster_config.service_name`.
+/// `cluster_discovery_type` oneof), `eds_cluster_config.service_name`, and
+/// the transport sockets whose TLS contexts name SDS secrets.
 #[derive(Clone, PartialEq, Message)]
 struct LiteCluster {
     #[prost(string, tag = "1")]
@@ -90,12 +94,55 @@ struct LiteCluster {
     discovery_type: Option<i32>,
     #[prost(message, optional, tag = "3")]
     eds_cluster_config: Option<LiteEdsClusterConfig>,
+    #[prost(message, optional, tag = "24")]
+    transport_socket: Option<LiteTransportSocket>,
+    #[prost(message, repeated, tag = "43")]
+    transport_socket_matches: Vec<LiteTransportSocketMatch>,
 }
 
 #[derive(Clone, PartialEq, Message)]
 struct LiteEdsClusterConfig {
     #[prost(string, tag = "2")]
     service_name: String,
+}
+
+/// `Cluster.TransportSocketMatch.transport_socket`.
+#[derive(Clone, PartialEq, Message)]
+struct LiteTransportSocketMatch {
+    #[prost(message, optional, tag = "3")]
+    transport_socket: Option<LiteTransportSocket>,
+}
+
+/// `envoy.config.core.v3.TransportSocket.typed_config`.
+#[derive(Clone, PartialEq, Message)]
+struct LiteTransportSocket {
+    #[prost(message, optional, tag = "3")]
+    typed_config: Option<LiteAny>,
+}
+
+/// `UpstreamTlsContext` and `DownstreamTlsContext`: `common_tls_context`.
+#[derive(Clone, PartialEq, Message)]
+struct LiteTlsContext {
+    #[prost(message, optional, tag = "1")]
+    common_tls_context: Option<LiteCommonTlsContext>,
+}
+
+/// `CommonTlsContext`: the SDS configs of certificates and validation contexts.
+#[derive(Clone, PartialEq, Message)]
+struct LiteCommonTlsContext {
+    #[prost(message, repeated, tag = "6")]
+    tls_certificate_sds_secret_configs: Vec<LiteNamed>,
+    #[prost(message, optional, tag = "7")]
+    validation_context_sds_secret_config: Option<LiteNamed>,
+    #[prost(message, optional, tag = "8")]
+    combined_validation_context: Option<LiteCombinedValidation>,
+}
+
+/// `CombinedCertificateValidationContext.validation_context_sds_secret_config`.
+#[derive(Clone, PartialEq, Message)]
+struct LiteCombinedValidation {
+    #[prost(message, optional, tag = "2")]
+    validation_context_sds_secret_config: Option<LiteNamed>,
 }
 
 /// `envoy.config.listener.v3.Listener`: name, filter chains, default chain.
@@ -113,6 +160,8 @@ struct LiteListener {
 struct LiteFilterChain {
     #[prost(message, repeated, tag = "3")]
     filters: Vec<LiteFilter>,
+    #[prost(message, optional, tag = "6")]
+    transport_socket: Option<LiteTransportSocket>,
 }
 
 /// `envoy.config.listener.v3.Filter`: `typed_config` is field 4.
@@ -135,69 +184,150 @@ struct LiteRds {
     route_config_name: String,
 }
 
-/// `ClusterLoadAssignment.cluster_name` and `RouteConfiguration.name` are both field 1.
+/// Field 1 is the name of a `ClusterLoadAssignment` (`cluster_name`), a
+/// `RouteConfiguration`, a `Secret` and an `SdsSecretConfig`.
 #[derive(Clone, PartialEq, Message)]
 struct LiteNamed {
     #[prost(string, tag = "1")]
     name: String,
 }
 
+/// The types a simulated proxy asks for, in the order of its per-type arrays.
+pub const TYPES: [XdsType; 5] = [
+    XdsType::Cluster,
+    XdsType::Endpoint,
+    XdsType::Listener,
+    XdsType::Route,
+    XdsType::Secret,
+];
+/// Length of per-type arrays.
+pub const N: usize = TYPES.len();
+
+/// Index of `t` in the loadgen's per-type arrays; None for a type it never requests.
+pub fn slot(t: XdsType) -> Option<usize> {
+    TYPES.iter().position(|x| *x == t)
+}
+
+/// Index of one of `TYPES` (callers only pass those).
+pub fn ix(t: XdsType) -> usize {
+    slot(t).unwrap_or(0)
+}
+
 /// What one resource tells a proxy: its name and what it makes the proxy
-/// request next (EDS names for a cluster, RDS names for a listener).
+/// request next (EDS names for a cluster, RDS names for a listener, SDS
+/// names for either).
 #[derive(Debug, Default)]
 pub struct ResourceInfo {
     /// Empty for an opaque resource (one that did not decode as its type).
     pub name: Arc<str>,
-    pub next: Vec<Arc<str>>,
+    pub endpoints: Vec<Arc<str>>,
+    pub routes: Vec<Arc<str>>,
+    pub secrets: Vec<Arc<str>>,
 }
 
 impl ResourceInfo {
     pub fn opaque(&self) -> bool {
         self.name.is_empty()
     }
+
+    /// Names of type `d` this resource makes the proxy request.
+    pub fn leads_to(&self, d: XdsType) -> &[Arc<str>] {
+        match d {
+            XdsType::Endpoint => &self.endpoints,
+            XdsType::Route => &self.routes,
+            XdsType::Secret => &self.secrets,
+            _ => &[],
+        }
+    }
+}
+
+/// A resource's name and what it leads to, before interning.
+#[derive(Default)]
+struct Inspected {
+    name: String,
+    endpoints: Vec<String>,
+    routes: Vec<String>,
+    secrets: Vec<String>,
+}
+
+fn push_unique(v: &mut Vec<String>, s: String) {
+    if !s.is_empty() && !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+/// SDS names in a transport socket's TLS context (upstream or downstream).
+fn socket_secrets(ts: &LiteTransportSocket, out: &mut Vec<String>) {
+    let Some(any) = &ts.typed_config else { return };
+    if !any.type_url.ends_with(b"TlsContext") {
+        return; // raw_buffer and other sockets name no secret
+    }
+    let Some(common) = LiteTlsContext::decode(any.value.clone())
+        .ok()
+        .and_then(|c| c.common_tls_context)
+    else {
+        return;
+    };
+    for sds in common.tls_certificate_sds_secret_configs {
+        push_unique(out, sds.name);
+    }
+    if let Some(sds) = common.validation_context_sds_secret_config {
+        push_unique(out, sds.name);
+    }
+    if let Some(sds) = common
+        .combined_validation_context
+        .and_then(|c| c.validation_context_sds_secret_config)
+    {
+        push_unique(out, sds.name);
+    }
 }
 
 /// Decodes the parts of a resource the proxy acts on; None when the bytes are
 /// not a resource of type `t` with a name (the floor server's opaque blobs).
-fn inspect(t: XdsType, value: &[u8]) -> Option<(String, Vec<String>)> {
-    let (name, next) = match t {
+fn inspect(t: XdsType, value: &[u8]) -> Option<Inspected> {
+    let mut out = Inspected::default();
+    match t {
         XdsType::Cluster => {
             let c = LiteCluster::decode(value).ok()?;
-            let next = match c.discovery_type {
-                Some(DISCOVERY_TYPE_EDS) => {
-                    let svc = c
-                        .eds_cluster_config
-                        .map(|e| e.service_name)
-                        .filter(|s| !s.is_empty());
-                    vec![svc.unwrap_or_else(|| c.name.clone())]
-                }
-                _ => Vec::new(),
-            };
-            (c.name, next)
+            if c.discovery_type == Some(DISCOVERY_TYPE_EDS) {
+                let svc = c
+                    .eds_cluster_config
+                    .map(|e| e.service_name)
+                    .filter(|s| !s.is_empty());
+                out.endpoints.push(svc.unwrap_or_else(|| c.name.clone()));
+            }
+            let sockets = c.transport_socket.iter().chain(
+                c.transport_socket_matches
+                    .iter()
+                    .filter_map(|m| m.transport_socket.as_ref()),
+            );
+            for ts in sockets {
+                socket_secrets(ts, &mut out.secrets);
+            }
+            out.name = c.name;
         }
         XdsType::Listener => {
             let l = LiteListener::decode(value).ok()?;
-            let mut next = Vec::new();
             for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+                if let Some(ts) = &chain.transport_socket {
+                    socket_secrets(ts, &mut out.secrets);
+                }
                 for f in &chain.filters {
                     let Some(any) = &f.typed_config else { continue };
                     if any.type_url.as_ref() != HCM_TYPE_URL.as_bytes() {
                         continue;
                     }
                     let hcm = LiteHcm::decode(any.value.clone()).ok()?;
-                    if let Some(rds) = hcm.rds
-                        && !rds.route_config_name.is_empty()
-                        && !next.contains(&rds.route_config_name)
-                    {
-                        next.push(rds.route_config_name);
+                    if let Some(rds) = hcm.rds {
+                        push_unique(&mut out.routes, rds.route_config_name);
                     }
                 }
             }
-            (l.name, next)
+            out.name = l.name;
         }
-        XdsType::Endpoint | XdsType::Route => (LiteNamed::decode(value).ok()?.name, Vec::new()),
-    };
-    (!name.is_empty()).then_some((name, next))
+        _ => out.name = LiteNamed::decode(value).ok()?.name,
+    }
+    (!out.name.is_empty()).then_some(out)
 }
 
 /// What a whole SotW response tells a proxy.
@@ -205,8 +335,21 @@ fn inspect(t: XdsType, value: &[u8]) -> Option<(String, Vec<String>)> {
 pub struct SetInfo {
     /// Names of the resources that decoded (opaque ones have none).
     pub names: Vec<Arc<str>>,
-    /// What the set leads to (EDS or RDS names), sorted, without duplicates.
-    pub next: Arc<[Arc<str>]>,
+    /// What the set leads to, sorted, without duplicates.
+    pub endpoints: Arc<[Arc<str>]>,
+    pub routes: Arc<[Arc<str>]>,
+    pub secrets: Arc<[Arc<str>]>,
+}
+
+impl SetInfo {
+    /// Names of type `d` this set makes the proxy request.
+    pub fn leads_to(&self, d: XdsType) -> &Arc<[Arc<str>]> {
+        match d {
+            XdsType::Endpoint => &self.endpoints,
+            XdsType::Route => &self.routes,
+            _ => &self.secrets,
+        }
+    }
 }
 
 /// Decoded resources and interned names, shared by every simulated proxy.
@@ -234,17 +377,22 @@ impl DecodeCache {
             return Arc::clone(hit);
         }
         let mut names = Vec::with_capacity(resources.len());
-        let mut next = std::collections::BTreeSet::new();
+        let mut leads: [BTreeSet<Arc<str>>; 3] = Default::default();
         for (r, hash) in resources.iter().zip(hashes) {
             let info = self.info_hashed(t, hash, &r.value);
             if !info.opaque() {
                 names.push(Arc::clone(&info.name));
             }
-            next.extend(info.next.iter().cloned());
+            leads[0].extend(info.endpoints.iter().cloned());
+            leads[1].extend(info.routes.iter().cloned());
+            leads[2].extend(info.secrets.iter().cloned());
         }
+        let [endpoints, routes, secrets] = leads.map(|l| l.into_iter().collect());
         let set = Arc::new(SetInfo {
             names,
-            next: next.into_iter().collect(),
+            endpoints,
+            routes,
+            secrets,
         });
         let mut map = lock(&self.sets);
         if map.len() >= SET_CACHE_LIMIT {
@@ -265,10 +413,15 @@ impl DecodeCache {
             return Arc::clone(hit);
         }
         let info = Arc::new(match inspect(t, value) {
-            Some((name, next)) => ResourceInfo {
-                name: self.intern(&name),
-                next: next.iter().map(|n| self.intern(n)).collect(),
-            },
+            Some(i) => {
+                let interned = |v: &[String]| v.iter().map(|n| self.intern(n)).collect();
+                ResourceInfo {
+                    name: self.intern(&i.name),
+                    endpoints: interned(&i.endpoints),
+                    routes: interned(&i.routes),
+                    secrets: interned(&i.secrets),
+                }
+            }
             None => ResourceInfo::default(),
         });
         let mut map = lock(&self.resources);
