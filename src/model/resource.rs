@@ -149,6 +149,20 @@ impl fmt::Display for ResourceKey {
 #[derive(Clone, Debug, Default)]
 pub struct ConfigSnapshot {
     pub resources: BTreeMap<ResourceKey, Arc<Resource>>,
+    /// Routing resources by host, built on first use (translation looks
+    /// them up once per service; scanning every resource each time would
+    /// make a build quadratic in the number of services).
+    hosts: std::sync::OnceLock<HostIndex>,
+}
+
+/// DestinationRules and (mesh) VirtualServices by the host they name,
+/// resolved to an FQDN; each list in namespace/name order.
+#[derive(Clone, Debug, Default)]
+pub struct HostIndex {
+    pub destination_rules: std::collections::HashMap<String, Vec<Arc<Resource>>>,
+    pub wildcard_destination_rules: Vec<(String, Arc<Resource>)>,
+    pub virtual_services: std::collections::HashMap<String, Vec<Arc<Resource>>>,
+    pub wildcard_virtual_services: Vec<(String, Arc<Resource>)>,
 }
 
 macro_rules! typed_iter {
@@ -164,6 +178,51 @@ macro_rules! typed_iter {
 }
 
 impl ConfigSnapshot {
+    pub fn new(resources: BTreeMap<ResourceKey, Arc<Resource>>) -> Self {
+        ConfigSnapshot {
+            resources,
+            hosts: Default::default(),
+        }
+    }
+
+    /// The host index (built once per snapshot).
+    pub fn hosts(&self) -> &HostIndex {
+        self.hosts.get_or_init(|| {
+            let mut idx = HostIndex::default();
+            for r in self.resources.values() {
+                let (hosts, exact, wild) = match &r.spec {
+                    Spec::DestinationRule(dr) => (
+                        vec![dr.host.clone()],
+                        &mut idx.destination_rules,
+                        &mut idx.wildcard_destination_rules,
+                    ),
+                    Spec::VirtualService(vs)
+                        if vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh") =>
+                    {
+                        (
+                            vs.hosts.clone(),
+                            &mut idx.virtual_services,
+                            &mut idx.wildcard_virtual_services,
+                        )
+                    }
+                    _ => continue,
+                };
+                for h in hosts {
+                    let h = super::host::resolve(&h, &r.namespace);
+                    if h.starts_with('*') {
+                        wild.push((h, Arc::clone(r)));
+                    } else {
+                        let list = exact.entry(h).or_default();
+                        if !list.iter().any(|x| Arc::ptr_eq(x, r)) {
+                            list.push(Arc::clone(r));
+                        }
+                    }
+                }
+            }
+            idx
+        })
+    }
+
     typed_iter!(service_entries, ServiceEntry, ServiceEntrySpec);
     typed_iter!(workload_entries, WorkloadEntry, WorkloadEntrySpec);
     typed_iter!(virtual_services, VirtualService, VirtualServiceSpec);

@@ -77,11 +77,24 @@ impl<'a> Mesh<'a> {
         hostname: &str,
         service_ns: &str,
     ) -> Option<(&'a Resource, &'a DestinationRuleSpec)> {
-        let candidates = self.config.destination_rules().filter_map(|(r, spec)| {
-            let h = host::resolve(&spec.host, &r.namespace);
-            host::matches(&h, hostname).then_some((h == hostname, r, spec))
-        });
-        candidates
+        let idx = self.config.hosts();
+        let exact = idx
+            .destination_rules
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .map(|r| (true, r));
+        let wild = idx
+            .wildcard_destination_rules
+            .iter()
+            .filter(|(pattern, _)| host::matches(pattern, hostname))
+            .map(|(_, r)| (false, r));
+        exact
+            .chain(wild)
+            .filter_map(|(exact, r)| match &r.spec {
+                crate::model::Spec::DestinationRule(spec) => Some((exact, r.as_ref(), spec)),
+                _ => None,
+            })
             .min_by_key(|(exact, r, _)| (!*exact, r.namespace != service_ns))
             .map(|(_, r, spec)| (r, spec))
     }

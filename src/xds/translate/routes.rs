@@ -91,27 +91,19 @@ pub fn virtual_service_for<'a>(
     mesh: &Mesh<'a>,
     hostname: &str,
 ) -> Option<(&'a Resource, &'a VirtualServiceSpec)> {
-    mesh.config
-        .virtual_services()
-        .filter(|(_, spec)| {
-            spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == MESH_GATEWAY)
-        })
-        .filter_map(|(r, spec)| {
-            let mut best = None;
-            for h in &spec.hosts {
-                let h = host::resolve(h, &r.namespace);
-                if h == hostname {
-                    best = Some(true);
-                    break;
-                }
-                if host::matches(&h, hostname) {
-                    best = Some(false);
-                }
-            }
-            best.map(|exact| (exact, r, spec))
-        })
-        .min_by_key(|(exact, _, _)| !*exact)
-        .map(|(_, r, spec)| (r, spec))
+    let idx = mesh.config.hosts();
+    let exact = idx.virtual_services.get(hostname).and_then(|l| l.first());
+    let chosen = exact.or_else(|| {
+        idx.wildcard_virtual_services
+            .iter()
+            .filter(|(pattern, _)| host::matches(pattern, hostname))
+            .map(|(_, r)| r)
+            .min_by(|a, b| a.key().cmp(&b.key()))
+    })?;
+    match &chosen.spec {
+        crate::model::Spec::VirtualService(spec) => Some((chosen.as_ref(), spec)),
+        _ => None,
+    }
 }
 
 fn default_route(cluster: &str) -> Route {
