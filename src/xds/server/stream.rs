@@ -168,8 +168,9 @@ pub async fn run(
                             break;
                         }
                     }
-                    Some(Err(status)) => {
-                        warn!(error = %status, "ADS stream failed");
+                                        Some(Err(status)) => {
+                        // Mostly a proxy going away without closing the stream.
+                        debug!(error = %status, "ADS stream ended with an error");
                         break;
                     }
                     None => break,
