@@ -120,7 +120,7 @@ async fn config_dump(State(s): State<AdminState>, Query(q): Query<DumpQuery>) ->
                 if let Some(key) = body.pointer_mut("/tlsCertificate/privateKey") {
                     *key = json!({"inlineString": "[redacted]"});
                 }
-                json!({"name": e.name, "version": e.version, "resource": body})
+                json!({"name": &*e.name, "version": e.version, "resource": body})
             })
             .collect();
         out.insert(t.short().to_string(), json!(resources));

@@ -17,7 +17,8 @@ const RESOURCES_FIELD: u32 = 2;
 /// One encoded xDS resource.
 #[derive(Debug)]
 pub struct Encoded {
-    pub name: String,
+    /// Shared by every stream that tracks this resource (no per-stream copy).
+    pub name: std::sync::Arc<str>,
     /// Content hash of the resource bytes, hex; equal bytes give equal versions.
     pub version: String,
     /// `google.protobuf.Any` as a SotW `resources` field (key, length, Any).
@@ -29,7 +30,7 @@ pub struct Encoded {
 impl Encoded {
     /// Encodes `msg` as an `Any` of `type_url` named `name`.
     pub fn new<M: Message>(type_url: &str, name: impl Into<String>, msg: &M) -> Self {
-        let name = name.into();
+        let name: std::sync::Arc<str> = std::sync::Arc::from(name.into());
         let value = msg.encode_to_vec();
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&value));
 

@@ -74,10 +74,13 @@ pub struct Request<'a> {
 struct TypeState {
     requested: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Subscribed names, interned: the resource's own name when it exists.
+    names: BTreeSet<Arc<str>>,
     /// What the client has, by name: the resource last sent (None: told it
-    /// does not exist).
-    sent: HashMap<String, Option<Arc<Encoded>>>,
+    /// does not exist). Not used for SotW Listener/Cluster (see `sent_all`).
+    sent: HashMap<Arc<str>, Option<Arc<Encoded>>>,
+    /// SotW Listener/Cluster: the full set last sent (a pointer each).
+    sent_all: Vec<Arc<Encoded>>,
     /// Delta reconnect: versions the client reported it already has.
     initial: HashMap<String, String>,
     last_nonce: Option<String>,
@@ -110,6 +113,22 @@ impl StreamProtocol {
     /// Applies a request; returns what it meant and whether a push should follow
     /// right away (initial request or new subscriptions).
     pub fn on_request(&mut self, t: XdsType, req: &Request<'_>) -> (Ack, bool) {
+        self.on_request_with(t, req, None)
+    }
+
+    /// `on_request`, interning subscribed names from `res` (what the proxy
+    /// can be sent), so a stream's subscriptions share the resources' names.
+    pub fn on_request_with(
+        &mut self,
+        t: XdsType,
+        req: &Request<'_>,
+        res: Option<&ProxyResources>,
+    ) -> (Ack, bool) {
+        let intern = |name: &str| -> Arc<str> {
+            res.and_then(|r| r.get(t, name))
+                .map(|e| Arc::clone(&e.name))
+                .unwrap_or_else(|| Arc::from(name))
+        };
         let delta = self.delta;
         let st = &mut self.types[t.index()];
         let ack = if req.nonce.is_empty() {
@@ -150,8 +169,9 @@ impl StreamProtocol {
                 if name == "*" {
                     st.wildcard = true;
                     push = true;
-                } else if st.names.insert(name.clone()) {
-                    st.sent.remove(name);
+                } else if !st.names.contains(name.as_str()) {
+                    st.names.insert(intern(name));
+                    st.sent.remove(name.as_str());
                     push = true;
                 }
             }
@@ -159,31 +179,39 @@ impl StreamProtocol {
                 if name == "*" {
                     st.wildcard = false;
                 } else {
-                    st.names.remove(name);
+                    st.names.remove(name.as_str());
                 }
-                st.sent.remove(name);
+                st.sent.remove(name.as_str());
                 st.initial.remove(name);
             }
         } else {
-            let names: BTreeSet<String> = req.subscribe.iter().cloned().collect();
-            let wildcard = names.contains("*") || (t.is_wildcard_type() && names.is_empty());
+            let wildcard = req.subscribe.iter().any(|n| n == "*")
+                || (t.is_wildcard_type() && req.subscribe.is_empty());
             if wildcard != st.wildcard {
                 push = true;
             }
-            for added in names.difference(&st.names) {
-                st.sent.remove(added);
-                push = true;
-            }
-            let gone: Vec<String> = st.names.difference(&names).cloned().collect();
-            for name in gone {
-                st.sent.remove(&name);
+            // Envoy repeats its whole subscription in every SotW request
+            // (thousands of EDS names in each ACK): only rebuild on change.
+            let same = req.subscribe.len() == st.names.len()
+                && req.subscribe.iter().all(|n| st.names.contains(n.as_str()));
+            if !same {
+                let names: BTreeSet<Arc<str>> = req.subscribe.iter().map(|n| intern(n)).collect();
+                for added in names.difference(&st.names) {
+                    st.sent.remove(added);
+                    push = true;
+                }
+                let gone: Vec<Arc<str>> = st.names.difference(&names).cloned().collect();
+                for name in gone {
+                    st.sent.remove(&name);
+                }
+                st.names = names;
             }
             st.wildcard = wildcard;
-            st.names = names;
             if ack == Ack::Initial {
                 // A request without a nonce asks for the current state.
                 push = true;
                 st.sent.clear();
+                st.sent_all.clear();
                 st.sent_version = None;
             }
         }
@@ -240,10 +268,11 @@ impl StreamProtocol {
         let nonce = self.next_nonce();
         let st = &mut self.types[t.index()];
         if t.is_wildcard_type() {
-            st.sent.clear();
-        }
-        for e in &resources {
-            st.sent.insert(e.name.clone(), Some(Arc::clone(e)));
+            st.sent_all = resources.clone();
+        } else {
+            for e in &resources {
+                st.sent.insert(Arc::clone(&e.name), Some(Arc::clone(e)));
+            }
         }
         st.last_nonce = Some(nonce.clone());
         st.sent_version = Some(version.clone());
@@ -263,7 +292,7 @@ impl StreamProtocol {
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         if st.wildcard {
             for e in res.all(t) {
-                seen.insert(&e.name);
+                seen.insert(&*e.name);
                 if !st.has(e) {
                     resources.push(Arc::clone(e));
                 }
@@ -271,27 +300,27 @@ impl StreamProtocol {
         }
         for name in &st.names {
             match res.get(t, name) {
-                Some(e) if seen.insert(name) && !st.has(e) => {
+                Some(e) if seen.insert(&**name) && !st.has(e) => {
                     resources.push(Arc::clone(e));
                 }
                 Some(_) => {}
-                None if !seen.contains(name.as_str()) => {
+                None if !seen.contains(&**name) => {
                     // Tell the client once that a subscribed name does not exist.
                     if !matches!(st.sent.get(name), Some(None)) {
-                        removed.push(name.clone());
+                        removed.push(name.to_string());
                     }
-                    seen.insert(name);
+                    seen.insert(&**name);
                 }
                 None => {}
             }
         }
         for (name, sent) in &st.sent {
-            if !seen.contains(name.as_str()) && sent.is_some() {
-                removed.push(name.clone());
+            if !seen.contains(&**name) && sent.is_some() {
+                removed.push(name.to_string());
             }
         }
         for name in st.initial.keys() {
-            if !seen.contains(name.as_str()) && !st.sent.contains_key(name) {
+            if !seen.contains(name.as_str()) && !st.sent.contains_key(name.as_str()) {
                 removed.push(name.clone());
             }
         }
@@ -307,15 +336,15 @@ impl StreamProtocol {
         let nonce = self.next_nonce();
         let st = &mut self.types[t.index()];
         for e in &resources {
-            st.initial.remove(&e.name);
-            st.sent.insert(e.name.clone(), Some(Arc::clone(e)));
+            st.initial.remove(&*e.name);
+            st.sent.insert(Arc::clone(&e.name), Some(Arc::clone(e)));
         }
         for name in &removed {
             st.initial.remove(name);
-            if st.names.contains(name) {
-                st.sent.insert(name.clone(), None);
+            if let Some(n) = st.names.get(name.as_str()).cloned() {
+                st.sent.insert(n, None);
             } else {
-                st.sent.remove(name);
+                st.sent.remove(name.as_str());
             }
         }
         removed.sort();
@@ -337,22 +366,29 @@ impl StreamProtocol {
             sent_nonce: st.last_nonce.clone(),
             acked_version: st.acked_version.clone(),
             last_nack: st.last_nack.clone(),
-            subscribed: st.names.iter().cloned().collect(),
+            subscribed: st.names.iter().map(|n| n.to_string()).collect(),
             wildcard: st.wildcard,
             sent: st
                 .sent
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_ref()?.version.clone())))
+                .filter_map(|(k, v)| Some((k.to_string(), v.as_ref()?.version.clone())))
+                .chain(
+                    st.sent_all
+                        .iter()
+                        .map(|e| (e.name.to_string(), e.version.clone())),
+                )
                 .collect(),
         }
     }
 
     /// The resources of type `t` this client was last sent (for config dumps).
     pub fn sent_resources(&self, t: XdsType) -> Vec<Arc<Encoded>> {
-        let mut v: Vec<Arc<Encoded>> = self.types[t.index()]
+        let st = &self.types[t.index()];
+        let mut v: Vec<Arc<Encoded>> = st
             .sent
             .values()
             .flatten()
+            .chain(st.sent_all.iter())
             .cloned()
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -363,10 +399,10 @@ impl StreamProtocol {
 impl TypeState {
     /// Whether the client already has exactly this resource.
     fn has(&self, e: &Encoded) -> bool {
-        match self.sent.get(&e.name) {
+        match self.sent.get(&*e.name) {
             Some(Some(sent)) => sent.version == e.version,
             Some(None) => false,
-            None => self.initial.get(&e.name) == Some(&e.version),
+            None => self.initial.get(&*e.name) == Some(&e.version),
         }
     }
 }

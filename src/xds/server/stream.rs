@@ -228,7 +228,7 @@ impl Stream<'_> {
                 unsubscribe: &req.unsubscribe,
                 initial_versions: req.initial.as_ref(),
             };
-            let (ack, push_now) = proto.on_request(t, &r);
+            let (ack, push_now) = proto.on_request_with(t, &r, self.resources.as_ref());
             match &ack {
                 Ack::Nack(nack) => {
                     warn!(node = %self.conn.node_id, r#type = t.short(), version = %nack.version, nonce = %nack.nonce, message = %nack.message, "proxy rejected config (NACK); keeping its last good config, not resending");

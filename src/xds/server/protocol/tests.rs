@@ -35,7 +35,7 @@ fn mk_res(items: &[(&str, &str)]) -> ProxyResources {
 }
 
 fn names(p: &Push) -> Vec<&str> {
-    p.resources.iter().map(|e| e.name.as_str()).collect()
+    p.resources.iter().map(|e| &*e.name).collect()
 }
 
 fn sotw_req<'a>(nonce: &'a str, names: &'a [String]) -> Request<'a> {
