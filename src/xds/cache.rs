@@ -22,6 +22,10 @@ pub struct Layer {
     /// Hash over the names and versions of the resources.
     pub version: u64,
     pub resources: BTreeMap<String, Arc<Encoded>>,
+    /// Every resource's SotW bytes back to back, made once on first use: a
+    /// full-set response (Listener, Cluster) to any number of proxies writes
+    /// these shared bytes instead of copying small resources per stream.
+    sotw_blob: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Layer {
@@ -47,7 +51,20 @@ impl Layer {
         Layer {
             version: h.digest(),
             resources,
+            sotw_blob: Default::default(),
         }
+    }
+
+    /// All resources' SotW entries concatenated (see `sotw_blob`).
+    pub fn sotw_blob(&self) -> &bytes::Bytes {
+        self.sotw_blob.get_or_init(|| {
+            let len = self.resources.values().map(|e| e.sotw.len()).sum();
+            let mut b = bytes::BytesMut::with_capacity(len);
+            for e in self.resources.values() {
+                b.extend_from_slice(&e.sotw);
+            }
+            b.freeze()
+        })
     }
 
     /// Keeps `prev` (and so its identity) when nothing changed.

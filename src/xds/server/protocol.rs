@@ -22,6 +22,9 @@ pub struct Push {
     pub resources: Vec<Arc<Encoded>>,
     /// Delta only.
     pub removed: Vec<String>,
+    /// Set when `resources` is exactly these layers' resources, in order:
+    /// the response is written from their shared blobs.
+    pub whole_layers: Vec<Arc<crate::xds::cache::Layer>>,
 }
 
 /// A rejected response, as Envoy reported it.
@@ -250,10 +253,14 @@ impl StreamProtocol {
             st.names.iter().filter_map(|n| res.get(t, n)).collect()
         };
         let version = set_version(&wanted);
+        let mut whole_layers = Vec::new();
         let resources: Vec<Arc<Encoded>> = if t.is_wildcard_type() {
             // The full set each time: absence means removal.
             if !force && st.sent_version.as_deref() == Some(version.as_str()) {
                 return None;
+            }
+            if st.wildcard {
+                whole_layers = res.layers[t.index()].clone();
             }
             wanted.into_iter().cloned().collect()
         } else {
@@ -282,6 +289,7 @@ impl StreamProtocol {
             nonce,
             resources,
             removed: Vec::new(),
+            whole_layers,
         })
     }
 
@@ -356,6 +364,7 @@ impl StreamProtocol {
             nonce,
             resources,
             removed,
+            whole_layers: Vec::new(),
         })
     }
 

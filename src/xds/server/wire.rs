@@ -44,11 +44,15 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
         .sum();
 
     // Small responses fit in one chunk; larger ones start a new one after the head.
-    let mut head = BytesMut::with_capacity(
+    let whole = !delta && !push.whole_layers.is_empty();
+    let head_cap = if whole {
+        5 + head_len
+    } else {
         (5 + head_len + body_len)
             .min(COALESCE_LIMIT)
-            .max(5 + head_len),
-    );
+            .max(5 + head_len)
+    };
+    let mut head = BytesMut::with_capacity(head_cap);
     head.put_u8(0); // not compressed
     head.put_u32((head_len + body_len) as u32);
     put_bytes_field(&mut head, 1, push.version.as_bytes());
@@ -65,6 +69,17 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
     }
 
     let mut chunks = Vec::with_capacity(1 + push.resources.len().min(64));
+    if whole {
+        // Whole layers: their shared blobs, nothing copied per stream.
+        chunks.push(head.freeze());
+        chunks.extend(
+            push.whole_layers
+                .iter()
+                .map(|l| l.sotw_blob().clone())
+                .filter(|b| !b.is_empty()),
+        );
+        return chunks;
+    }
     let mut pending = head;
     for r in &push.resources {
         let bytes = if delta { &r.delta } else { &r.sotw };
@@ -128,6 +143,7 @@ mod tests {
             nonce: "7".into(),
             resources,
             removed: vec!["gone".into()],
+            whole_layers: Vec::new(),
         }
     }
 
@@ -166,6 +182,28 @@ mod tests {
         assert_eq!(resp.resources.len(), 2);
         assert_eq!(resp.resources[1].name, "c1");
         assert_eq!(resp.removed_resources, vec!["gone".to_string()]);
+    }
+
+    #[test]
+    fn whole_layers_are_written_from_their_shared_blob() {
+        let mut push = mk_push(&[10, 20, 30]);
+        let layer = Arc::new(crate::xds::cache::Layer::from_encoded(
+            push.resources
+                .iter()
+                .map(|e| (e.name.to_string(), Arc::clone(e)))
+                .collect(),
+        ));
+        push.whole_layers = vec![Arc::clone(&layer)];
+        let chunks = frame(&push, false);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(
+            chunks[1].as_ptr(),
+            layer.sotw_blob().as_ptr(),
+            "shared, not copied"
+        );
+        let resp = DiscoveryResponse::decode(&join(&chunks)[5..]).unwrap();
+        assert_eq!(resp.resources.len(), 3);
+        assert_eq!(resp.nonce, "7");
     }
 
     #[test]
