@@ -270,6 +270,15 @@ impl StreamProtocol {
             if changed.is_empty() && !force {
                 return None;
             }
+            // Every resource of the only layer (an initial EDS answer to a
+            // proxy that subscribes to all clusters): both are sorted by
+            // name, so the response is that layer's shared blob.
+            if let [layer] = res.layers[t.index()].as_slice()
+                && !changed.is_empty()
+                && changed.len() == layer.resources.len()
+            {
+                whole_layers = vec![Arc::clone(layer)];
+            }
             changed
         };
         let nonce = self.next_nonce();

@@ -295,3 +295,23 @@ fn unrequested_types_are_never_pushed() {
             .is_none()
     );
 }
+
+#[test]
+fn full_answers_use_the_shared_layer_and_partial_ones_do_not() {
+    let res = mk_res(&[("a", "1"), ("b", "1")]);
+    let mut p = StreamProtocol::new(false);
+    p.on_request(XdsType::Cluster, &sotw_req("", &[]));
+    let cds = p.push(XdsType::Cluster, &res, true).unwrap();
+    assert_eq!(cds.whole_layers.len(), 1);
+    let both = vec!["a".to_string(), "b".to_string()];
+    p.on_request(XdsType::Endpoint, &sotw_req("", &both));
+    let eds = p.push(XdsType::Endpoint, &res, true).unwrap();
+    assert_eq!(eds.whole_layers.len(), 1, "every resource of the layer");
+    let changed = mk_res(&[("a", "2"), ("b", "1")]);
+    let eds = p.push(XdsType::Endpoint, &changed, false).unwrap();
+    assert_eq!(names(&eds), ["a"]);
+    assert!(
+        eds.whole_layers.is_empty(),
+        "a partial answer lists its resources"
+    );
+}
