@@ -411,7 +411,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
     let syncs = SyncRegistry::default();
 
-        let xds_listener = listen(args.xds_address)
+    let xds_listener = listen(args.xds_address)
         .with_context(|| format!("bind xDS address {}", args.xds_address))?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
@@ -463,7 +463,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         auth: Some(token_key),
     };
     if let Some(addr) = args.plaintext_xds_address {
-                let listener =
+        let listener =
             listen(addr).with_context(|| format!("bind plaintext xDS address {addr}"))?;
         tracing::warn!(%addr, "serving xDS in plaintext without authentication");
         let plain = AdsShared {
