@@ -358,21 +358,6 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     Ok(())
 }
 
-/// Pending connections the kernel queues on an xDS port: thousands of proxies
-/// reconnect at once after a restart, and the default (128) drops their SYNs.
-const XDS_LISTEN_BACKLOG: u32 = 4096;
-
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(XDS_LISTEN_BACKLOG)
-}
-
 /// pilotfish's own identity, in its xDS serving certificate.
 fn server_identity(trust_domain: &str) -> Result<crate::ca::Identity> {
     crate::ca::Identity::new(trust_domain, "istio-system", "pilotfish")
@@ -411,7 +396,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
     let syncs = SyncRegistry::default();
 
-    let xds_listener = listen(args.xds_address)
+    let xds_listener = server::listen(args.xds_address)
         .with_context(|| format!("bind xDS address {}", args.xds_address))?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
@@ -464,7 +449,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     };
     if let Some(addr) = args.plaintext_xds_address {
         let listener =
-            listen(addr).with_context(|| format!("bind plaintext xDS address {addr}"))?;
+            server::listen(addr).with_context(|| format!("bind plaintext xDS address {addr}"))?;
         tracing::warn!(%addr, "serving xDS in plaintext without authentication");
         let plain = AdsShared {
             auth: None,

@@ -61,10 +61,6 @@ const PAD_FIELD: u32 = (1 << 29) - 1;
 const STREAM_QUEUE: usize = 4;
 /// Timed pushes a slow stream may fall behind before it skips some.
 const PUSH_BACKLOG: usize = 16;
-/// Connections waiting to be accepted. `TcpListener::bind` uses 128, which
-/// thousands of proxies connecting at once overflow (their SYNs are dropped
-/// and retried after 1 s, 3 s, ...); 4096 is Linux's default `somaxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
 /// Largest request accepted, as pilotfish.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
@@ -440,21 +436,10 @@ pub async fn serve(
     result
 }
 
-/// Binds `addr` with a listen backlog of `LISTEN_BACKLOG`.
-pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// `pilotfish loadgen floor`.
 pub async fn run(args: FloorArgs) -> Result<()> {
-    let listener = bind(args.listen).with_context(|| format!("bind {}", args.listen))?;
+    let listener =
+        crate::xds::server::listen(args.listen).with_context(|| format!("bind {}", args.listen))?;
     let addr = listener.local_addr()?;
     let built = build(&args);
     let sizes: Vec<String> = TYPES

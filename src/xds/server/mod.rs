@@ -159,6 +159,22 @@ impl tower::Service<http::Request<Body>> for AdsService {
     }
 }
 
+/// Pending connections the kernel queues on an xDS port: thousands of proxies
+/// reconnect at once after a restart, and the default (128) drops their SYNs.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds an xDS port with `LISTEN_BACKLOG`.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves ADS on `listener` until `shutdown`; over TLS with `tls` (the
 /// server certificate chain and key, PEM).
 pub async fn serve(
