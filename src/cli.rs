@@ -103,8 +103,18 @@ pub struct ServeArgs {
     /// Quiet time after a file change before the config is re-read.
     #[arg(long, default_value = "100ms", value_parser = duration_arg)]
     pub debounce: Duration,
-    /// Where pilotfish keeps its state: the self-signed root CA (created on
-    /// first start, key mode 0600) lives here.
+    #[command(flatten)]
+    pub ca: CaArgs,
+    /// Lifetime of workload certificates; they are re-issued at half-life.
+    #[arg(long, default_value = "24h", value_parser = duration_arg)]
+    pub cert_ttl: Duration,
+}
+
+/// Where the CA lives; `serve` and `bootstrap` must be given the same.
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    /// pilotfish's state directory: the self-signed root CA (created on first
+    /// start, key mode 0600) and the key that signs proxies' xDS credentials.
     #[arg(long, default_value = ".pilotfish")]
     pub state_dir: PathBuf,
     /// Plugged-in CA: a directory with Istio's cacerts files (ca-cert.pem,
@@ -114,9 +124,6 @@ pub struct ServeArgs {
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// Lifetime of workload certificates; they are re-issued at half-life.
-    #[arg(long, default_value = "24h", value_parser = duration_arg)]
-    pub cert_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -139,15 +146,9 @@ pub struct BootstrapArgs {
     /// Where Envoy reaches pilotfish's ADS server (host:port).
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub xds_address: String,
-    /// pilotfish's state directory (as given to `serve`): the CA root and the
-    /// key that signs the proxy's credential.
-    #[arg(long, default_value = ".pilotfish")]
-    pub state_dir: PathBuf,
-    /// Plugged-in CA directory, when `serve` uses one.
-    #[arg(long)]
-    pub ca_dir: Option<PathBuf>,
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
+    /// The CA and credential key, as `serve` uses them.
+    #[command(flatten)]
+    pub ca: CaArgs,
     /// How long the proxy's xDS credential is valid.
     #[arg(long, default_value = "720h", value_parser = duration_arg)]
     pub token_ttl: Duration,
@@ -323,8 +324,8 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     let security = if args.plaintext {
         None
     } else {
-        let ca = open_ca(&args.state_dir, args.ca_dir.as_deref(), &args.trust_domain)?;
-        let key = crate::ca::token::TokenKey::load_or_create(&args.state_dir)?;
+        let ca = open_ca(&args.ca)?;
+        let key = crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)?;
         let token = key.sign(
             crate::ca::token::Claims {
                 namespace: workload.namespace.clone(),
@@ -336,7 +337,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         );
         Some(crate::xds::bootstrap::XdsSecurity {
             roots_pem: ca.roots_pem(),
-            server_identity: server_identity(&args.trust_domain)?.spiffe_uri(),
+            server_identity: server_identity(&args.ca.trust_domain)?.spiffe_uri(),
             token,
         })
     };
@@ -364,14 +365,10 @@ fn server_identity(trust_domain: &str) -> Result<crate::ca::Identity> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn open_ca(
-    state_dir: &std::path::Path,
-    ca_dir: Option<&std::path::Path>,
-    trust_domain: &str,
-) -> Result<crate::ca::Ca> {
-    match ca_dir {
-        Some(dir) => crate::ca::Ca::from_cacerts(dir, trust_domain),
-        None => crate::ca::Ca::load_or_create(state_dir, trust_domain),
+fn open_ca(ca: &CaArgs) -> Result<crate::ca::Ca> {
+    match &ca.ca_dir {
+        Some(dir) => crate::ca::Ca::from_cacerts(dir, &ca.trust_domain),
+        None => crate::ca::Ca::load_or_create(&ca.state_dir, &ca.trust_domain),
     }
     .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))
 }
@@ -415,23 +412,23 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         config_tx,
         metrics.clone(),
     ));
-    let ca = open_ca(&args.state_dir, args.ca_dir.as_deref(), &args.trust_domain)?;
+    let ca = open_ca(&args.ca)?;
     metrics.root_cert_expiry.set(
         ca.root_not_after()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default(),
     );
-    info!(trust_domain = %args.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca_dir.is_some(), "certificate authority ready");
+    info!(trust_domain = %args.ca.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca.ca_dir.is_some(), "certificate authority ready");
     // pilotfish's own serving certificate for the xDS port.
     let serving = ca
         .issue(
-            &server_identity(&args.trust_domain)?,
+            &server_identity(&args.ca.trust_domain)?,
             crate::ca::MAX_WORKLOAD_TTL,
         )
         .map_err(|e| anyhow::anyhow!("xDS serving certificate: {e}"))?;
     let token_key = Arc::new(
-        crate::ca::token::TokenKey::load_or_create(&args.state_dir)
+        crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let certs = crate::xds::secrets::CertBook::new(Arc::new(ca), args.cert_ttl);

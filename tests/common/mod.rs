@@ -336,17 +336,7 @@ impl Mesh {
 
     /// The reviews version productpage got, and whether reviews called ratings.
     pub fn reviews(&self, end_user: Option<&str>) -> (String, bool) {
-        let page = self.try_productpage(end_user).expect("productpage");
-        let reviews = page["calls"]
-            .as_array()
-            .and_then(|c| {
-                c.iter().find(|c| {
-                    c["target"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with("reviews"))
-                })
-            })
-            .unwrap_or_else(|| panic!("no reviews call in {page}"));
+        let (reviews, _) = self.reviews_call(end_user);
         assert_eq!(reviews["status"], 200, "reviews call failed: {reviews}");
         let body = &reviews["body"];
         let version = body["version"].as_str().unwrap_or_default().to_string();
