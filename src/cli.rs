@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Lifetime of workload certificates; they are re-issued at half-life.
     #[arg(long, default_value = "24h", value_parser = duration_arg)]
     pub cert_ttl: Duration,
+    /// Cap on istio_* label sets the telemetry sink keeps; samples that
+    /// would open more are dropped and counted.
+    #[arg(long, default_value_t = crate::telemetry::series::DEFAULT_MAX_SERIES)]
+    pub telemetry_max_series: usize,
 }
 
 /// Where the CA lives; `serve` and `bootstrap` must be given the same.
@@ -161,6 +165,10 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
+    /// Do not stream Envoy's stats to pilotfish's MetricsService sink
+    /// (access logs, which feed the istio_* metrics, flow either way).
+    #[arg(long)]
+    pub no_metrics_sink: bool,
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
 }
@@ -349,6 +357,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         admin_host,
         admin_port,
         delta: args.delta,
+        metrics_sink: !args.no_metrics_sink,
         security,
     });
     let text = match args.output {
@@ -382,7 +391,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
-    let (metrics, registry) = Metrics::new();
+    let (metrics, mut registry) = Metrics::new();
     let (store, state) =
         config::watch::load(&args.config_dir, &metrics).map_err(|e| anyhow::anyhow!("{e}"))?;
     for e in &state.errors {
@@ -438,6 +447,13 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         Some(certs),
         metrics.clone(),
     ));
+    let telemetry = crate::telemetry::Telemetry::new(metrics.clone(), args.telemetry_max_series);
+    registry.register_collector(Box::new(Arc::clone(&telemetry.sink.series)));
+    tokio::spawn(
+        telemetry
+            .clone()
+            .follow(xds_rx.clone(), Some(args.ca.trust_domain.clone())),
+    );
     let shared = AdsShared {
         snapshots: xds_rx.clone(),
         metrics: metrics.clone(),
@@ -455,6 +471,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(server::serve(
             listener,
             plain,
+            crate::telemetry::sink::routes(telemetry.sink.clone(), None),
             None,
             stopped(stop_rx.clone()),
         ));
@@ -463,9 +480,11 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         serving.cert_chain_pem.clone(),
         serving.key_pem.expose().to_string(),
     ));
+    let sink_routes = crate::telemetry::sink::routes(telemetry.sink.clone(), shared.auth.clone());
     let ads = tokio::spawn(server::serve(
         xds_listener,
         shared,
+        sink_routes,
         tls,
         stopped(stop_rx.clone()),
     ));
@@ -476,6 +495,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             syncs,
             config: config_rx,
             xds: xds_rx,
+            telemetry: telemetry.sink.clone(),
         },
         stopped(stop_rx),
     ));

@@ -2,7 +2,8 @@
 //!
 //! Data flows one way (see README.md):
 //! `config` (Galley) -> `model` snapshot -> `xds::translate` (pure) ->
-//! `xds::cache` (encoded once, shared) -> `xds::server` (ADS streams) -> Envoy.
+//! `xds::cache` (encoded once, shared) -> `xds::server` (ADS streams) -> Envoy;
+//! Envoy's access logs -> `telemetry` (Mixer) -> Istio's metrics on `/metrics`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,4 +13,5 @@ pub mod config;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;
+pub mod telemetry;
 pub mod xds;

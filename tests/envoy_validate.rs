@@ -44,6 +44,11 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
         "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint":
             {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]},
     })];
+    // The telemetry sink's cluster, which access logs name (as the bootstrap has it).
+    let mut telemetry = clusters[0].clone();
+    telemetry["name"] = json!("pilotfish-telemetry");
+    telemetry["load_assignment"]["cluster_name"] = json!("pilotfish-telemetry");
+    clusters.push(telemetry);
     clusters.extend(clusters::outbound(&mesh).iter().map(message_json));
     // Each assignment as a static cluster's load assignment.
     for (i, cla) in endpoints::assignments(&mesh).iter().enumerate() {

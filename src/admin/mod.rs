@@ -27,6 +27,7 @@ pub struct AdminState {
     pub syncs: SyncRegistry,
     pub config: watch::Receiver<Arc<ConfigState>>,
     pub xds: watch::Receiver<Arc<XdsSnapshot>>,
+    pub telemetry: crate::telemetry::sink::Sink,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -37,6 +38,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/syncz", get(syncz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/config_errors", get(config_errors))
+        .route("/debug/proxy_stats", get(proxy_stats))
         .with_state(state)
 }
 
@@ -74,6 +76,11 @@ async fn config_errors(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "files": state.files,
         "errors": state.errors,
     }))
+}
+
+/// The latest Envoy stats summary of each proxy (from the metrics sink).
+async fn proxy_stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!(s.telemetry.proxies.all()))
 }
 
 #[derive(Deserialize)]

@@ -122,6 +122,18 @@ impl TokenKey {
     }
 
     /// The claims of a valid, unexpired token.
+    /// Verifies an `authorization` header value (`Bearer <token>`).
+    pub fn verify_header(
+        &self,
+        header: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Claims, TokenError> {
+        match header.and_then(|v| v.strip_prefix("Bearer ")) {
+            Some(t) => self.verify(t, now),
+            None => Err(TokenError::Missing),
+        }
+    }
+
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
         let (payload, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD

@@ -163,6 +163,7 @@ pub fn node_for(w: &WorkloadRef, delta: bool) -> Node {
         admin_host: String::new(),
         admin_port: 0,
         delta,
+        metrics_sink: false,
         // The node is all that is used here; the loadgen talks to a plaintext port.
         security: None,
     });

@@ -345,6 +345,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
             // The loadgen speaks to pilotfish's plaintext port.
             auth: None,
         },
+        tonic::service::Routes::default(),
         None,
         async move {
             let _ = stop_rx.wait_for(|s| *s).await;

@@ -4,10 +4,38 @@
 
 use serde_json::json;
 
+use super::translate::access_log::TELEMETRY_CLUSTER;
 use crate::model::{DOMAIN_SUFFIX, WorkloadKey};
 
 /// Name of the static cluster that points at pilotfish.
 pub const XDS_CLUSTER: &str = "xds-grpc";
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// How often Envoy streams its stats to the metrics sink.
+pub const STATS_FLUSH_SECS: u64 = 15;
+
+/// A static HTTP/2 cluster that points at pilotfish.
+fn pilotfish_cluster(name: &str, p: &BootstrapParams, xds_is_ip: bool) -> serde_json::Value {
+    json!({
+        "name": name,
+        "type": if xds_is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            HTTP_OPTIONS: {
+                "@type": format!("type.googleapis.com/{HTTP_OPTIONS}"),
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+                }},
+            },
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": p.xds_host, "port_value": p.xds_port,
+            }}}}]}],
+        },
+    })
+}
 
 /// What the bootstrap needs to know.
 #[derive(Clone, Debug)]
@@ -21,6 +49,8 @@ pub struct BootstrapParams {
     pub admin_port: u16,
     /// Use the delta (incremental) ADS variant.
     pub delta: bool,
+    /// Stream Envoy's stats to pilotfish's MetricsService.
+    pub metrics_sink: bool,
     /// TLS and a credential on the xDS connection; None for a plaintext port.
     pub security: Option<XdsSecurity>,
 }
@@ -75,31 +105,38 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {
-            "clusters": [{
-                "name": XDS_CLUSTER,
-                "type": if xds_is_ip { "STATIC" } else { "STRICT_DNS" },
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {
-                            "connection_keepalive": {"interval": "30s", "timeout": "10s"},
-                        }},
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": XDS_CLUSTER,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": p.xds_host, "port_value": p.xds_port,
-                    }}}}]}],
-                },
-            }],
+            "clusters": [
+                pilotfish_cluster(XDS_CLUSTER, p, xds_is_ip),
+                pilotfish_cluster(TELEMETRY_CLUSTER, p, xds_is_ip),
+            ],
         },
     });
+    if p.metrics_sink {
+        // Envoy's own stats, streamed to pilotfish's MetricsService sink.
+        b["stats_sinks"] = json!([{
+            "name": "envoy.stat_sinks.metrics_service",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+                "transport_api_version": "V3",
+                "report_counters_as_deltas": true,
+                "emit_tags_as_labels": true,
+                "grpc_service": {"envoy_grpc": {"cluster_name": TELEMETRY_CLUSTER}},
+            },
+        }]);
+        b["stats_flush_interval"] = json!(format!("{}s", STATS_FLUSH_SECS));
+    }
+    if let Some(ip) = &p.ip {
+        // Connections the sidecar opens leave from the workload's own
+        // address (as from a pod IP), so the receiving side can tell who sent them.
+        b["cluster_manager"] = json!({"upstream_bind_config": {"source_address": {
+            "address": ip, "port_value": 0,
+        }}});
+    }
     if let Some(sec) = &p.security {
+        let bearer = format!("Bearer {}", sec.token);
         b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] =
-            json!([{"key": "authorization", "value": format!("Bearer {}", sec.token)}]);
-        b["static_resources"]["clusters"][0]["transport_socket"] = json!({
+            json!([{"key": "authorization", "value": bearer}]);
+        let tls = json!({
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -115,6 +152,30 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
                 },
             },
         });
+        for c in 0..2 {
+            b["static_resources"]["clusters"][c]["transport_socket"] = tls.clone();
+        }
+        // Access-log and metrics streams are configured in LDS and shared by
+        // many proxies, so they cannot carry this proxy's credential: the
+        // telemetry cluster adds it to every request it sends to pilotfish.
+        b["static_resources"]["clusters"][1]["typed_extension_protocol_options"][HTTP_OPTIONS]["http_filters"] = json!([
+            {
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                    "mutations": {"request_mutations": [{"append": {
+                        "header": {"key": "authorization", "value": bearer},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }}]},
+                },
+            },
+            {
+                "name": "envoy.filters.http.upstream_codec",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                },
+            },
+        ]);
     }
     b
 }
@@ -135,6 +196,7 @@ mod tests {
             admin_host: "127.0.0.1".into(),
             admin_port: 15000,
             delta,
+            metrics_sink: true,
             security: Some(XdsSecurity {
                 roots_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
                 server_identity: "spiffe://cluster.local/ns/istio-system/sa/pilotfish".into(),

@@ -98,6 +98,9 @@ pub struct XdsSnapshot {
     /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
     /// proxy only ever sees its own workload's certificate.
     pub secrets: HashMap<WorkloadKey, Arc<Layer>>,
+    /// The registry this snapshot was built from (for roles that read
+    /// services and workloads downstream of translation, like telemetry).
+    pub registry: Arc<Registry>,
 }
 
 impl XdsSnapshot {
@@ -153,7 +156,7 @@ impl XdsSnapshot {
     pub fn build(
         prev: &XdsSnapshot,
         config: &ConfigSnapshot,
-        registry: &Registry,
+        registry: &Arc<Registry>,
         trust_domain: &str,
         mtls: bool,
     ) -> XdsSnapshot {
@@ -251,6 +254,7 @@ impl XdsSnapshot {
             routes,
             workloads,
             secrets: prev.secrets.clone(),
+            registry: Arc::clone(registry),
         }
     }
 }

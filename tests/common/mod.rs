@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,8 @@ pub struct Mesh {
     /// Extra `pilotfish serve` flags (e.g. a short `--cert-ttl`).
     pub serve_args: Vec<String>,
     children: Vec<Child>,
+    /// Index in `children` of the Envoy on each host number.
+    envoys: std::collections::HashMap<u8, usize>,
     http: reqwest::blocking::Client,
 }
 
@@ -104,6 +107,10 @@ impl Drop for Mesh {
         for c in self.children.iter_mut().chain(self.pilotfish.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::env::var_os("PILOTFISH_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept test dir {}", self.dir.path().display());
+            std::mem::forget(tempfile::tempdir().map(|d| std::mem::replace(&mut self.dir, d)));
         }
         if std::thread::panicking() {
             let log = fs::read_to_string(self.dir.path().join("pilotfish.log")).unwrap_or_default();
@@ -142,6 +149,7 @@ impl Mesh {
             pilotfish: None,
             serve_args: Vec::new(),
             children: Vec::new(),
+            envoys: std::collections::HashMap::new(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .no_proxy()
@@ -248,6 +256,12 @@ impl Mesh {
         if self.delta {
             cmd.arg("--delta");
         }
+        // With the config dir the bootstrap knows the workload's address (its
+        // node id and the address its connections leave from); a workload
+        // the config lacks is started without, as a stray proxy would be.
+        if BOOKINFO.iter().any(|b| b.0 == workload) {
+            cmd.arg("--config-dir").arg(&self.config);
+        }
         cmd.args(["-o", "json"]).args(extra);
         let out = cmd.output().expect("pilotfish bootstrap");
         assert!(
@@ -274,7 +288,27 @@ impl Mesh {
             .stderr(log)
             .spawn()
             .expect("start envoy");
+        self.envoys.insert(host, self.children.len());
         self.children.push(child);
+    }
+
+    /// Kills the Envoy on host number `host` (SIGKILL, as a crash would).
+    pub fn kill_envoy(&mut self, host: u8) {
+        if let Some(i) = self.envoys.remove(&host) {
+            let _ = self.children[i].kill();
+            let _ = self.children[i].wait();
+        }
+    }
+
+    /// Waits until the sidecar on `host` is initialized (Envoy's /ready).
+    pub fn wait_envoy_ready(&self, host: u8) {
+        let url = format!("http://127.{}.0.{host}:15000/ready", self.net);
+        wait_until(&format!("sidecar {host} ready"), || {
+            self.http
+                .get(&url)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
     }
 
     pub fn start_app(&mut self, app: &str, version: &str, host: u8, calls: &[&str]) {
@@ -394,6 +428,42 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The label sets and values of every `name{...} value` line of `text`
+/// whose labels include all of `filter`.
+pub fn series(
+    text: &str,
+    name: &str,
+    filter: &[(&str, &str)],
+) -> Vec<(HashMap<String, String>, f64)> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let mut map = HashMap::new();
+            let mut rest = labels;
+            while let Some((key, after)) = rest.split_once("=\"") {
+                let end = after.find('"')?;
+                map.insert(
+                    key.trim_start_matches(',').to_string(),
+                    after[..end].to_string(),
+                );
+                rest = &after[end + 1..];
+            }
+            let value: f64 = value.trim().parse().ok()?;
+            filter
+                .iter()
+                .all(|(k, v)| map.get(*k).is_some_and(|x| x == v))
+                .then_some((map, value))
+        })
+        .collect()
+}
+
+/// The sum of the values `series` finds.
+pub fn series_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
+    series(text, name, filter).iter().map(|(_, v)| v).sum()
 }
 
 pub fn connect_ok(addr: &str) -> bool {

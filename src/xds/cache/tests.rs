@@ -9,7 +9,7 @@ const WORKLOADS: &str = include_str!("../../../examples/bookinfo/mesh/workloads.
 const DR: &str = include_str!("../../../examples/bookinfo/routing/destination-rule-all.yaml");
 const VS: &str = include_str!("../../../examples/bookinfo/routing/virtual-service-all-v1.yaml");
 
-fn mk_snapshot(files: &[&str]) -> (ConfigSnapshot, Registry) {
+fn mk_snapshot(files: &[&str]) -> (ConfigSnapshot, Arc<Registry>) {
     let mut snap = ConfigSnapshot::default();
     for (i, text) in files.iter().enumerate() {
         let parsed = parse_file(std::path::Path::new(&format!("f{i}.yaml")), text);
@@ -18,7 +18,7 @@ fn mk_snapshot(files: &[&str]) -> (ConfigSnapshot, Registry) {
             snap.resources.insert(r.key(), Arc::new(r));
         }
     }
-    let reg = Registry::build(&snap);
+    let reg = Arc::new(Registry::build(&snap));
     (snap, reg)
 }
 

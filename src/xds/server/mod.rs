@@ -10,6 +10,8 @@ mod body;
 pub mod protocol;
 pub mod status;
 mod stream;
+
+pub use stream::workload_of;
 pub mod wire;
 
 use std::convert::Infallible;
@@ -28,7 +30,7 @@ use self::body::AdsBody;
 use self::status::SyncRegistry;
 use self::stream::Incoming;
 use super::cache::XdsSnapshot;
-use crate::ca::token::{TokenError, TokenKey};
+use crate::ca::token::TokenKey;
 use crate::metrics::Metrics;
 
 const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -100,16 +102,11 @@ impl tower::Service<http::Request<Body>> for AdsService {
         let claims = match &self.shared.auth {
             None => None,
             Some(key) => {
-                let token = req
+                let header = req
                     .headers()
                     .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                let verified = match token {
-                    Some(t) => key.verify(t, std::time::SystemTime::now()),
-                    None => Err(TokenError::Missing),
-                };
-                match verified {
+                    .and_then(|v| v.to_str().ok());
+                match key.verify_header(header, std::time::SystemTime::now()) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "xDS connection refused");
@@ -175,11 +172,13 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves ADS on `listener` until `shutdown`; over TLS with `tls` (the
-/// server certificate chain and key, PEM).
+/// Serves ADS, and the gRPC services in `others` (the telemetry sink), on
+/// `listener` until `shutdown`; over TLS with `tls` (the server certificate
+/// chain and key, PEM).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: AdsShared,
+    others: tonic::service::Routes,
     tls: Option<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -195,7 +194,7 @@ pub async fn serve(
         // Detect dead proxies even when no config changes flow.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(AdsService::new(shared))
+        .add_routes(others.add_service(AdsService::new(shared)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

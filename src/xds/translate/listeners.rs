@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier,
+    TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier, tcp_proxy::TcpAccessLogOptions,
 };
 
 use super::clusters::inbound_ports;
@@ -23,7 +23,7 @@ use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
 };
-use super::{http_policy, mtls};
+use super::{access_log, http_policy, mtls};
 use crate::model::registry::Workload;
 use crate::model::security::MtlsMode;
 
@@ -49,6 +49,7 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     stat_prefix,
                     route_specifier: Some(RouteSpecifier::RouteConfig(inbound_routes(&cluster))),
                     http_filters: vec![router()],
+                    access_log: vec![access_log::http(true)],
                     ..Default::default()
                 })
             } else {
@@ -57,6 +58,12 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy {
                         stat_prefix,
                         cluster_specifier: Some(TcpClusterSpecifier::Cluster(cluster)),
+                        access_log: vec![access_log::tcp_inbound()],
+                        // An entry on connect (connections opened) and one on close.
+                        access_log_options: Some(TcpAccessLogOptions {
+                            flush_access_log_on_connected: true,
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }))),
                 }
@@ -86,6 +93,7 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
                 router(),
             ],
+            access_log: vec![access_log::http(false)],
             ..Default::default()
         }),
     ));

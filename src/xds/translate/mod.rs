@@ -4,6 +4,7 @@
 //! proxy it is for, where the output depends on it) and returns Envoy protos.
 //! No I/O, no shared state: golden tests run them on YAML fixtures.
 
+pub mod access_log;
 pub mod cluster_policy;
 pub mod clusters;
 pub mod endpoints;
