@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde_json::Value as Json;
 
@@ -86,6 +87,43 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Istio's own CRDs by name, from the reference copy beside the checkout;
+/// `None` (the caller skips) when it is not there.
+fn istio_crds() -> Option<&'static BTreeMap<String, Json>> {
+    static CRDS: OnceLock<Option<BTreeMap<String, Json>>> = OnceLock::new();
+    CRDS.get_or_init(|| {
+        let path = manifest_dir().join("../shared/reference/istio-crds/crd-all.gen.yaml");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!(
+                "skipping: Istio's reference CRDs not found at {}",
+                path.display()
+            );
+            return None;
+        };
+        let mut crds = BTreeMap::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let doc: Json = serde::Deserialize::deserialize(doc).expect("Istio CRD YAML");
+            if let Some(name) = doc["metadata"]["name"].as_str() {
+                crds.insert(name.to_string(), doc);
+            }
+        }
+        Some(crds)
+    })
+    .as_ref()
+}
+
+fn schema_of(version: &Json) -> &Json {
+    &version["schema"]["openAPIV3Schema"]
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
 #[test]
 fn committed_crds_match_the_types() {
     let dir = manifest_dir().join("crds");
@@ -126,4 +164,235 @@ fn committed_crds_match_the_types() {
         "crds/ is out of date with the Rust types; run `make crds` and commit the result:\n  {}",
         problems.join("\n  ")
     );
+}
+
+// --- Structural schemas ---------------------------------------------------
+//
+// Kubernetes accepts a CRD only if its schema is *structural*
+// (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema):
+// every node has a type (or is int-or-string / preserves unknown fields),
+// `allOf`/`anyOf`/`oneOf`/`not` only add constraints to fields specified
+// outside them, and there are no references.
+
+const TYPES: &[&str] = &["object", "array", "string", "integer", "number", "boolean"];
+const JUNCTORS: &[&str] = &["allOf", "anyOf", "oneOf", "not"];
+/// Keywords a junctor branch may not set (the int-or-string pattern aside).
+const NOT_IN_JUNCTORS: &[&str] = &[
+    "description",
+    "type",
+    "default",
+    "additionalProperties",
+    "nullable",
+];
+const NEVER: &[&str] = &["$ref", "$defs", "definitions", "$schema", "const"];
+
+/// Every way `schema` (at `path`) breaks the structural-schema rules.
+fn structural_problems(schema: &Json, path: &str, out: &mut Vec<String>) {
+    let Some(node) = schema.as_object() else {
+        out.push(format!("{path}: a schema must be an object, got {schema}"));
+        return;
+    };
+    let int_or_string = node.get("x-kubernetes-int-or-string") == Some(&Json::Bool(true));
+    let preserve = node.get("x-kubernetes-preserve-unknown-fields");
+    match node.get("type") {
+        Some(Json::String(ty)) if TYPES.contains(&ty.as_str()) => {}
+        None if int_or_string || preserve == Some(&Json::Bool(true)) => {}
+        None => out.push(format!("{path}: no type")),
+        Some(other) => out.push(format!(
+            "{path}: type must be one of {TYPES:?} (nullable, not a null type), got {other}"
+        )),
+    }
+    if preserve == Some(&Json::Bool(false)) {
+        out.push(format!(
+            "{path}: x-kubernetes-preserve-unknown-fields must be true or absent"
+        ));
+    }
+    for key in NEVER {
+        if node.contains_key(*key) {
+            out.push(format!("{path}: {key} is not allowed"));
+        }
+    }
+    if node.contains_key("properties") && node.contains_key("additionalProperties") {
+        out.push(format!(
+            "{path}: properties and additionalProperties are exclusive"
+        ));
+    }
+    if node.get("additionalProperties") == Some(&Json::Bool(false)) {
+        out.push(format!(
+            "{path}: additionalProperties: false is not allowed"
+        ));
+    }
+    if node.get("uniqueItems") == Some(&Json::Bool(true)) {
+        out.push(format!("{path}: uniqueItems: true is not allowed"));
+    }
+    for (name, child) in node
+        .get("properties")
+        .and_then(Json::as_object)
+        .into_iter()
+        .flatten()
+    {
+        structural_problems(child, &join(path, name), out);
+    }
+    if let Some(child) = node.get("additionalProperties").filter(|c| c.is_object()) {
+        structural_problems(child, &format!("{path}{{}}"), out);
+    }
+    if let Some(child) = node.get("items") {
+        structural_problems(child, &format!("{path}[]"), out);
+    }
+    for junctor in JUNCTORS {
+        let branches = match node.get(*junctor) {
+            Some(Json::Array(branches)) => branches.iter().collect(),
+            Some(branch) => vec![branch],
+            None => continue,
+        };
+        for (i, branch) in branches.into_iter().enumerate() {
+            let at = format!("{path}.{junctor}[{i}]");
+            junctor_problems(branch, schema, int_or_string, &at, out);
+        }
+    }
+}
+
+/// A junctor branch may only constrain what `outer` already specifies.
+fn junctor_problems(
+    branch: &Json,
+    outer: &Json,
+    int_or_string: bool,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let Some(node) = branch.as_object() else {
+        out.push(format!("{path}: a schema must be an object, got {branch}"));
+        return;
+    };
+    // `anyOf: [{type: integer}, {type: string}]` beside x-kubernetes-int-or-string.
+    let int_or_string_branch = int_or_string
+        && node.len() == 1
+        && matches!(
+            node.get("type").and_then(Json::as_str),
+            Some("integer" | "string")
+        );
+    for key in NOT_IN_JUNCTORS {
+        if node.contains_key(*key) && !int_or_string_branch {
+            out.push(format!("{path}: {key} is not allowed inside a junctor"));
+        }
+    }
+    for key in NEVER {
+        if node.contains_key(*key) {
+            out.push(format!("{path}: {key} is not allowed"));
+        }
+    }
+    for (name, child) in node
+        .get("properties")
+        .and_then(Json::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let outside = &outer["properties"][name];
+        if outside.is_null() {
+            out.push(format!(
+                "{path}: property {name} is not specified outside the junctor"
+            ));
+        } else {
+            junctor_problems(child, outside, false, &join(path, name), out);
+        }
+    }
+    if let Some(child) = node.get("items") {
+        if outer["items"].is_null() {
+            out.push(format!(
+                "{path}: items are not specified outside the junctor"
+            ));
+        } else {
+            junctor_problems(child, &outer["items"], false, &format!("{path}[]"), out);
+        }
+    }
+    for junctor in JUNCTORS {
+        let branches = match node.get(*junctor) {
+            Some(Json::Array(branches)) => branches.iter().collect(),
+            Some(branch) => vec![branch],
+            None => continue,
+        };
+        for (i, nested) in branches.into_iter().enumerate() {
+            junctor_problems(nested, outer, false, &format!("{path}.{junctor}[{i}]"), out);
+        }
+    }
+}
+
+/// Structural problems of every version's schema, `<crd> <version>: ...`.
+fn crd_structural_problems(name: &str, crd: &Json) -> Vec<String> {
+    let mut problems = Vec::new();
+    for version in versions(crd) {
+        let mut found = Vec::new();
+        let schema = schema_of(version);
+        if schema["type"] != "object" {
+            found.push("root: type must be object".to_string());
+        }
+        structural_problems(schema, "", &mut found);
+        let metadata = schema["properties"]["metadata"]["properties"].as_object();
+        for field in metadata.into_iter().flat_map(|m| m.keys()) {
+            if field != "name" && field != "generateName" {
+                found.push(format!(
+                    "metadata.{field}: only name and generateName may be restricted"
+                ));
+            }
+        }
+        problems.extend(
+            found
+                .into_iter()
+                .map(|p| format!("{name} {}: {p}", version["name"])),
+        );
+    }
+    problems
+}
+
+#[test]
+fn generated_schemas_are_structural() {
+    let crds = mk_crds();
+    assert_eq!(crds.len(), 5);
+    let problems: Vec<String> = crds
+        .iter()
+        .flat_map(|(name, crd)| crd_structural_problems(name, crd))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "not structural:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// The check accepts what Kubernetes accepts: Istio's own CRDs, which use
+/// constraint-only `oneOf` branches and int-or-string.
+#[test]
+fn structural_check_accepts_istio_crds() {
+    let Some(istio) = istio_crds() else { return };
+    let problems: Vec<String> = istio
+        .iter()
+        .flat_map(|(name, crd)| crd_structural_problems(name, crd))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// ... and rejects what schemars emits by default: `$ref`s to `$defs`, and
+/// `Option`s as `anyOf` with null or `type: [x, "null"]`.
+#[test]
+fn structural_check_rejects_plain_schemars_output() {
+    let raw = serde_json::to_value(schemars::schema_for!(
+        crate::model::istio::VirtualServiceSpec
+    ))
+    .expect("schema to JSON");
+    let mut problems = Vec::new();
+    structural_problems(&raw, "", &mut problems);
+    for (name, definition) in raw["$defs"].as_object().into_iter().flatten() {
+        structural_problems(definition, &format!("$defs.{name}"), &mut problems);
+    }
+    for expected in [
+        "$ref is not allowed",
+        "$defs is not allowed",
+        "(nullable, not a null type)",
+        "type is not allowed inside a junctor",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "no {expected:?} among {problems:#?}"
+        );
+    }
 }
