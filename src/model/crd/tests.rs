@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -394,5 +394,243 @@ fn structural_check_rejects_plain_schemars_output() {
             problems.iter().any(|p| p.contains(expected)),
             "no {expected:?} among {problems:#?}"
         );
+    }
+}
+
+// --- Coverage of Istio's CRDs -----------------------------------------------
+
+/// A field path's JSON type, enum values and required fields.
+#[derive(Debug, Clone, PartialEq)]
+struct Field {
+    ty: String,
+    values: BTreeSet<String>,
+    required: BTreeSet<String>,
+}
+
+/// Every field path under `schema` (properties, items `[]`, map values `{}`).
+fn fields(schema: &Json, path: &str, out: &mut BTreeMap<String, Field>) {
+    let ty = if schema["x-kubernetes-int-or-string"] == true {
+        "int-or-string".to_string()
+    } else {
+        schema["type"].as_str().unwrap_or("any").to_string()
+    };
+    let strings = |key: &str| -> BTreeSet<String> {
+        schema[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect()
+    };
+    let mut values = strings("enum");
+    // schemars lists null among an `Option<enum>`'s values; `nullable` already says it.
+    if schema["nullable"] == true {
+        values.remove("null");
+    }
+    out.insert(
+        path.to_string(),
+        Field {
+            ty,
+            values,
+            required: strings("required"),
+        },
+    );
+    for (name, child) in schema["properties"].as_object().into_iter().flatten() {
+        fields(child, &join(path, name), out);
+    }
+    if schema["additionalProperties"].is_object() {
+        fields(&schema["additionalProperties"], &format!("{path}{{}}"), out);
+    }
+    if schema["items"].is_object() {
+        fields(&schema["items"], &format!("{path}[]"), out);
+    }
+}
+
+fn compatible(istio: &str, ours: &str) -> bool {
+    istio == ours
+        || (istio == "int-or-string" && matches!(ours, "integer" | "string"))
+        || (ours == "int-or-string" && matches!(istio, "integer" | "string"))
+}
+
+/// How our CRD `name` falls short of Istio's, or goes beyond it: one line each.
+fn coverage_problems(name: &str, ours: &Json, istio: &Json) -> Vec<String> {
+    let kind = ours["spec"]["names"]["kind"].as_str().unwrap_or("?");
+    let mut problems = Vec::new();
+    for key in ["plural", "singular", "kind", "shortNames", "categories"] {
+        if ours["spec"]["names"][key] != istio["spec"]["names"][key] {
+            problems.push(format!(
+                "names.{key}: ours {}, Istio's {}",
+                ours["spec"]["names"][key], istio["spec"]["names"][key]
+            ));
+        }
+    }
+    if ours["spec"]["scope"] != istio["spec"]["scope"] {
+        problems.push("scope differs".to_string());
+    }
+    let served = |crd: &Json| -> Vec<String> {
+        versions(crd)
+            .iter()
+            .map(|v| format!("{}(storage={})", v["name"], v["storage"]))
+            .collect()
+    };
+    if served(ours) != served(istio) {
+        problems.push(format!(
+            "versions: ours {:?}, Istio's {:?}",
+            served(ours),
+            served(istio)
+        ));
+    }
+    let mut used = BTreeSet::new();
+    for istio_version in versions(istio) {
+        let Some(our_version) = versions(ours)
+            .iter()
+            .find(|v| v["name"] == istio_version["name"])
+        else {
+            continue;
+        };
+        let (mut want, mut have) = (BTreeMap::new(), BTreeMap::new());
+        fields(schema_of(istio_version), "", &mut want);
+        fields(schema_of(our_version), "", &mut have);
+        let at = |path: &str| {
+            format!(
+                "{} {}",
+                istio_version["name"].as_str().unwrap_or("?"),
+                if path.is_empty() { "<root>" } else { path }
+            )
+        };
+        for (path, field) in &want {
+            if let Some(entry) = not_supported(kind, path) {
+                used.insert(entry.path);
+                if have.contains_key(path) {
+                    problems.push(format!("{}: listed in NOT_SUPPORTED but present", at(path)));
+                }
+                continue;
+            }
+            let Some(ours) = have.get(path) else {
+                problems.push(format!("{}: missing (Istio: {})", at(path), field.ty));
+                continue;
+            };
+            if !compatible(&field.ty, &ours.ty) {
+                problems.push(format!(
+                    "{}: type {}, Istio's {}",
+                    at(path),
+                    ours.ty,
+                    field.ty
+                ));
+            }
+            if ours.values != field.values {
+                problems.push(format!(
+                    "{}: enum {:?}, Istio's {:?}",
+                    at(path),
+                    ours.values,
+                    field.values
+                ));
+            }
+            // kube's derive makes `spec` required at the root for every kind;
+            // Istio requires it only for some. Below the root, ours must agree.
+            if !path.is_empty() && ours.required != field.required {
+                problems.push(format!(
+                    "{}: required {:?}, Istio's {:?}",
+                    at(path),
+                    ours.required,
+                    field.required
+                ));
+            }
+        }
+        for path in have.keys().filter(|p| !want.contains_key(*p)) {
+            problems.push(format!("{}: not in Istio's CRD", at(path)));
+        }
+    }
+    for entry in NOT_SUPPORTED.iter().filter(|n| n.kind == kind) {
+        if !used.contains(entry.path) {
+            problems.push(format!(
+                "NOT_SUPPORTED {}: no such field in Istio's CRD",
+                entry.path
+            ));
+        }
+    }
+    problems
+        .into_iter()
+        .map(|p| format!("{name} {p}"))
+        .collect()
+}
+
+#[test]
+fn crds_cover_istio_crds() {
+    let Some(istio) = istio_crds() else { return };
+    let ours = mk_crds();
+    let mut problems = Vec::new();
+    for (name, crd) in &ours {
+        match istio.get(name) {
+            Some(reference) => problems.extend(coverage_problems(name, crd, reference)),
+            None => problems.push(format!("{name}: not among Istio's CRDs")),
+        }
+    }
+    for entry in NOT_SUPPORTED.iter().filter(|n| n.kind == "*") {
+        let listed_somewhere = ours.iter().any(|(name, _)| {
+            let mut want = BTreeMap::new();
+            versions(&istio[name])
+                .iter()
+                .for_each(|v| fields(schema_of(v), "", &mut want));
+            want.contains_key(entry.path)
+        });
+        if !listed_somewhere {
+            problems.push(format!(
+                "NOT_SUPPORTED {}: no such field in Istio's CRDs",
+                entry.path
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "our CRDs and Istio's differ (add a field, or list it in crd::NOT_SUPPORTED with a reason):\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// The coverage check is not vacuous: a field dropped from our CRD, or one
+/// Istio lacks, is reported.
+#[test]
+fn coverage_check_reports_missing_and_extra_fields() {
+    let Some(istio) = istio_crds() else { return };
+    let name = "destinationrules.networking.istio.io";
+    let mut ours = mk_crds().remove(name).expect("DestinationRule CRD");
+    for version in ours["spec"]["versions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        let spec = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let host = spec
+            .as_object_mut()
+            .and_then(|p| p.remove("host"))
+            .expect("spec.host");
+        spec["hostname"] = host;
+    }
+    let problems = coverage_problems(name, &ours, &istio[name]);
+    assert!(
+        problems.iter().any(|p| p.contains("v1 spec.host: missing")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("v1 spec.hostname: not in Istio's CRD")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn not_supported_matches_paths_and_their_children_only() {
+    let entry = &NOT_SUPPORTED[0];
+    let path = entry.path;
+    for kind in ["VirtualService", "PeerAuthentication"] {
+        assert_eq!(not_supported(kind, path), Some(entry));
+        assert_eq!(
+            not_supported(kind, &format!("{path}[].reason")),
+            Some(entry)
+        );
+        assert_eq!(not_supported(kind, &format!("{path}X")), None);
+        assert_eq!(not_supported(kind, &format!("spec.{path}")), None);
     }
 }
