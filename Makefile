@@ -3,7 +3,7 @@ ENVOY_VERSION := 1.40.0
 TOOLS := .tools
 ENVOY := $(TOOLS)/envoy
 
-.PHONY: all build test run tools lint descriptors bench clean
+.PHONY: all build test run tools lint descriptors crds bench clean
 
 all: build
 
@@ -45,6 +45,11 @@ bench:
 descriptors:
 	ENVOY_TYPES_BIN="$$(ls $${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/envoy-types-0.7.*/src/generated/types.bin | tail -1)" \
 	  cargo test --lib regen_descriptors -- --exact xds::dump::tests::regen_descriptors
+
+# Regenerate crds/ from the Rust types (a unit test fails when crds/ is out of date).
+crds:
+	rm -f crds/*.yaml
+	cargo run --quiet --bin pilotfish -- crds --out-dir crds
 
 clean:
 	cargo clean

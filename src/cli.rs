@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::model::WorkloadKey;
+use crate::model::crd;
 use crate::model::istio::parse_duration;
 use crate::xds::bootstrap::{BootstrapParams, bootstrap};
 use crate::xds::cache::XdsSnapshot;
@@ -46,6 +47,16 @@ pub enum Command {
     ProxyConfig(ProxyConfigArgs),
     /// Load generator: simulated Envoys, generated scenarios, the floor server.
     Loadgen(crate::loadgen::LoadgenArgs),
+    /// Print the CustomResourceDefinitions of the kinds pilotfish reads (YAML).
+    Crds(CrdsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory (`<plural>.<group>.yaml`)
+    /// instead of printing them all.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -191,6 +202,7 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(args) => print_bootstrap(args),
         Command::Loadgen(args) => crate::loadgen::run(args),
         Command::Validate(args) => return validate(args),
+        Command::Crds(args) => print_crds(args),
         Command::ProxyStatus(a) => {
             admin::client::proxy_status(&a.admin_address, matches!(a.output, ValidateFormat::Json))
                 .map(|s| print!("{s}"))
@@ -365,6 +377,27 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         Format::Json => serde_json::to_string_pretty(&b)? + "\n",
     };
     print!("{text}");
+    Ok(())
+}
+
+/// `pilotfish crds`: the CRDs as one multi-document YAML stream, or one file each.
+fn print_crds(args: CrdsArgs) -> Result<()> {
+    let crds = crd::crds()?;
+    let Some(dir) = args.out_dir else {
+        let mut out = String::new();
+        for c in &crds {
+            out.push_str("---\n");
+            out.push_str(&crd::to_yaml(c)?);
+        }
+        print!("{out}");
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for c in &crds {
+        let path = dir.join(crd::file_name(c));
+        std::fs::write(&path, crd::to_yaml(c)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! Small messages used by more than one Istio networking kind.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use super::at_most_one;
@@ -82,5 +83,28 @@ impl StringMatch {
                 ("regex", self.regex.is_some()),
             ],
         )
+    }
+}
+
+/// Istio `meta.v1alpha1.IstioStatus`: the `status` of every Istio kind.
+///
+/// pilotfish writes no status yet, so it keeps whatever is there (Istio's
+/// status controller may share the cluster) and its schema accepts any object,
+/// as Istio's CRDs do with `x-kubernetes-preserve-unknown-fields`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IstioStatus(pub serde_json::Map<String, serde_json::Value>);
+
+impl JsonSchema for IstioStatus {
+    fn schema_name() -> Cow<'static, str> {
+        "IstioStatus".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Status written by controllers; any object is kept.",
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+        })
     }
 }

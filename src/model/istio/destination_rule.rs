@@ -3,13 +3,38 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{PortSelector, WorkloadSelector, at_most_one, field_path};
+use super::{IstioStatus, PortSelector, WorkloadSelector, at_most_one, field_path};
 
 /// Istio `networking.v1.DestinationRule` (the `spec` of a DestinationRule).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "DestinationRule",
+    doc = "Istio DestinationRule: load balancing, connection pool, outlier detection and TLS policies for a service and its subsets.",
+    namespaced,
+    plural = "destinationrules",
+    shortname = "dr",
+    category = "istio-io",
+    category = "networking-istio-io",
+    status = "IstioStatus",
+    printcolumn(
+        name = "Host",
+        type_ = "string",
+        json_path = ".spec.host",
+        description = "The name of a service from the service registry"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp",
+        description = "Time since the object was created"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     /// Service registry name or ServiceEntry host (may use a wildcard prefix).

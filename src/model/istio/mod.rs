@@ -22,27 +22,30 @@ mod tests;
 
 use std::time::Duration;
 
-pub use common::{Percent, PortSelector, StringMatch, StringMatchKind, WorkloadSelector};
+pub use common::{
+    IstioStatus, Percent, PortSelector, StringMatch, StringMatchKind, WorkloadSelector,
+};
 pub use destination_rule::{
     BackendUtilization, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb,
-    CookieAttribute, DestinationRuleSpec, H2UpgradePolicy, HashAlgorithm, HashKey, Http2KeepAlive,
-    HttpCookie, HttpSettings, LoadBalancerKind, LoadBalancerSettings, LocalityDistribute,
-    LocalityFailover, LocalityLoadBalancerSetting, Maglev, OutlierDetection, PortTrafficPolicy,
-    ProxyProtocol, ProxyProtocolVersion, RetryBudget, RingHash, SimpleLb, Subset, TcpKeepalive,
-    TcpSettings, TlsMode, TrafficPolicy, TunnelSettings, WarmupConfiguration, ZoneAwareLbSetting,
+    CookieAttribute, DestinationRule, DestinationRuleSpec, H2UpgradePolicy, HashAlgorithm, HashKey,
+    Http2KeepAlive, HttpCookie, HttpSettings, LoadBalancerKind, LoadBalancerSettings,
+    LocalityDistribute, LocalityFailover, LocalityLoadBalancerSetting, Maglev, OutlierDetection,
+    PortTrafficPolicy, ProxyProtocol, ProxyProtocolVersion, RetryBudget, RingHash, SimpleLb,
+    Subset, TcpKeepalive, TcpSettings, TlsMode, TrafficPolicy, TunnelSettings, WarmupConfiguration,
+    ZoneAwareLbSetting,
 };
 pub use service_entry::{
-    Location, Resolution, ServiceEntrySpec, ServiceEntryWorkloadSelector, ServicePort,
+    Location, Resolution, ServiceEntry, ServiceEntrySpec, ServiceEntryWorkloadSelector, ServicePort,
 };
 pub use virtual_service::{
     AbortKind, CorsPolicy, DelayKind, Delegate, Destination, FaultAbort, FaultDelay,
     HeaderOperations, Headers, HttpBody, HttpBodyKind, HttpDirectResponse, HttpFaultInjection,
     HttpMatchRequest, HttpMirrorPolicy, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute,
     HttpRouteDestination, L4MatchAttributes, RedirectPort, RedirectPortSelection, RegexRewrite,
-    RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute, UnmatchedPreflights,
+    RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute, UnmatchedPreflights, VirtualService,
     VirtualServiceSpec,
 };
-pub use workload_entry::WorkloadEntrySpec;
+pub use workload_entry::{WorkloadEntry, WorkloadEntrySpec};
 
 const NANOS_PER_SECOND: u128 = 1_000_000_000;
 

@@ -2,13 +2,52 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{WorkloadEntrySpec, at_most_one};
+use super::{IstioStatus, WorkloadEntrySpec, at_most_one};
 
 /// Istio `networking.v1.ServiceEntry` (the `spec` of a ServiceEntry).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+// Clippy takes the keys repeated across `printcolumn(...)` lists for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "ServiceEntry",
+    doc = "Istio ServiceEntry: adds services (usually outside the mesh) to the service registry.",
+    namespaced,
+    plural = "serviceentries",
+    shortname = "se",
+    category = "istio-io",
+    category = "networking-istio-io",
+    status = "IstioStatus",
+    printcolumn(
+        name = "Hosts",
+        type_ = "string",
+        json_path = ".spec.hosts",
+        description = "The hosts associated with the ServiceEntry"
+    ),
+    printcolumn(
+        name = "Location",
+        type_ = "string",
+        json_path = ".spec.location",
+        description = "Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)"
+    ),
+    printcolumn(
+        name = "Resolution",
+        type_ = "string",
+        json_path = ".spec.resolution",
+        description = "Service resolution mode for the hosts (NONE, STATIC, or DNS)"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp",
+        description = "Time since the object was created"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntrySpec {
     /// Host names of the service (`*` alone is not allowed).

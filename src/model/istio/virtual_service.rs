@@ -2,13 +2,46 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Percent, PortSelector, StringMatch, at_most_one, field_path};
+use super::{IstioStatus, Percent, PortSelector, StringMatch, at_most_one, field_path};
 
 /// Istio `networking.v1.VirtualService` (the `spec` of a VirtualService).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+// Clippy takes the keys repeated across `printcolumn(...)` lists for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "VirtualService",
+    doc = "Istio VirtualService: HTTP, TLS and TCP routing rules for a set of hosts.",
+    namespaced,
+    plural = "virtualservices",
+    shortname = "vs",
+    category = "istio-io",
+    category = "networking-istio-io",
+    status = "IstioStatus",
+    printcolumn(
+        name = "Gateways",
+        type_ = "string",
+        json_path = ".spec.gateways",
+        description = "The names of gateways and sidecars that should apply these routes"
+    ),
+    printcolumn(
+        name = "Hosts",
+        type_ = "string",
+        json_path = ".spec.hosts",
+        description = "The destination hosts to which traffic is being sent"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp",
+        description = "Time since the object was created"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceSpec {
     /// Destination hosts the rules apply to (may use wildcard prefixes).

@@ -3,13 +3,38 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::istio::WorkloadSelector;
+use super::istio::{IstioStatus, WorkloadSelector};
 
 /// Istio `security.v1.PeerAuthentication`: how workloads accept peer traffic.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    doc = "Istio PeerAuthentication: how workloads accept peer traffic (mutual TLS).",
+    namespaced,
+    plural = "peerauthentications",
+    shortname = "pa",
+    category = "istio-io",
+    category = "security-istio-io",
+    status = "IstioStatus",
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mtls.mode",
+        description = "Defines the mTLS mode used for peer authentication"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp",
+        description = "Time since the object was created"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
