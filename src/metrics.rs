@@ -3,10 +3,16 @@
 //! Names follow istiod's where one exists (`pilot_xds`, `pilot_xds_pushes`,
 //! `pilot_total_xds_rejects`), so existing dashboards keep working.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::MetricConstructor;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,8 +27,23 @@ pub struct ConfigErrorLabel {
     pub kind: String,
 }
 
-/// Every metric pilotfish exports. Cheap to clone (all fields are `Arc`s inside).
+/// Buckets of `pilot_xds_config_size_bytes`: 256 B to 64 MiB.
 #[derive(Clone, Debug, Default)]
+pub struct SizeBuckets;
+
+impl MetricConstructor<Histogram> for SizeBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(256.0, 4.0, 10))
+    }
+}
+
+/// Seconds, 5 ms to 30 s (convergence and debounce times).
+const SECONDS_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric pilotfish exports. Cheap to clone (all fields are `Arc`s inside).
+#[derive(Clone, Debug)]
 pub struct Metrics {
     pub connected_proxies: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -35,6 +56,35 @@ pub struct Metrics {
     pub certs_issued: Counter,
     pub root_cert_expiry: Gauge,
     pub auth_failures: Counter,
+    /// Config change (or certificate renewal) seen → the proxy ACKed it, per push.
+    pub convergence: Histogram,
+    pub config_size: Family<TypeLabel, Histogram, SizeBuckets>,
+    /// First file event → end of the debounce window.
+    pub debounce_time: Histogram,
+    /// Snapshot rebuilds, by reason (`config`, `secret`).
+    pub push_triggers: Family<TypeLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connected_proxies: Gauge::default(),
+            pushes: Family::default(),
+            push_bytes: Family::default(),
+            rejects: Family::default(),
+            config_errors: Family::default(),
+            config_files_invalid: Gauge::default(),
+            config_reloads: Counter::default(),
+            services: Gauge::default(),
+            certs_issued: Counter::default(),
+            root_cert_expiry: Gauge::default(),
+            auth_failures: Counter::default(),
+            convergence: Histogram::new(SECONDS_BUCKETS),
+            config_size: Family::new_with_constructor(SizeBuckets),
+            debounce_time: Histogram::new(SECONDS_BUCKETS),
+            push_triggers: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -97,6 +147,27 @@ impl Metrics {
             "xDS connections refused: missing, forged or expired credential, or another workload's",
             metrics.auth_failures.clone(),
         );
+        registry.register(
+            "pilot_proxy_convergence_time",
+            "Seconds from a config change (or certificate renewal) being seen to a proxy ACKing the push it caused",
+            metrics.convergence.clone(),
+        );
+        registry.register(
+            "pilot_xds_config_size_bytes",
+            "Size of each xDS push, by type",
+            metrics.config_size.clone(),
+        );
+        registry.register(
+            "pilot_debounce_time",
+            "Seconds from the first config file event to the end of its debounce window",
+            metrics.debounce_time.clone(),
+        );
+        registry.register(
+            "pilot_push_triggers",
+            "xDS snapshot rebuilds, by reason (config, secret)",
+            metrics.push_triggers.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
         (metrics, registry)
     }
 
@@ -104,5 +175,88 @@ impl Metrics {
         TypeLabel {
             r#type: short.to_string(),
         }
+    }
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` on each scrape
+/// (Linux; elsewhere they are left out).
+#[derive(Debug)]
+pub struct ProcessCollector;
+
+/// Linux reports CPU times in USER_HZ ticks, 100 per second on every
+/// mainstream architecture.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return Ok(());
+        };
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // `fields[0]` is field 3 of proc(5)'s stat.
+        let field = |n: usize| -> f64 {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default()
+        };
+        let status_kb = |key: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or_default()
+        };
+        let boot_time: f64 = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+
+        ConstCounter::new((field(14) + field(15)) / TICKS_PER_SECOND).encode(
+            encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent in seconds",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                status_kb("VmRSS:") * 1024.0,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                field(23),
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                boot_time + field(22) / TICKS_PER_SECOND,
+            ),
+            ("process_open_fds", "Open file descriptors", open_fds as f64),
+            ("process_threads", "OS threads", status_kb("Threads:")),
+        ];
+        for (name, help, v) in gauges {
+            ConstGauge::new(v).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
     }
 }

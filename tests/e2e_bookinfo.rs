@@ -282,4 +282,14 @@ fn nack_is_surfaced_and_not_looped() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(pushes(&mesh.metrics()), before);
     assert!(mesh.log().contains("proxy rejected config (NACK)"));
+    // `pilotfish proxy-status` shows it, as istioctl proxy-status would.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["proxy-status", "--admin-address"])
+        .arg(format!("{}:15014", mesh.pilotfish_ip()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status = String::from_utf8_lossy(&out.stdout);
+    let nacked: Vec<&str> = status.lines().filter(|l| l.contains("NACKED")).collect();
+    assert_eq!(nacked.len(), 6, "every sidecar NACKed its routes: {status}");
 }

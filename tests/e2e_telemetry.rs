@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{Mesh, next_net, series, series_sum, wait_until};
+use common::{Mesh, metric, next_net, series, series_sum, wait_until};
 
 /// 127.N blocks used by this test binary.
 const NET_BASE: u8 = 80;
@@ -231,6 +231,37 @@ fn request_metrics_count_exactly_for_both_reporters() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(all_ratings_calls(&mesh, "source"), before + 50.0);
+}
+
+#[test]
+fn control_plane_metrics_observe_real_pushes() {
+    let mut mesh = Mesh::start(
+        next_net(NET_BASE),
+        &["destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
+        false,
+    );
+    mesh.start_bookinfo();
+    let count = |name: &str| metric(&mesh.metrics(), name).unwrap_or(0.0);
+    let converged = count("pilot_proxy_convergence_time_count");
+    let debounced = count("pilot_debounce_time_count");
+    // One edit that changes the route table every bookinfo sidecar uses.
+    mesh.apply("virtual-service-reviews-v3.yaml");
+    wait_until("reviews v3 serving", || mesh.reviews(None).0 == "v3");
+    // Every one of the six sidecars ACKed the routes the edit caused.
+    wait_until("six convergence observations", || {
+        count("pilot_proxy_convergence_time_count") >= converged + 6.0
+    });
+    let text = mesh.metrics();
+    let sum = metric(&text, "pilot_proxy_convergence_time_sum").unwrap();
+    assert!(sum > 0.0, "{text}");
+    assert!(count("pilot_debounce_time_count") > debounced);
+    assert!(metric(&text, "pilot_push_triggers_total{type=\"config\"}").unwrap_or(0.0) >= 2.0);
+    assert!(
+        metric(&text, "pilot_xds_config_size_bytes_count{type=\"rds\"}").unwrap_or(0.0) >= 12.0,
+        "{text}"
+    );
+    assert!(metric(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert!(metric(&text, "process_cpu_seconds_total").unwrap_or(0.0) > 0.0);
 }
 
 /// One connection to tcp-echo's inbound listener on ratings' sidecar

@@ -36,6 +36,9 @@ pub struct ConfigState {
     pub errors: Vec<ConfigError>,
     /// Files read.
     pub files: usize,
+    /// When the change that produced this state was first seen (the start
+    /// of its debounce window); None for the state loaded at start.
+    pub changed_at: Option<std::time::Instant>,
 }
 
 /// All config files under one directory.
@@ -215,6 +218,7 @@ impl Store {
             snapshot,
             errors,
             files: self.files.len(),
+            changed_at: None,
         }
     }
 

@@ -83,6 +83,7 @@ pub async fn run(
             _ = tokio::time::sleep(RESCAN_INTERVAL) => {},
             _ = tx.closed() => return,
         }
+        let first_event = std::time::Instant::now();
         // Debounce: wait until the directory has been quiet for the window.
         loop {
             tokio::select! {
@@ -90,6 +91,9 @@ pub async fn run(
                 ev = ev_rx.recv() => if ev.is_none() { return },
             }
         }
+        metrics
+            .debounce_time
+            .observe(first_event.elapsed().as_secs_f64());
         // File I/O and parsing off the async workers.
         let joined = tokio::task::spawn_blocking(move || {
             let changed = store.reload();
@@ -105,7 +109,8 @@ pub async fn run(
             }
         };
         metrics.config_reloads.inc();
-        let next = store.state(version + u64::from(changed));
+        let mut next = store.state(version + u64::from(changed));
+        next.changed_at = Some(first_event);
         if changed || next.errors != last_errors {
             version = next.version;
             last_errors = next.errors.clone();

@@ -101,6 +101,9 @@ pub struct XdsSnapshot {
     /// The registry this snapshot was built from (for roles that read
     /// services and workloads downstream of translation, like telemetry).
     pub registry: Arc<Registry>,
+    /// When the change this snapshot carries was first seen (config edit or
+    /// certificate renewal), for the convergence histogram.
+    pub changed_at: Option<std::time::Instant>,
 }
 
 impl XdsSnapshot {
@@ -255,6 +258,7 @@ impl XdsSnapshot {
             workloads,
             secrets: prev.secrets.clone(),
             registry: Arc::clone(registry),
+            changed_at: None,
         }
     }
 }

@@ -49,6 +49,7 @@ pub async fn run_translator(
             let book = certs.take();
             let built = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
+                let trigger = if config_changed { "config" } else { "secret" };
                 let mtls = book.is_some();
                 let trust_domain = book
                     .as_ref()
@@ -76,11 +77,22 @@ pub async fn run_translator(
                 if let Some(r) = &refresh {
                     snap.secrets = r.layers.clone();
                 }
-                (snap, registry, book, refresh, started.elapsed())
+                snap.changed_at = if config_changed {
+                    state.changed_at.or(Some(started))
+                } else {
+                    Some(started)
+                };
+                (snap, registry, book, refresh, started.elapsed(), trigger)
             })
             .await;
             match built {
-                Ok((snap, reg, book, refresh, took)) => {
+                Ok((snap, reg, book, refresh, took, trigger)) => {
+                    metrics
+                        .push_triggers
+                        .get_or_create(&crate::metrics::TypeLabel {
+                            r#type: trigger.to_string(),
+                        })
+                        .inc();
                     certs = book;
                     if config_changed {
                         for w in &reg.warnings {

@@ -155,6 +155,7 @@ pub async fn run(
         tx: &tx,
         resources: None,
         warned_unknown: false,
+        pending: [None; XdsType::COUNT],
     };
     let mut snapshots = shared.snapshots.clone();
     snapshots.mark_changed();
@@ -204,6 +205,9 @@ struct Stream<'a> {
     /// workload is unknown.
     resources: Option<ProxyResources>,
     warned_unknown: bool,
+    /// Per type: when the change behind the latest unacknowledged push was
+    /// first seen (for `pilot_proxy_convergence_time`).
+    pending: [Option<std::time::Instant>; XdsType::COUNT],
 }
 
 impl Stream<'_> {
@@ -231,6 +235,7 @@ impl Stream<'_> {
             let (ack, push_now) = proto.on_request_with(t, &r, self.resources.as_ref());
             match &ack {
                 Ack::Nack(nack) => {
+                    self.pending[t.index()] = None;
                     warn!(node = %self.conn.node_id, r#type = t.short(), version = %nack.version, nonce = %nack.nonce, message = %nack.message, "proxy rejected config (NACK); keeping its last good config, not resending");
                     self.shared
                         .metrics
@@ -239,7 +244,15 @@ impl Stream<'_> {
                         .inc();
                 }
                 Ack::Stale => debug!(r#type = t.short(), nonce = %req.nonce, "stale nonce ignored"),
-                Ack::Ack => debug!(r#type = t.short(), nonce = %req.nonce, "ACK"),
+                Ack::Ack => {
+                    debug!(r#type = t.short(), nonce = %req.nonce, "ACK");
+                    if let Some(at) = self.pending[t.index()].take() {
+                        self.shared
+                            .metrics
+                            .convergence
+                            .observe(at.elapsed().as_secs_f64());
+                    }
+                }
                 Ack::Initial => debug!(r#type = t.short(), names = req.subscribe.len(), "request"),
             }
             match (&self.resources, push_now) {
@@ -276,6 +289,7 @@ impl Stream<'_> {
             let push = lock(&self.conn.protocol).push(t, &res, false);
             if let Some(p) = push {
                 self.send(p).await?;
+                self.pending[t.index()] = snapshot.changed_at;
             }
         }
         Ok(())
@@ -291,6 +305,11 @@ impl Stream<'_> {
             .push_bytes
             .get_or_create(&label)
             .inc_by(bytes as u64);
+        self.shared
+            .metrics
+            .config_size
+            .get_or_create(&label)
+            .observe(bytes as f64);
         debug!(r#type = push.t.short(), version = %push.version, nonce = %push.nonce, resources = push.resources.len(), removed = push.removed.len(), bytes, "push");
         self.tx.send(Out::Message(chunks)).await.map_err(|_| Closed)
     }
