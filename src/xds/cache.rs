@@ -26,6 +26,67 @@ pub struct Layer {
     /// full-set response (Listener, Cluster) to any number of proxies writes
     /// these shared bytes instead of copying small resources per stream.
     sotw_blob: std::sync::OnceLock<bytes::Bytes>,
+    /// What changed since the layer this one replaced, computed once when
+    /// it was built: a stream in sync with that layer only looks at these.
+    pub diff: Option<LayerDiff>,
+}
+
+/// The difference between a layer and the one it replaced.
+#[derive(Debug, Default)]
+pub struct LayerDiff {
+    /// `version` of the replaced layer.
+    pub from: u64,
+    /// Resources added or changed.
+    pub changed: Vec<Arc<Encoded>>,
+    /// Names no longer present.
+    pub removed: Vec<Arc<str>>,
+}
+
+impl LayerDiff {
+    /// Both maps are sorted by name: one merge pass.
+    fn between(
+        from: u64,
+        old: &BTreeMap<String, Arc<Encoded>>,
+        new: &BTreeMap<String, Arc<Encoded>>,
+    ) -> Self {
+        let mut d = LayerDiff {
+            from,
+            ..Default::default()
+        };
+        let mut o = old.iter().peekable();
+        let mut n = new.iter().peekable();
+        loop {
+            match (o.peek(), n.peek()) {
+                (None, None) => break,
+                (Some((_, e)), None) => {
+                    d.removed.push(Arc::clone(&e.name));
+                    o.next();
+                }
+                (None, Some((_, e))) => {
+                    d.changed.push(Arc::clone(e));
+                    n.next();
+                }
+                (Some((ok, oe)), Some((nk, ne))) => match ok.cmp(nk) {
+                    std::cmp::Ordering::Less => {
+                        d.removed.push(Arc::clone(&oe.name));
+                        o.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        d.changed.push(Arc::clone(ne));
+                        n.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if oe.version != ne.version {
+                            d.changed.push(Arc::clone(ne));
+                        }
+                        o.next();
+                        n.next();
+                    }
+                },
+            }
+        }
+        d
+    }
 }
 
 impl Layer {
@@ -52,6 +113,7 @@ impl Layer {
             version: h.digest(),
             resources,
             sotw_blob: Default::default(),
+            diff: None,
         }
     }
 
@@ -67,11 +129,16 @@ impl Layer {
         })
     }
 
-    /// Keeps `prev` (and so its identity) when nothing changed.
-    pub fn reuse(self, prev: Option<&Arc<Layer>>) -> Arc<Layer> {
+    /// Keeps `prev` (and so its identity) when nothing changed; otherwise
+    /// records what changed since `prev`.
+    pub fn reuse(mut self, prev: Option<&Arc<Layer>>) -> Arc<Layer> {
         match prev {
             Some(p) if p.version == self.version => Arc::clone(p),
-            _ => Arc::new(self),
+            Some(p) => {
+                self.diff = Some(LayerDiff::between(p.version, &p.resources, &self.resources));
+                Arc::new(self)
+            }
+            None => Arc::new(self),
         }
     }
 }

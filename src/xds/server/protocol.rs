@@ -90,6 +90,16 @@ struct TypeState {
     sent_version: Option<String>,
     acked_version: Option<String>,
     last_nack: Option<Nack>,
+    /// Order-independent hash of `names` (XOR of each name's hash): an ACK
+    /// that repeats the same subscription is recognized without lookups.
+    names_hash: u64,
+    /// The versions of the layers the client was last brought in sync with
+    /// (named types); None when a full pass is needed.
+    synced: Option<Vec<u64>>,
+}
+
+fn name_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
 }
 
 /// Per-stream protocol state, for either ADS variant.
@@ -173,6 +183,7 @@ impl StreamProtocol {
                     st.wildcard = true;
                     push = true;
                 } else if !st.names.contains(name.as_str()) {
+                    st.names_hash ^= name_hash(name);
                     st.names.insert(intern(name));
                     st.sent.remove(name.as_str());
                     push = true;
@@ -181,8 +192,8 @@ impl StreamProtocol {
             for name in req.unsubscribe {
                 if name == "*" {
                     st.wildcard = false;
-                } else {
-                    st.names.remove(name.as_str());
+                } else if st.names.remove(name.as_str()) {
+                    st.names_hash ^= name_hash(name);
                 }
                 st.sent.remove(name.as_str());
                 st.initial.remove(name);
@@ -192,12 +203,15 @@ impl StreamProtocol {
                 || (t.is_wildcard_type() && req.subscribe.is_empty());
             if wildcard != st.wildcard {
                 push = true;
+                st.synced = None;
             }
             // Envoy repeats its whole subscription in every SotW request
             // (thousands of EDS names in each ACK): only rebuild on change.
-            let same = req.subscribe.len() == st.names.len()
-                && req.subscribe.iter().all(|n| st.names.contains(n.as_str()));
+            // Compared by an order-independent hash, without lookups.
+            let hash = req.subscribe.iter().fold(0u64, |h, n| h ^ name_hash(n));
+            let same = req.subscribe.len() == st.names.len() && hash == st.names_hash;
             if !same {
+                st.synced = None;
                 let names: BTreeSet<Arc<str>> = req.subscribe.iter().map(|n| intern(n)).collect();
                 for added in names.difference(&st.names) {
                     st.sent.remove(added);
@@ -207,6 +221,7 @@ impl StreamProtocol {
                 for name in gone {
                     st.sent.remove(&name);
                 }
+                st.names_hash = names.iter().fold(0u64, |h, n| h ^ name_hash(n));
                 st.names = names;
             }
             st.wildcard = wildcard;
@@ -216,6 +231,7 @@ impl StreamProtocol {
                 st.sent.clear();
                 st.sent_all.clear();
                 st.sent_version = None;
+                st.synced = None;
             }
         }
         (ack, push)
@@ -246,43 +262,63 @@ impl StreamProtocol {
     }
 
     fn push_sotw(&mut self, t: XdsType, res: &ProxyResources, force: bool) -> Option<Push> {
-        let st = &self.types[t.index()];
-        let wanted: Vec<&Arc<Encoded>> = if st.wildcard {
-            res.all(t).collect()
-        } else {
-            st.names.iter().filter_map(|n| res.get(t, n)).collect()
-        };
-        let version = set_version(&wanted);
+        self.nonce_seq += 1;
+        let nonce_seq = self.nonce_seq;
+        let st = &mut self.types[t.index()];
+        let layers = &res.layers[t.index()];
         let mut whole_layers = Vec::new();
-        let resources: Vec<Arc<Encoded>> = if t.is_wildcard_type() {
+        let (resources, version): (Vec<Arc<Encoded>>, String) = if t.is_wildcard_type() {
             // The full set each time: absence means removal.
+            let wanted: Vec<&Arc<Encoded>> = if st.wildcard {
+                res.all(t).collect()
+            } else {
+                st.names.iter().filter_map(|n| res.get(t, n)).collect()
+            };
+            let version = set_version(&wanted);
             if !force && st.sent_version.as_deref() == Some(version.as_str()) {
                 return None;
             }
             if st.wildcard {
-                whole_layers = res.layers[t.index()].clone();
+                whole_layers = layers.clone();
             }
-            wanted.into_iter().cloned().collect()
+            (wanted.into_iter().cloned().collect(), version)
         } else {
             // Named types: only what the client does not have yet.
-            let changed: Vec<Arc<Encoded>> =
-                wanted.into_iter().filter(|e| !st.has(e)).cloned().collect();
+            let version = st.layered_version(layers);
+            let changed = match st.changed_since_sync(t, res) {
+                Some(c) if !force => c,
+                _ => {
+                    let changed: Vec<Arc<Encoded>> = if st.wildcard {
+                        res.all(t).filter(|e| !st.has(e)).cloned().collect()
+                    } else {
+                        st.names
+                            .iter()
+                            .filter_map(|n| res.get(t, n))
+                            .filter(|e| !st.has(e))
+                            .cloned()
+                            .collect()
+                    };
+                    // Every resource of the only layer (an initial EDS answer
+                    // to a proxy that subscribes to all clusters): both are
+                    // sorted by name, so the response is that layer's blob.
+                    if let [layer] = layers.as_slice()
+                        && !changed.is_empty()
+                        && changed.len() == layer.resources.len()
+                    {
+                        whole_layers = vec![Arc::clone(layer)];
+                    }
+                    changed
+                }
+            };
+            // Whatever is sent now, the client then has everything it asked
+            // for at these layers' versions.
+            st.synced = Some(layers.iter().map(|l| l.version).collect());
             if changed.is_empty() && !force {
                 return None;
             }
-            // Every resource of the only layer (an initial EDS answer to a
-            // proxy that subscribes to all clusters): both are sorted by
-            // name, so the response is that layer's shared blob.
-            if let [layer] = res.layers[t.index()].as_slice()
-                && !changed.is_empty()
-                && changed.len() == layer.resources.len()
-            {
-                whole_layers = vec![Arc::clone(layer)];
-            }
-            changed
+            (changed, version)
         };
-        let nonce = self.next_nonce();
-        let st = &mut self.types[t.index()];
+        let nonce = nonce_seq.to_string();
         if t.is_wildcard_type() {
             st.sent_all = resources.clone();
         } else {
@@ -415,6 +451,47 @@ impl StreamProtocol {
 }
 
 impl TypeState {
+    /// A SotW version for a named type: the subscription and the versions
+    /// of the layers it is served from (no walk over every resource).
+    fn layered_version(&self, layers: &[Arc<crate::xds::cache::Layer>]) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&[u8::from(self.wildcard)]);
+        h.update(&self.names_hash.to_le_bytes());
+        for l in layers {
+            h.update(&l.version.to_le_bytes());
+        }
+        format!("{:016x}", h.digest())
+    }
+
+    /// When the client is in sync with the layers these replaced (each
+    /// layer unchanged, or changed exactly once since), what it must be sent
+    /// now, looking only at the layers' diffs; None when that cannot be told
+    /// without a full pass.
+    fn changed_since_sync(&self, t: XdsType, res: &ProxyResources) -> Option<Vec<Arc<Encoded>>> {
+        let synced = self.synced.as_ref()?;
+        let layers = &res.layers[t.index()];
+        if synced.len() != layers.len() || !self.initial.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (l, v) in layers.iter().zip(synced) {
+            if l.version == *v {
+                continue;
+            }
+            let d = l.diff.as_ref().filter(|d| d.from == *v)?;
+            for e in &d.changed {
+                let wanted = self.wildcard || self.names.contains(&*e.name);
+                // The name's resource as the proxy sees it (an earlier layer
+                // may hold the same name).
+                if wanted && res.get(t, &e.name).is_some_and(|x| Arc::ptr_eq(x, e)) && !self.has(e)
+                {
+                    out.push(Arc::clone(e));
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Whether the client already has exactly this resource.
     fn has(&self, e: &Encoded) -> bool {
         match self.sent.get(&*e.name) {

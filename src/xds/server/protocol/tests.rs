@@ -315,3 +315,108 @@ fn full_answers_use_the_shared_layer_and_partial_ones_do_not() {
         "a partial answer lists its resources"
     );
 }
+
+/// EDS resources served from one layer that replaces `prev` (so it carries
+/// the diff from it).
+fn eds_from(prev: Option<&Arc<Layer>>, items: &[(&str, &str)]) -> (Arc<Layer>, ProxyResources) {
+    let layer = Layer::encode(
+        XdsType::Endpoint,
+        items.iter().map(|(n, t)| mk_cluster(n, t)),
+    )
+    .reuse(prev);
+    let mut res = ProxyResources::default();
+    res.layers[XdsType::Endpoint.index()] = vec![Arc::clone(&layer)];
+    (layer, res)
+}
+
+/// Subscribes `p` to `subscribed` EDS names, pushes, and ACKs.
+fn eds_synced(p: &mut StreamProtocol, subscribed: &[String], res: &ProxyResources) -> Push {
+    p.on_request(XdsType::Endpoint, &sotw_req("", subscribed));
+    let first = p.push(XdsType::Endpoint, res, true).unwrap();
+    let (ack, _) = p.on_request(
+        XdsType::Endpoint,
+        &Request {
+            nonce: &first.nonce,
+            version: &first.version,
+            subscribe: subscribed,
+            ..Default::default()
+        },
+    );
+    assert_eq!(ack, Ack::Ack);
+    first
+}
+
+#[test]
+fn sotw_named_push_after_one_change_uses_the_layer_diff() {
+    let all = [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")];
+    let (l1, r1) = eds_from(None, &all);
+    let subscribed = vec!["a".to_string(), "b".to_string(), "d".to_string()];
+    let mut p = StreamProtocol::new(false);
+    let first = eds_synced(&mut p, &subscribed, &r1);
+    assert_eq!(names(&first), ["a", "b", "d"]);
+
+    // b and c change, d goes away: the diff names b and c; only b is subscribed.
+    let (l2, r2) = eds_from(Some(&l1), &[("a", "1"), ("b", "2"), ("c", "2")]);
+    let diff = l2.diff.as_ref().unwrap();
+    assert_eq!(diff.from, l1.version);
+    let changed: Vec<&str> = diff.changed.iter().map(|e| &*e.name).collect();
+    assert_eq!(changed, ["b", "c"]);
+    assert_eq!(diff.removed.iter().map(|n| &**n).collect::<Vec<_>>(), ["d"]);
+    let st = &p.types[XdsType::Endpoint.index()];
+    assert_eq!(
+        st.changed_since_sync(XdsType::Endpoint, &r2)
+            .map(|v| v.len()),
+        Some(1),
+        "the diff path applies"
+    );
+    let second = p.push(XdsType::Endpoint, &r2, false).unwrap();
+    assert_eq!(names(&second), ["b"]);
+    assert_ne!(second.version, first.version);
+
+    // Nothing the proxy wants changed: no push at all.
+    let (l3, r3) = eds_from(Some(&l2), &[("a", "1"), ("b", "2"), ("c", "3")]);
+    assert!(p.push(XdsType::Endpoint, &r3, false).is_none());
+
+    // Two changes at once (a missed snapshot): the diff does not start at
+    // what the proxy has, so a full pass decides, with the same answer.
+    let (l4, _) = eds_from(Some(&l3), &[("a", "2"), ("b", "2"), ("c", "3")]);
+    let (_, r5) = eds_from(Some(&l4), &[("a", "2"), ("b", "3"), ("c", "3")]);
+    let st = &p.types[XdsType::Endpoint.index()];
+    assert!(st.changed_since_sync(XdsType::Endpoint, &r5).is_none());
+    let fifth = p.push(XdsType::Endpoint, &r5, false).unwrap();
+    assert_eq!(names(&fifth), ["a", "b"]);
+}
+
+#[test]
+fn a_repeated_subscription_is_recognized_in_any_order() {
+    let (_, res) = eds_from(None, &[("a", "1"), ("b", "1")]);
+    let subscribed = vec!["a".to_string(), "b".to_string()];
+    let mut p = StreamProtocol::new(false);
+    let first = eds_synced(&mut p, &subscribed, &res);
+    // The same names in another order: an ACK, no new push, still in sync.
+    let reordered = vec!["b".to_string(), "a".to_string()];
+    let (ack, push) = p.on_request(
+        XdsType::Endpoint,
+        &Request {
+            nonce: &first.nonce,
+            version: &first.version,
+            subscribe: &reordered,
+            ..Default::default()
+        },
+    );
+    assert_eq!((ack, push), (Ack::Ack, false));
+    assert!(p.types[XdsType::Endpoint.index()].synced.is_some());
+    // A new name: a full pass sends it.
+    let more = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+    let (_, push) = p.on_request(
+        XdsType::Endpoint,
+        &Request {
+            nonce: &first.nonce,
+            version: &first.version,
+            subscribe: &more,
+            ..Default::default()
+        },
+    );
+    assert!(push);
+    assert!(p.types[XdsType::Endpoint.index()].synced.is_none());
+}
