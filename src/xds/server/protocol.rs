@@ -6,7 +6,7 @@
 //! subscription, and per-type removal semantics (SotW: a Listener or Cluster
 //! missing from the full set is removed; delta: `removed_resources`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::xds::cache::ProxyResources;
@@ -78,12 +78,16 @@ struct TypeState {
     requested: bool,
     wildcard: bool,
     /// Subscribed names, interned: the resource's own name when it exists.
-    names: BTreeSet<Arc<str>>,
-    /// What the client has, by name: the resource last sent (None: told it
-    /// does not exist). Not used for SotW Listener/Cluster (see `sent_all`).
+    /// SotW streams with the same subscription share one set (see `intern_set`).
+    names: Arc<NameSet>,
+    /// Delta: what the client has, by name: the resource last sent (None:
+    /// told it does not exist).
     sent: HashMap<Arc<str>, Option<Arc<Encoded>>>,
-    /// SotW Listener/Cluster: the full set last sent (a pointer each).
+    /// SotW Listener/Cluster to a named subscription: the set last sent.
     sent_all: Vec<Arc<Encoded>>,
+    /// SotW Listener/Cluster to a wildcard subscription: the layers last
+    /// sent whole (a pointer each, shared with every other stream).
+    sent_layers: Vec<Arc<crate::xds::cache::Layer>>,
     /// Delta reconnect: versions the client reported it already has.
     initial: HashMap<String, String>,
     last_nonce: Option<String>,
@@ -93,9 +97,52 @@ struct TypeState {
     /// Order-independent hash of `names` (XOR of each name's hash): an ACK
     /// that repeats the same subscription is recognized without lookups.
     names_hash: u64,
-    /// The versions of the layers the client was last brought in sync with
-    /// (named types); None when a full pass is needed.
-    synced: Option<Vec<u64>>,
+    /// SotW named types: the layers the client was last brought in sync
+    /// with. It has, for every subscribed name not in `fresh`, exactly the
+    /// resource these layers hold (shared, so no per-name state per stream).
+    synced: Option<Vec<Arc<crate::xds::cache::Layer>>>,
+    /// SotW named types: names subscribed since the last push.
+    fresh: HashSet<Arc<str>>,
+}
+
+type NameSet = BTreeSet<Arc<str>>;
+
+/// Subscription sets in use, by hash: thousands of proxies that subscribe to
+/// the same thousand EDS names hold one set between them.
+#[derive(Default)]
+struct SetInterner {
+    sets: HashMap<u64, Vec<std::sync::Weak<NameSet>>>,
+    inserts: usize,
+}
+
+static SUBSCRIPTIONS: std::sync::LazyLock<std::sync::Mutex<SetInterner>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The shared copy of `set` (whose `names_hash` is `hash`).
+fn intern_set(set: NameSet, hash: u64) -> Arc<NameSet> {
+    let key = hash ^ (set.len() as u64).rotate_left(32);
+    let mut interner = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = interner
+        .sets
+        .get(&key)
+        .and_then(|v| v.iter().filter_map(|w| w.upgrade()).find(|s| **s == set))
+    {
+        return found;
+    }
+    let set = Arc::new(set);
+    interner
+        .sets
+        .entry(key)
+        .or_default()
+        .push(Arc::downgrade(&set));
+    interner.inserts += 1;
+    if interner.inserts.is_multiple_of(1024) {
+        interner.sets.retain(|_, v| {
+            v.retain(|w| w.strong_count() > 0);
+            !v.is_empty()
+        });
+    }
+    set
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -184,7 +231,7 @@ impl StreamProtocol {
                     push = true;
                 } else if !st.names.contains(name.as_str()) {
                     st.names_hash ^= name_hash(name);
-                    st.names.insert(intern(name));
+                    Arc::make_mut(&mut st.names).insert(intern(name));
                     st.sent.remove(name.as_str());
                     push = true;
                 }
@@ -192,7 +239,8 @@ impl StreamProtocol {
             for name in req.unsubscribe {
                 if name == "*" {
                     st.wildcard = false;
-                } else if st.names.remove(name.as_str()) {
+                } else if st.names.contains(name.as_str()) {
+                    Arc::make_mut(&mut st.names).remove(name.as_str());
                     st.names_hash ^= name_hash(name);
                 }
                 st.sent.remove(name.as_str());
@@ -203,6 +251,7 @@ impl StreamProtocol {
                 || (t.is_wildcard_type() && req.subscribe.is_empty());
             if wildcard != st.wildcard {
                 push = true;
+                // What a wildcard adds was never sent under the old subscription.
                 st.synced = None;
             }
             // Envoy repeats its whole subscription in every SotW request
@@ -211,17 +260,14 @@ impl StreamProtocol {
             let hash = req.subscribe.iter().fold(0u64, |h, n| h ^ name_hash(n));
             let same = req.subscribe.len() == st.names.len() && hash == st.names_hash;
             if !same {
-                st.synced = None;
-                let names: BTreeSet<Arc<str>> = req.subscribe.iter().map(|n| intern(n)).collect();
+                let names: NameSet = req.subscribe.iter().map(|n| intern(n)).collect();
+                let names = intern_set(names, hash);
                 for added in names.difference(&st.names) {
-                    st.sent.remove(added);
+                    st.fresh.insert(Arc::clone(added));
                     push = true;
                 }
-                let gone: Vec<Arc<str>> = st.names.difference(&names).cloned().collect();
-                for name in gone {
-                    st.sent.remove(&name);
-                }
-                st.names_hash = names.iter().fold(0u64, |h, n| h ^ name_hash(n));
+                st.fresh.retain(|n| names.contains(n));
+                st.names_hash = hash;
                 st.names = names;
             }
             st.wildcard = wildcard;
@@ -230,8 +276,10 @@ impl StreamProtocol {
                 push = true;
                 st.sent.clear();
                 st.sent_all.clear();
+                st.sent_layers.clear();
                 st.sent_version = None;
                 st.synced = None;
+                st.fresh.clear();
             }
         }
         (ack, push)
@@ -311,8 +359,9 @@ impl StreamProtocol {
                 }
             };
             // Whatever is sent now, the client then has everything it asked
-            // for at these layers' versions.
-            st.synced = Some(layers.iter().map(|l| l.version).collect());
+            // for as these layers hold it.
+            st.synced = Some(layers.clone());
+            st.fresh.clear();
             if changed.is_empty() && !force {
                 return None;
             }
@@ -320,10 +369,12 @@ impl StreamProtocol {
         };
         let nonce = nonce_seq.to_string();
         if t.is_wildcard_type() {
-            st.sent_all = resources.clone();
-        } else {
-            for e in &resources {
-                st.sent.insert(Arc::clone(&e.name), Some(Arc::clone(e)));
+            if whole_layers.is_empty() {
+                st.sent_all = resources.clone();
+                st.sent_layers.clear();
+            } else {
+                st.sent_all.clear();
+                st.sent_layers = whole_layers.clone();
             }
         }
         st.last_nonce = Some(nonce.clone());
@@ -351,7 +402,7 @@ impl StreamProtocol {
                 }
             }
         }
-        for name in &st.names {
+        for name in st.names.iter() {
             match res.get(t, name) {
                 Some(e) if seen.insert(&**name) && !st.has(e) => {
                     resources.push(Arc::clone(e));
@@ -423,30 +474,16 @@ impl StreamProtocol {
             subscribed: st.names.iter().map(|n| n.to_string()).collect(),
             wildcard: st.wildcard,
             sent: st
-                .sent
+                .sent_entries()
                 .iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v.as_ref()?.version.clone())))
-                .chain(
-                    st.sent_all
-                        .iter()
-                        .map(|e| (e.name.to_string(), e.version.clone())),
-                )
+                .map(|e| (e.name.to_string(), e.version.clone()))
                 .collect(),
         }
     }
 
     /// The resources of type `t` this client was last sent (for config dumps).
     pub fn sent_resources(&self, t: XdsType) -> Vec<Arc<Encoded>> {
-        let st = &self.types[t.index()];
-        let mut v: Vec<Arc<Encoded>> = st
-            .sent
-            .values()
-            .flatten()
-            .chain(st.sent_all.iter())
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.types[t.index()].sent_entries()
     }
 }
 
@@ -470,15 +507,15 @@ impl TypeState {
     fn changed_since_sync(&self, t: XdsType, res: &ProxyResources) -> Option<Vec<Arc<Encoded>>> {
         let synced = self.synced.as_ref()?;
         let layers = &res.layers[t.index()];
-        if synced.len() != layers.len() || !self.initial.is_empty() {
+        if synced.len() != layers.len() || !self.fresh.is_empty() {
             return None;
         }
         let mut out = Vec::new();
-        for (l, v) in layers.iter().zip(synced) {
-            if l.version == *v {
+        for (l, s) in layers.iter().zip(synced) {
+            if l.version == s.version {
                 continue;
             }
-            let d = l.diff.as_ref().filter(|d| d.from == *v)?;
+            let d = l.diff.as_ref().filter(|d| d.from == s.version)?;
             for e in &d.changed {
                 let wanted = self.wildcard || self.names.contains(&*e.name);
                 // The name's resource as the proxy sees it (an earlier layer
@@ -497,9 +534,49 @@ impl TypeState {
         match self.sent.get(&*e.name) {
             Some(Some(sent)) => sent.version == e.version,
             Some(None) => false,
-            None => self.initial.get(&*e.name) == Some(&e.version),
+            None => match &self.synced {
+                // SotW named types.
+                Some(layers) => {
+                    !self.fresh.contains(&*e.name)
+                        && synced_get(layers, &e.name).is_some_and(|s| s.version == e.version)
+                }
+                // Delta: what it reported having on reconnect.
+                None => self.initial.get(&*e.name) == Some(&e.version),
+            },
         }
     }
+
+    /// What the client was last sent, by name (SotW or delta).
+    fn sent_entries(&self) -> Vec<Arc<Encoded>> {
+        let mut v: Vec<Arc<Encoded>> = self
+            .sent
+            .values()
+            .flatten()
+            .chain(self.sent_all.iter())
+            .chain(self.sent_layers.iter().flat_map(|l| l.resources.values()))
+            .cloned()
+            .collect();
+        if let Some(layers) = &self.synced {
+            v.extend(
+                self.names
+                    .iter()
+                    .filter(|n| !self.fresh.contains(&***n))
+                    .filter_map(|n| synced_get(layers, n))
+                    .cloned(),
+            );
+        }
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.dedup_by(|a, b| a.name == b.name);
+        v
+    }
+}
+
+/// A name's resource in `layers`, as `ProxyResources::get` finds it.
+fn synced_get<'a>(
+    layers: &'a [Arc<crate::xds::cache::Layer>],
+    name: &str,
+) -> Option<&'a Arc<Encoded>> {
+    layers.iter().find_map(|l| l.resources.get(name))
 }
 
 /// Version of a set of resources: a hash of their names and versions.

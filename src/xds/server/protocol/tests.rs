@@ -418,5 +418,24 @@ fn a_repeated_subscription_is_recognized_in_any_order() {
         },
     );
     assert!(push);
-    assert!(p.types[XdsType::Endpoint.index()].synced.is_none());
+    // Only the new name is sent: the rest is known from the synced layers.
+    let (_, res) = eds_from(None, &[("a", "1"), ("b", "1"), ("c", "1")]);
+    let third = p.push(XdsType::Endpoint, &res, false).unwrap();
+    assert_eq!(names(&third), ["c"]);
+}
+
+#[test]
+fn streams_with_the_same_subscription_share_one_set() {
+    let (_, res) = eds_from(None, &[("x1", "1"), ("x2", "1")]);
+    let subscribed = vec!["x1".to_string(), "x2".to_string()];
+    let mut a = StreamProtocol::new(false);
+    let mut b = StreamProtocol::new(false);
+    eds_synced(&mut a, &subscribed, &res);
+    let reversed = vec!["x2".to_string(), "x1".to_string()];
+    eds_synced(&mut b, &reversed, &res);
+    let (sa, sb) = (
+        &a.types[XdsType::Endpoint.index()].names,
+        &b.types[XdsType::Endpoint.index()].names,
+    );
+    assert!(Arc::ptr_eq(sa, sb));
 }
