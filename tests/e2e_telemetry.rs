@@ -209,18 +209,10 @@ fn request_metrics_count_exactly_for_both_reporters() {
         ) > 0.0
     );
 
-    // Envoy's own stats arrive over the metrics sink.
-    wait_until("stats from productpage's sidecar", || {
-        mesh.get_json(&mesh.admin_url("/debug/proxy_stats"))["default/productpage-v1"]["stats"]
-            ["server.uptime"]
-            .as_f64()
-            .is_some_and(|v| v >= 1.0)
-    });
-
     // A sidecar restart does not count anything twice.
     let before = all_ratings_calls(&mesh, "source");
     mesh.kill_envoy(11);
-    mesh.start_envoy("productpage-v1", 11);
+    mesh.start_envoy_with("productpage-v1", 11, &["--metrics-sink"], |_| {});
     mesh.wait_envoy_ready(11);
     wait_until("productpage's sidecar routing again", || {
         std::net::TcpStream::connect(format!("127.{}.0.11:15001", mesh.net)).is_ok()
@@ -231,6 +223,13 @@ fn request_metrics_count_exactly_for_both_reporters() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(all_ratings_calls(&mesh, "source"), before + 50.0);
+    // Envoy's own stats arrive over the metrics sink (the restarted sidecar has it on).
+    wait_until("stats from productpage's sidecar", || {
+        mesh.get_json(&mesh.admin_url("/debug/proxy_stats"))["default/productpage-v1"]["stats"]
+            ["server.uptime"]
+            .as_f64()
+            .is_some_and(|v| v >= 1.0)
+    });
 }
 
 #[test]

@@ -120,6 +120,8 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
                 "transport_api_version": "V3",
                 "report_counters_as_deltas": true,
                 "emit_tags_as_labels": true,
+                // Many small messages rather than one over gRPC's size limit.
+                "batch_size": 1000,
                 "grpc_service": {"envoy_grpc": {"cluster_name": TELEMETRY_CLUSTER}},
             },
         }]);

@@ -3,11 +3,12 @@
 //! The service is written at the HTTP level (still served by tonic's server)
 //! so the response path can write pre-encoded, shared resource bytes: tonic's
 //! codec path would copy every response into a per-stream encode buffer that
-//! keeps the size of the largest message ever sent. Requests are decoded with
-//! tonic's own `Streaming` decoder.
+//! keeps the size of the largest message ever sent. Requests are decoded by
+//! `requests`, which keeps no buffer between messages.
 
 mod body;
 pub mod protocol;
+mod requests;
 pub mod status;
 mod stream;
 
@@ -22,7 +23,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tonic::body::Body;
-use tonic::codec::Streaming;
 use tonic::server::NamedService;
 use tracing::Instrument;
 
@@ -119,21 +119,13 @@ impl tower::Service<http::Request<Body>> for AdsService {
         };
         let body = req.into_body();
         let incoming = if delta {
-            let s: Streaming<DeltaDiscoveryRequest> = Streaming::new_request(
-                tonic_prost::ProstDecoder::<DeltaDiscoveryRequest>::default(),
-                body,
-                None,
-                Some(MAX_REQUEST_BYTES),
-            );
-            s.map(|r| r.map(Incoming::from_delta)).boxed()
+            requests::decode::<DeltaDiscoveryRequest, _>(body, MAX_REQUEST_BYTES)
+                .map(|r| r.map(Incoming::from_delta))
+                .boxed()
         } else {
-            let s: Streaming<DiscoveryRequest> = Streaming::new_request(
-                tonic_prost::ProstDecoder::<DiscoveryRequest>::default(),
-                body,
-                None,
-                Some(MAX_REQUEST_BYTES),
-            );
-            s.map(|r| r.map(Incoming::from_sotw)).boxed()
+            requests::decode::<DiscoveryRequest, _>(body, MAX_REQUEST_BYTES)
+                .map(|r| r.map(Incoming::from_sotw))
+                .boxed()
         };
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let span = tracing::info_span!("ads", peer = %peer, delta);
