@@ -270,7 +270,13 @@ fn proxies(syncs: &[ProxySync]) -> Vec<Proxy> {
             let mut types = BTreeMap::new();
             let mut nacks = BTreeMap::new();
             for (t, status) in &p.types {
-                let json = serde_json::to_value(status).unwrap_or_default();
+                // The fields `proxy-status` reads (not the sent names, which
+                // can be thousands).
+                let json = serde_json::json!({
+                    "sent_version": status.sent_version,
+                    "acked_version": status.acked_version,
+                    "last_nack": status.last_nack,
+                });
                 let state = crate::admin::client::sync_state(&json);
                 if state == "NACKED"
                     && let Some(n) = &status.last_nack
