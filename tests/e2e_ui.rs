@@ -17,6 +17,8 @@ use common::{BOOKINFO, Mesh, next_net, series_sum, wait_until};
 const NET_BASE: u8 = 140;
 /// Page requests sent through the mesh.
 const REQUESTS: usize = 30;
+/// Requests productpage's sidecar sends to a ratings that fails every 2nd one.
+const FLAKY_REQUESTS: usize = 10;
 /// How long Chromium may take for one page (it is one of many processes on
 /// a small shared machine).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
@@ -27,7 +29,13 @@ const INSTALL: &str = "install it with `make tools` (apt-get update && apt-get i
 /// The browser: $CHROMIUM, else `chromium` (Debian's package) on PATH.
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "CHROMIUM={} is not a file: {INSTALL}",
+            p.display()
+        );
+        return p;
     }
     let found = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
@@ -128,6 +136,17 @@ fn arrived(mesh: &Mesh, source: &str, app: &str) -> f64 {
     )
 }
 
+/// Waits until no more requests arrive at the sink (sidecars flush their
+/// access logs every second).
+fn settle(mesh: &Mesh) {
+    let mut last = -1.0;
+    wait_until("counts to settle", || {
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = series_sum(&mesh.metrics(), "istio_requests_total", &[]);
+        std::mem::replace(&mut last, now) == now && now > 0.0
+    });
+}
+
 /// Where test artifacts go: `target/test-artifacts/` of this build.
 fn artifact(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -170,12 +189,7 @@ fn ui_shows_the_mesh_after_real_traffic() {
 
     // Let the access logs of the start-up probes arrive (sidecars flush
     // every second), then take the start of the UI's rate window.
-    let mut last = -1.0;
-    wait_until("counts to settle", || {
-        std::thread::sleep(Duration::from_millis(1200));
-        let now = arrived(&mesh, "productpage-v1", "details");
-        std::mem::replace(&mut last, now) == now && now > 0.0
-    });
+    settle(&mesh);
     let first = mesh.get_json(&mesh.admin_url("/ui/graph.json"));
     assert_eq!(first["window_s"], serde_json::Value::Null, "{first}");
     let base_details = arrived(&mesh, "productpage-v1", "details");
@@ -195,12 +209,33 @@ fn ui_shows_the_mesh_after_real_traffic() {
         versions.insert(version);
     }
     assert!(versions.len() >= 2, "round robin reached only {versions:?}");
+    // Errors: ratings fails every 2nd request it serves; productpage's
+    // sidecar retries 503 (Istio's default policy), so its caller sees
+    // none, but ratings' sidecar reports each failed attempt.
+    for _ in 0..FLAKY_REQUESTS {
+        let r = mesh.via_sidecar(11, "http://ratings:9080/ratings/0?flaky=2", &[]);
+        assert_eq!(r.status, 200, "a retry should hide the 503: {}", r.body);
+    }
     wait_until("the sink counting the traffic", || {
         arrived(&mesh, "productpage-v1", "details") >= base_details + REQUESTS as f64
             && arrived(&mesh, "productpage-v1", "reviews") >= base_reviews + REQUESTS as f64
             && arrived(&mesh, "reviews-v2", "ratings") + arrived(&mesh, "reviews-v3", "ratings")
                 >= base_ratings + ratings_calls
+            && arrived(&mesh, "productpage-v1", "ratings") >= FLAKY_REQUESTS as f64
     });
+    settle(&mesh);
+    let failed_attempts = series_sum(
+        &mesh.metrics(),
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "productpage-v1"),
+            ("destination_app", "ratings"),
+            ("response_code", "503"),
+        ],
+    );
+    let attempts = arrived(&mesh, "productpage-v1", "ratings");
+    assert!(failed_attempts > 0.0, "no failed attempt reported");
 
     let url = mesh.admin_url("/ui");
     let dom = browse(&url, &["--dump-dom"]);
@@ -265,6 +300,18 @@ fn ui_shows_the_mesh_after_real_traffic() {
     assert!(
         to_reviews >= REQUESTS as f64,
         "{to_reviews} requests to reviews"
+    );
+    // The flaky edge: the share of 5xx ratings' sidecar reported, drawn as failing.
+    let flaky = &edges["productpage-v1->ratings-v1"];
+    assert_eq!(flaky["data-mtls"], "true", "{flaky:?}");
+    let share = num(flaky, "data-error-rate");
+    assert!(
+        (share - failed_attempts / attempts).abs() < 1e-9,
+        "error rate {share}, reported {failed_attempts} of {attempts}"
+    );
+    assert!(
+        flaky["class"].contains("health-bad"),
+        "{share} of 5xx not drawn as failing: {flaky:?}"
     );
     // The client reached productpage's sidecar in plaintext.
     let client = &edges["unknown->productpage-v1"];
