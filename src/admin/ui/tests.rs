@@ -561,3 +561,38 @@ async fn graph_json_lists_the_registry_workloads() {
     assert_eq!(g["edges"], serde_json::json!([]));
     assert_eq!(g["window_s"], serde_json::Value::Null);
 }
+
+#[test]
+fn tcp_edges_count_connections_and_bytes() {
+    let registry = mk_registry();
+    let view = mk_view();
+    let mut labels = mk_labels(
+        &view,
+        Reporter::Destination,
+        Some("reviews-v2"),
+        Some("ratings-v1"),
+        "ratings",
+        "",
+    );
+    labels.request_protocol = "tcp";
+    let conns = |opened: u64| TcpSeries {
+        sent_bytes: 100 * opened,
+        received_bytes: 10 * opened,
+        opened,
+        closed: opened,
+    };
+    let before = Totals::of(&[], &[(labels.clone(), conns(2))]);
+    let now = Totals::of(&[], &[(labels, conns(6))]);
+    let base = Baseline {
+        age: Duration::from_secs(2),
+        totals: &before,
+    };
+    let g = build(&registry, &now, Some(&base), &[], 1, &[]);
+    let e = edge(&g, "reviews-v2->ratings-v1 (tcp)");
+    assert_eq!(e.protocol, "tcp");
+    assert_eq!(e.requests_total, 6);
+    assert_eq!(e.rps, Some(2.0));
+    assert_eq!(e.tcp_bytes_total, Some(660));
+    assert_eq!(e.mtls, Some(true));
+    assert_eq!((e.error_rate, e.p99_ms), (None, None));
+}
