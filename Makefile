@@ -3,7 +3,7 @@ ENVOY_VERSION := 1.40.0
 TOOLS := .tools
 ENVOY := $(TOOLS)/envoy
 
-.PHONY: all build test run tools lint descriptors crds bench clean
+.PHONY: all build test run tools chromium lint descriptors crds bench clean
 
 all: build
 
@@ -14,7 +14,12 @@ $(ENVOY):
 	ln -sf "$$($(TOOLS)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $(ENVOY)
 	$(ENVOY) --version
 
-tools: $(ENVOY)
+# Headless Chromium for the mesh UI test (tests/e2e_ui.rs), from Debian.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+tools: $(ENVOY) chromium
 
 build:
 	cargo build --bins --examples
@@ -24,7 +29,7 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 # Unit, golden, in-process and end-to-end tests (real pilotfish + real Envoy).
-test: $(ENVOY) lint
+test: tools lint
 	cargo build --examples
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) cargo test --lib --tests
 

@@ -2,6 +2,7 @@
 //! other roles; none of them reads from it.
 
 pub mod client;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/config_errors", get(config_errors))
         .route("/debug/proxy_stats", get(proxy_stats))
+        .merge(ui::routes())
         .with_state(state)
 }
 
