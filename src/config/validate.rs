@@ -405,3 +405,6 @@ fn workload_entry(s: &WorkloadEntrySpec, p: &mut Problems) {
     }
     workload_fields("spec", s, p);
 }
+
+#[cfg(test)]
+mod tests;

@@ -36,10 +36,11 @@ fn is_wildcard_dns1123_label(s: &str) -> bool {
     s.len() <= DNS1123_LABEL_MAX && is_dns1123_label(rest)
 }
 
-/// The labels after the first, as Istio checks them: the top-level domain
-/// not all-numeric, a trailing dot allowed.
-fn dns1123_labels(domain: &str) -> Result<(), String> {
-    let parts: Vec<&str> = domain.split('.').collect();
+/// The labels of `labels` (all of `domain`, or all but its first label), as
+/// Istio checks them: the top-level domain not all-numeric, a trailing dot
+/// allowed. Messages name the whole `domain`.
+fn dns1123_labels(domain: &str, labels: &str) -> Result<(), String> {
+    let parts: Vec<&str> = labels.split('.').collect();
     let top = parts.last().copied().unwrap_or_default();
     if !top.is_empty() && top.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
@@ -72,7 +73,7 @@ fn domain_preconditions(name: &str) -> Result<(), String> {
 /// Istio's `ValidateFQDN`.
 pub fn fqdn(name: &str) -> Result<(), String> {
     domain_preconditions(name)?;
-    dns1123_labels(name)
+    dns1123_labels(name, name)
 }
 
 /// Istio's `ValidateWildcardDomain`: an FQDN whose first label may be a wildcard.
@@ -87,7 +88,7 @@ pub fn wildcard_domain(domain: &str) -> Result<(), String> {
             "domain name {domain:?} invalid (label {first:?} invalid)"
         ));
     }
-    rest.map_or(Ok(()), dns1123_labels)
+    rest.map_or(Ok(()), |rest| dns1123_labels(domain, rest))
 }
 
 /// Istio's `ValidatePartialWildCard`: `*` only alone or as a `*.` prefix.
