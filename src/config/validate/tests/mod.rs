@@ -290,3 +290,51 @@ fn new_kinds_are_in_the_snapshot() {
         ["t"]
     );
 }
+
+/// Older kinds gain Istio's rules too: a DestinationRule's connection pools
+/// (top level, per port, per subset), and PeerAuthentication's empty selector.
+#[test]
+fn destination_rule_connection_pools_and_peer_authentication_selector() {
+    let dr = mk_doc(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "default",
+        "reviews",
+        "{host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1, tcpKeepalive: {time: 0.1ms}}}, portLevelSettings: [{port: {number: 9080}, connectionPool: {http: {h2UpgradePolicy: UPGRADE, useClientProtocol: true}}}]}, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {connectionPool: {}}}]}",
+    );
+    assert_eq!(
+        mk_errors(&dr, "DestinationRule default/reviews"),
+        expect(&[
+            (
+                "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+                "max connections must be non-negative"
+            ),
+            (
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+                "must be a valid duration greater than 1ms"
+            ),
+            (
+                "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.useClientProtocol",
+                "use client protocol must not be true when H2UpgradePolicy is UPGRADE"
+            ),
+            (
+                "spec.subsets[0].trafficPolicy.connectionPool",
+                "connection pool must have at least one field"
+            ),
+        ])
+    );
+    let pa = mk_doc(
+        "security.istio.io/v1",
+        "PeerAuthentication",
+        "default",
+        "strict",
+        "{selector: {matchLabels: {}}, mtls: {mode: STRICT}}",
+    );
+    assert_eq!(
+        mk_warnings(&pa, "PeerAuthentication default/strict"),
+        expect(&[(
+            "spec.selector.matchLabels",
+            "workload selector specified without labels; it selects every workload in the namespace"
+        )])
+    );
+}
