@@ -7,10 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use super::validate;
 use crate::model::istio::{
-    DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
+    WorkloadEntrySpec, WorkloadGroupSpec,
 };
 use crate::model::resource::Origin;
-use crate::model::security::PeerAuthenticationSpec;
+use crate::model::security::{
+    AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
+};
+use crate::model::telemetry::TelemetrySpec;
 use crate::model::{Kind, ObjectMeta, Resource, Spec};
 
 /// Namespace of resources whose metadata names none.
@@ -70,6 +74,9 @@ impl ConfigError {
 pub struct ParsedFile {
     pub resources: Vec<Resource>,
     pub errors: Vec<ConfigError>,
+    /// Problems that do not reject their document (Istio's warnings): the
+    /// resource is in `resources` all the same.
+    pub warnings: Vec<ConfigError>,
     /// Documents skipped on purpose (kinds pilotfish does not serve).
     pub skipped: Vec<String>,
 }
@@ -119,12 +126,15 @@ pub fn parse_file(path: &Path, text: &str) -> ParsedFile {
                     file: path.to_path_buf(),
                     document,
                 };
-                let problems = validate::check(&r);
-                if problems.is_empty() {
+                let findings = validate::check(&r);
+                let id = resource_id(&r);
+                for (p, message) in findings.warnings {
+                    out.warnings.push(err(Some(id.clone()), Some(p), message));
+                }
+                if findings.errors.is_empty() {
                     out.resources.push(r);
                 } else {
-                    let id = resource_id(&r);
-                    for (p, message) in problems {
+                    for (p, message) in findings.errors {
                         out.errors.push(err(Some(id.clone()), Some(p), message));
                     }
                 }
@@ -286,6 +296,16 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
         Kind::PeerAuthentication => {
             typed::<PeerAuthenticationSpec>(env.spec).map(Spec::PeerAuthentication)
         }
+        Kind::Gateway => typed::<GatewaySpec>(env.spec).map(Spec::Gateway),
+        Kind::Sidecar => typed::<SidecarSpec>(env.spec).map(Spec::Sidecar),
+        Kind::WorkloadGroup => typed::<WorkloadGroupSpec>(env.spec).map(Spec::WorkloadGroup),
+        Kind::AuthorizationPolicy => {
+            typed::<AuthorizationPolicySpec>(env.spec).map(Spec::AuthorizationPolicy)
+        }
+        Kind::RequestAuthentication => {
+            typed::<RequestAuthenticationSpec>(env.spec).map(Spec::RequestAuthentication)
+        }
+        Kind::Telemetry => typed::<TelemetrySpec>(env.spec).map(Spec::Telemetry),
     }
     .map_err(with_id)?;
     Ok(Parsed::Resource(Box::new(Resource {

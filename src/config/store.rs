@@ -164,6 +164,9 @@ impl Store {
         for s in &parsed.skipped {
             warn!("{s}");
         }
+        for w in &parsed.warnings {
+            warn!(warning = %w, "config warning (the document is accepted)");
+        }
         let resources: Vec<Arc<Resource>> = parsed.resources.into_iter().map(Arc::new).collect();
         let never_good = state.good.is_empty();
         state.errors = parsed.errors;

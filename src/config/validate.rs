@@ -1,12 +1,29 @@
-//! Semantic checks beyond the schema, each with the field path it concerns.
-//! (The configuration issue extends these to Istio's full webhook rules.)
+//! Semantic checks beyond the schema, each with the field path it concerns:
+//! the rules of Istio's validating webhook and the `x-kubernetes-validations`
+//! of its CRDs. Errors reject a document; warnings are reported and do not
+//! (as Istio's webhook distinguishes them). The checks of the older kinds
+//! are here; each newer kind has its own file below `validate/`.
+
+mod authorization;
+mod connection_pool;
+mod findings;
+mod gateway;
+mod names;
+mod policy;
+mod request_authentication;
+mod server_tls;
+mod sidecar;
+mod telemetry;
+mod workload_group;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+pub use findings::{Findings, Problems};
+
 use crate::model::istio::{
     DestinationRuleSpec, HttpMatchRequest, Resolution, ServiceEntrySpec, StringMatch,
-    VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
+    TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
 };
 use crate::model::registry::APP_ADDRESS_ANNOTATION;
 use crate::model::security::PeerAuthenticationSpec;
@@ -16,27 +33,74 @@ use crate::model::{Resource, Spec};
 /// limit; this keeps pathological patterns out early).
 const MAX_REGEX_LEN: usize = 1024;
 
-type Problems = Vec<(String, String)>;
-
-/// Every problem with one resource, as (field path, message).
-pub fn check(r: &Resource) -> Problems {
-    let mut p = Problems::new();
+/// Every problem with one resource: errors and warnings, each as (field
+/// path, message).
+pub fn check(r: &Resource) -> Findings {
+    let mut f = Findings::default();
     match &r.spec {
-        Spec::VirtualService(s) => virtual_service(s, &mut p),
-        Spec::DestinationRule(s) => destination_rule(s, &mut p),
-        Spec::ServiceEntry(s) => service_entry(s, &mut p),
-        Spec::WorkloadEntry(s) => workload_entry(s, &mut p),
-        Spec::PeerAuthentication(s) => peer_authentication(s, &mut p),
+        Spec::VirtualService(s) => virtual_service(s, &mut f.errors),
+        Spec::DestinationRule(s) => {
+            destination_rule(s, &mut f.errors);
+            destination_rule_policies(s, &mut f);
+        }
+        Spec::ServiceEntry(s) => service_entry(s, &mut f.errors),
+        Spec::WorkloadEntry(s) => workload_entry(s, &mut f.errors),
+        Spec::PeerAuthentication(s) => {
+            peer_authentication(s, &mut f.errors);
+            if s.selector
+                .as_ref()
+                .is_some_and(|sel| sel.match_labels.is_empty())
+            {
+                f.warn(
+                    "spec.selector.matchLabels",
+                    "workload selector specified without labels; it selects every workload in the namespace",
+                );
+            }
+        }
+        Spec::Gateway(s) => gateway::check(&r.name, s, &mut f),
+        Spec::Sidecar(s) => sidecar::check(&r.namespace, s, &mut f),
+        Spec::WorkloadGroup(s) => workload_group::check(s, &mut f),
+        Spec::AuthorizationPolicy(s) => authorization::check(s, &mut f),
+        Spec::RequestAuthentication(s) => request_authentication::check(s, &mut f),
+        Spec::Telemetry(s) => telemetry::check(s, &mut f),
     }
     if let Some(addr) = r.annotations.get(APP_ADDRESS_ANNOTATION)
         && addr.parse::<IpAddr>().is_err()
     {
-        p.push((
+        f.error(
             format!("metadata.annotations[{APP_ADDRESS_ANNOTATION}]"),
             format!("expected an IP address, got {addr:?}"),
-        ));
+        );
     }
-    p
+    f
+}
+
+/// Connection pools of a DestinationRule's traffic policies (top level,
+/// per port, per subset), with Istio's `validateConnectionPool`.
+fn destination_rule_policies(s: &DestinationRuleSpec, f: &mut Findings) {
+    let mut policies: Vec<(String, &TrafficPolicy)> = Vec::new();
+    if let Some(tp) = &s.traffic_policy {
+        policies.push(("spec.trafficPolicy".into(), tp));
+    }
+    for (i, sub) in s.subsets.iter().enumerate() {
+        if let Some(tp) = &sub.traffic_policy {
+            policies.push((format!("spec.subsets[{i}].trafficPolicy"), tp));
+        }
+    }
+    for (path, tp) in policies {
+        if let Some(pool) = &tp.connection_pool {
+            connection_pool::check(&format!("{path}.connectionPool"), pool, f);
+        }
+        for (j, port) in tp.port_level_settings.iter().enumerate() {
+            if let Some(pool) = &port.connection_pool {
+                connection_pool::check(
+                    &format!("{path}.portLevelSettings[{j}].connectionPool"),
+                    pool,
+                    f,
+                );
+            }
+        }
+    }
 }
 
 /// A Kubernetes name (RFC 1123 label, also allowing dots as subdomains do).
@@ -341,3 +405,6 @@ fn workload_entry(s: &WorkloadEntrySpec, p: &mut Problems) {
     }
     workload_fields("spec", s, p);
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,25 +1,32 @@
 //! CustomResourceDefinitions of the Istio kinds pilotfish reads, generated
 //! from the typed specs by kube's `CustomResource` derive.
 //!
-//! The derive describes one version per type. The storage version (`v1`) is
-//! derived on the spec types themselves ([`VirtualService`] and the others);
-//! each older version Istio still serves is derived on a newtype around the
-//! same spec (so every version has the same schema, as in Istio), in the
-//! [`v1beta1`] and [`v1alpha3`] modules. [`crds`] merges them per kind with
-//! kube's `merge_crds`. `pilotfish crds` prints the result, and `crds/` holds
+//! The derive describes one version per type. Version `v1` is derived on the
+//! spec types themselves ([`VirtualService`] and the others), with the names,
+//! short names, categories and printer columns; each older version Istio
+//! still serves is derived on a newtype around the same spec (so every
+//! version has the same schema, as in Istio), in the [`v1beta1`],
+//! [`v1alpha3`] and [`v1alpha1`] modules. [`crds`] merges them per kind with
+//! kube's `merge_crds`, storing each kind in the version Istio stores it in
+//! ([`Kind::storage_version`]: `v1`, but `v1alpha1` for Telemetry). `pilotfish crds` prints the result, and `crds/` holds
 //! it (`make crds`); a test fails when the two differ.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::crd::{CustomResourceExt, MergeError, merge_crds};
 
-use super::istio::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
-use super::security::PeerAuthentication;
+use super::Kind;
+use super::istio::{
+    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
+};
+use super::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use super::telemetry::Telemetry;
 
 #[cfg(test)]
 mod tests;
 
-/// The version Kubernetes stores objects in (Istio's choice too).
-pub const STORAGE_VERSION: &str = "v1";
+/// The version whose type carries the whole declaration (names, short
+/// names, categories, printer columns); every other version gets them from it.
+pub const DECLARED_VERSION: &str = "v1";
 
 /// A field of Istio's CRD schema that pilotfish's types do not have (yet):
 /// `path` and everything below it, in the form `spec.http[].match[].uri`
@@ -112,6 +119,16 @@ pub mod v1beta1 {
             "Istio WorkloadEntry: a non-Kubernetes workload (VM, bare metal) in the mesh.";
         PeerAuthenticationSpec(security::PeerAuthenticationSpec) = "security.istio.io", "PeerAuthentication", "peerauthentications",
             "Istio PeerAuthentication: how workloads accept peer traffic (mutual TLS).";
+        GatewaySpec(istio::GatewaySpec) = "networking.istio.io", "Gateway", "gateways",
+            "Istio Gateway: the listeners (ports, protocols, hosts, TLS) of an ingress or egress gateway proxy.";
+        SidecarSpec(istio::SidecarSpec) = "networking.istio.io", "Sidecar", "sidecars",
+            "Istio Sidecar: the inbound listeners and the reachable services of a workload's proxy.";
+        WorkloadGroupSpec(istio::WorkloadGroupSpec) = "networking.istio.io", "WorkloadGroup", "workloadgroups",
+            "Istio WorkloadGroup: the template and health check of auto-registered WorkloadEntries.";
+        AuthorizationPolicySpec(security::AuthorizationPolicySpec) = "security.istio.io", "AuthorizationPolicy", "authorizationpolicies",
+            "Istio AuthorizationPolicy: access control for the workloads it selects.";
+        RequestAuthenticationSpec(security::RequestAuthenticationSpec) = "security.istio.io", "RequestAuthentication", "requestauthentications",
+            "Istio RequestAuthentication: the JWTs the selected workloads accept.";
     );
 }
 
@@ -128,6 +145,22 @@ pub mod v1alpha3 {
             "Istio ServiceEntry: adds services (usually outside the mesh) to the service registry.";
         WorkloadEntrySpec(istio::WorkloadEntrySpec) = "networking.istio.io", "WorkloadEntry", "workloadentries",
             "Istio WorkloadEntry: a non-Kubernetes workload (VM, bare metal) in the mesh.";
+        GatewaySpec(istio::GatewaySpec) = "networking.istio.io", "Gateway", "gateways",
+            "Istio Gateway: the listeners (ports, protocols, hosts, TLS) of an ingress or egress gateway proxy.";
+        SidecarSpec(istio::SidecarSpec) = "networking.istio.io", "Sidecar", "sidecars",
+            "Istio Sidecar: the inbound listeners and the reachable services of a workload's proxy.";
+        WorkloadGroupSpec(istio::WorkloadGroupSpec) = "networking.istio.io", "WorkloadGroup", "workloadgroups",
+            "Istio WorkloadGroup: the template and health check of auto-registered WorkloadEntries.";
+    );
+}
+
+/// The `telemetry.istio.io` kind as served at `v1alpha1` (Istio's storage version).
+pub mod v1alpha1 {
+    use crate::model::telemetry;
+
+    served_version!("v1alpha1":
+        TelemetrySpec(telemetry::TelemetrySpec) = "telemetry.istio.io", "Telemetry", "telemetries",
+            "Istio Telemetry: tracing, metrics and access logging for the workloads it selects.";
     );
 }
 
@@ -135,47 +168,116 @@ pub mod v1alpha3 {
 /// ordered by name.
 pub fn crds() -> Result<Vec<CustomResourceDefinition>, MergeError> {
     let mut crds = vec![
-        merge(vec![
-            VirtualService::crd(),
-            v1beta1::VirtualService::crd(),
-            v1alpha3::VirtualService::crd(),
-        ])?,
-        merge(vec![
-            DestinationRule::crd(),
-            v1beta1::DestinationRule::crd(),
-            v1alpha3::DestinationRule::crd(),
-        ])?,
-        merge(vec![
-            ServiceEntry::crd(),
-            v1beta1::ServiceEntry::crd(),
-            v1alpha3::ServiceEntry::crd(),
-        ])?,
-        merge(vec![
-            WorkloadEntry::crd(),
-            v1beta1::WorkloadEntry::crd(),
-            v1alpha3::WorkloadEntry::crd(),
-        ])?,
-        merge(vec![
-            PeerAuthentication::crd(),
-            v1beta1::PeerAuthentication::crd(),
-        ])?,
+        merge(
+            Kind::VirtualService,
+            vec![
+                VirtualService::crd(),
+                v1beta1::VirtualService::crd(),
+                v1alpha3::VirtualService::crd(),
+            ],
+        )?,
+        merge(
+            Kind::DestinationRule,
+            vec![
+                DestinationRule::crd(),
+                v1beta1::DestinationRule::crd(),
+                v1alpha3::DestinationRule::crd(),
+            ],
+        )?,
+        merge(
+            Kind::ServiceEntry,
+            vec![
+                ServiceEntry::crd(),
+                v1beta1::ServiceEntry::crd(),
+                v1alpha3::ServiceEntry::crd(),
+            ],
+        )?,
+        merge(
+            Kind::WorkloadEntry,
+            vec![
+                WorkloadEntry::crd(),
+                v1beta1::WorkloadEntry::crd(),
+                v1alpha3::WorkloadEntry::crd(),
+            ],
+        )?,
+        merge(
+            Kind::Gateway,
+            vec![
+                Gateway::crd(),
+                v1beta1::Gateway::crd(),
+                v1alpha3::Gateway::crd(),
+            ],
+        )?,
+        merge(
+            Kind::Sidecar,
+            vec![
+                Sidecar::crd(),
+                v1beta1::Sidecar::crd(),
+                v1alpha3::Sidecar::crd(),
+            ],
+        )?,
+        merge(
+            Kind::WorkloadGroup,
+            vec![
+                WorkloadGroup::crd(),
+                v1beta1::WorkloadGroup::crd(),
+                v1alpha3::WorkloadGroup::crd(),
+            ],
+        )?,
+        merge(
+            Kind::PeerAuthentication,
+            vec![
+                PeerAuthentication::crd(),
+                v1beta1::PeerAuthentication::crd(),
+            ],
+        )?,
+        merge(
+            Kind::AuthorizationPolicy,
+            vec![
+                AuthorizationPolicy::crd(),
+                v1beta1::AuthorizationPolicy::crd(),
+            ],
+        )?,
+        merge(
+            Kind::RequestAuthentication,
+            vec![
+                RequestAuthentication::crd(),
+                v1beta1::RequestAuthentication::crd(),
+            ],
+        )?,
+        merge(
+            Kind::Telemetry,
+            vec![Telemetry::crd(), v1alpha1::Telemetry::crd()],
+        )?,
     ];
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok(crds)
 }
 
-/// One CRD from the single-version CRDs of one kind. The printer columns are
-/// declared once, on the v1 spec, and shown by every version (as in Istio).
-fn merge(versions: Vec<CustomResourceDefinition>) -> Result<CustomResourceDefinition, MergeError> {
-    let mut crd = merge_crds(versions, STORAGE_VERSION)?;
-    let columns = crd
-        .spec
-        .versions
+/// One CRD from the single-version CRDs of `kind`, stored in the kind's
+/// storage version. The names and printer columns are declared once, on the
+/// [`DECLARED_VERSION`] type, and every version shows them (as in Istio).
+fn merge(
+    kind: Kind,
+    versions: Vec<CustomResourceDefinition>,
+) -> Result<CustomResourceDefinition, MergeError> {
+    let declared = versions
         .iter()
-        .find(|v| v.name == STORAGE_VERSION)
-        .and_then(|v| v.additional_printer_columns.clone());
-    for version in &mut crd.spec.versions {
-        version.additional_printer_columns.clone_from(&columns);
+        .find(|crd| crd.spec.versions.iter().any(|v| v.name == DECLARED_VERSION))
+        .map(|crd| {
+            let columns = crd
+                .spec
+                .versions
+                .iter()
+                .find_map(|v| v.additional_printer_columns.clone());
+            (crd.spec.names.clone(), columns)
+        });
+    let mut crd = merge_crds(versions, kind.storage_version())?;
+    if let Some((names, columns)) = declared {
+        crd.spec.names = names;
+        for version in &mut crd.spec.versions {
+            version.additional_printer_columns.clone_from(&columns);
+        }
     }
     crd.spec.versions.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(crd)

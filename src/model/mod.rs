@@ -7,6 +7,7 @@ pub mod istio;
 pub mod registry;
 pub mod resource;
 pub mod security;
+pub mod telemetry;
 
 use std::fmt;
 

@@ -7,10 +7,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::istio::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
-use super::security::PeerAuthenticationSpec;
+use super::istio::{
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
+    WorkloadEntrySpec, WorkloadGroupSpec,
+};
+use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec};
+use super::telemetry::TelemetrySpec;
 
-/// The kinds pilotfish reads.
+/// The kinds pilotfish reads. (Gateway, Sidecar, WorkloadGroup,
+/// AuthorizationPolicy, RequestAuthentication and Telemetry are parsed and
+/// validated, and kept in the snapshot, but not translated yet.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Kind {
     ServiceEntry,
@@ -18,15 +24,27 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     PeerAuthentication,
+    Gateway,
+    Sidecar,
+    WorkloadGroup,
+    AuthorizationPolicy,
+    RequestAuthentication,
+    Telemetry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 11] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::PeerAuthentication,
+        Kind::Gateway,
+        Kind::Sidecar,
+        Kind::WorkloadGroup,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
+        Kind::Telemetry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +54,12 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Gateway => "Gateway",
+            Kind::Sidecar => "Sidecar",
+            Kind::WorkloadGroup => "WorkloadGroup",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -45,16 +69,35 @@ impl Kind {
 
     pub fn group(self) -> &'static str {
         match self {
-            Kind::PeerAuthentication => "security.istio.io",
-            _ => "networking.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
+            Kind::Telemetry => "telemetry.istio.io",
+            Kind::ServiceEntry
+            | Kind::WorkloadEntry
+            | Kind::VirtualService
+            | Kind::DestinationRule
+            | Kind::Gateway
+            | Kind::Sidecar
+            | Kind::WorkloadGroup => "networking.istio.io",
         }
     }
 
     /// API versions accepted for this kind (Istio serves the same schema under each).
     pub fn versions(self) -> &'static [&'static str] {
-        match self {
-            Kind::PeerAuthentication => &["v1", "v1beta1"],
+        match self.group() {
+            "security.istio.io" => &["v1", "v1beta1"],
+            "telemetry.istio.io" => &["v1", "v1alpha1"],
             _ => &["v1", "v1beta1", "v1alpha3"],
+        }
+    }
+
+    /// The version Kubernetes stores objects in, as Istio's CRDs choose it:
+    /// `v1`, except Telemetry, which Istio still stores as `v1alpha1`.
+    pub fn storage_version(self) -> &'static str {
+        match self {
+            Kind::Telemetry => "v1alpha1",
+            _ => "v1",
         }
     }
 }
@@ -88,6 +131,12 @@ pub enum Spec {
     VirtualService(VirtualServiceSpec),
     DestinationRule(DestinationRuleSpec),
     PeerAuthentication(PeerAuthenticationSpec),
+    Gateway(GatewaySpec),
+    Sidecar(SidecarSpec),
+    WorkloadGroup(WorkloadGroupSpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
+    RequestAuthentication(RequestAuthenticationSpec),
+    Telemetry(TelemetrySpec),
 }
 
 impl Spec {
@@ -98,6 +147,12 @@ impl Spec {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::Gateway(_) => Kind::Gateway,
+            Spec::Sidecar(_) => Kind::Sidecar,
+            Spec::WorkloadGroup(_) => Kind::WorkloadGroup,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Spec::Telemetry(_) => Kind::Telemetry,
         }
     }
 }
@@ -232,4 +287,18 @@ impl ConfigSnapshot {
         PeerAuthentication,
         PeerAuthenticationSpec
     );
+    typed_iter!(gateways, Gateway, GatewaySpec);
+    typed_iter!(sidecars, Sidecar, SidecarSpec);
+    typed_iter!(workload_groups, WorkloadGroup, WorkloadGroupSpec);
+    typed_iter!(
+        authorization_policies,
+        AuthorizationPolicy,
+        AuthorizationPolicySpec
+    );
+    typed_iter!(
+        request_authentications,
+        RequestAuthentication,
+        RequestAuthenticationSpec
+    );
+    typed_iter!(telemetries, Telemetry, TelemetrySpec);
 }

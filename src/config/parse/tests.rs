@@ -346,26 +346,20 @@ fn every_bookinfo_sample_parses() {
         assert!(parsed.errors.is_empty(), "{name}: {:#?}", parsed.errors);
         assert!(!parsed.resources.is_empty(), "{name}: no resources");
         resources += parsed.resources.len();
+        assert!(parsed.skipped.is_empty(), "{name}: {:?}", parsed.skipped);
         if *name == "bookinfo-gateway.yaml" {
-            assert_eq!(ids(&parsed), ["VirtualService default/bookinfo"]);
-            assert_eq!(parsed.skipped.len(), 1, "{:?}", parsed.skipped);
-            assert!(
-                parsed.skipped[0].contains("kind Gateway"),
-                "{:?}",
-                parsed.skipped
+            assert_eq!(
+                ids(&parsed),
+                [
+                    "Gateway default/bookinfo-gateway",
+                    "VirtualService default/bookinfo"
+                ]
             );
-            assert!(
-                parsed.skipped[0].starts_with("bookinfo-gateway.yaml: document 1: "),
-                "{:?}",
-                parsed.skipped
-            );
-        } else {
-            assert!(parsed.skipped.is_empty(), "{name}: {:?}", parsed.skipped);
         }
     }
     // 25 VirtualServices and DestinationRules across the 15 Istio-only files,
-    // plus the gateway file's VirtualService.
-    assert_eq!(resources, 26);
+    // plus the gateway file's Gateway and VirtualService.
+    assert_eq!(resources, 27);
 }
 
 // ---- malformed YAML ----
@@ -617,7 +611,7 @@ fn mk_config_map(name: &str) -> String {
 #[test]
 fn unknown_kinds_are_skipped_not_errors() {
     let text = mk_file(&[
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  selector: {istio: ingressgateway}\n".to_string(),
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata:\n  name: ef\nspec:\n  workloadSelector: {labels: {app: reviews}}\n".to_string(),
         mk_good_vs("reviews"),
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: reviews\nspec:\n  ports: [{port: 9080}]\n".to_string(),
         mk_dr("reviews", "[{name: v1, labels: {version: v1}}]"),
@@ -634,7 +628,7 @@ fn unknown_kinds_are_skipped_not_errors() {
     assert_eq!(
         parsed.skipped,
         [
-            "f.yaml: document 1: kind Gateway (networking.istio.io/v1) is not served by pilotfish; skipped",
+            "f.yaml: document 1: kind EnvoyFilter (networking.istio.io/v1alpha3) is not served by pilotfish; skipped",
             "f.yaml: document 3: kind Service (v1) is not served by pilotfish; skipped",
         ]
     );

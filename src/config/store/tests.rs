@@ -414,12 +414,11 @@ fn a_new_file_that_is_not_utf8_is_reported() {
 #[test]
 fn skipped_kinds_are_not_errors() {
     let tmp = mk_dir();
-    let gateway =
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec: {}\n";
+    let envoy_filter = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata:\n  name: ef\nspec: {}\n";
     mk_file(
         tmp.path(),
         "mixed.yaml",
-        [gateway.to_string(), mk_vs("reviews", "v1")].join("---\n"),
+        [envoy_filter.to_string(), mk_vs("reviews", "v1")].join("---\n"),
     );
     let store = mk_store(tmp.path());
     let state = store.state(1);

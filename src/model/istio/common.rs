@@ -34,6 +34,23 @@ pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+/// Istio `type.v1beta1.PolicyTargetReference`: the resource a policy
+/// (AuthorizationPolicy, RequestAuthentication, Telemetry) attaches to, in
+/// the policy's own namespace.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTargetReference {
+    /// API group of the target (empty for the core group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Kind of the target: `Service`, `ServiceEntry`, `Gateway`, `GatewayClass`.
+    pub kind: String,
+    pub name: String,
+    /// Must be empty: cross-namespace references are not supported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
 /// Istio `networking.v1.StringMatch`: exact, prefix or RE2 regex string match.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -1,5 +1,6 @@
-//! Typed `spec`s of the Istio networking kinds pilotfish serves:
-//! VirtualService, DestinationRule, ServiceEntry and WorkloadEntry.
+//! Typed `spec`s of the Istio networking kinds pilotfish reads:
+//! VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Gateway,
+//! Sidecar and WorkloadGroup.
 //!
 //! Field names follow the `networking.istio.io` CRD schema exactly (v1, v1beta1
 //! and v1alpha3 share it), and every struct rejects unknown fields, so a typo
@@ -13,9 +14,12 @@
 
 mod common;
 mod destination_rule;
+mod gateway;
 mod service_entry;
+mod sidecar;
 mod virtual_service;
 mod workload_entry;
+mod workload_group;
 
 #[cfg(test)]
 mod tests;
@@ -23,7 +27,8 @@ mod tests;
 use std::time::Duration;
 
 pub use common::{
-    IstioStatus, Percent, PortSelector, StringMatch, StringMatchKind, WorkloadSelector,
+    IstioStatus, Percent, PolicyTargetReference, PortSelector, StringMatch, StringMatchKind,
+    WorkloadSelector,
 };
 pub use destination_rule::{
     BackendUtilization, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb,
@@ -34,8 +39,16 @@ pub use destination_rule::{
     Subset, TcpKeepalive, TcpSettings, TlsMode, TrafficPolicy, TunnelSettings, WarmupConfiguration,
     ZoneAwareLbSetting,
 };
+pub use gateway::{
+    Gateway, GatewaySpec, Port, Server, ServerTlsMode, ServerTlsSettings, TlsCertificate,
+    TlsProtocol,
+};
 pub use service_entry::{
     Location, Resolution, ServiceEntry, ServiceEntrySpec, ServiceEntryWorkloadSelector, ServicePort,
+};
+pub use sidecar::{
+    CaptureMode, IstioEgressListener, IstioIngressListener, OutboundMode, OutboundTrafficPolicy,
+    Sidecar, SidecarPort, SidecarSpec,
 };
 pub use virtual_service::{
     AbortKind, CorsPolicy, DelayKind, Delegate, Destination, FaultAbort, FaultDelay,
@@ -46,6 +59,10 @@ pub use virtual_service::{
     VirtualServiceSpec,
 };
 pub use workload_entry::{WorkloadEntry, WorkloadEntrySpec};
+pub use workload_group::{
+    ExecHealthCheckConfig, GrpcHealthCheckConfig, HealthCheckHeader, HttpHealthCheckConfig,
+    ReadinessProbe, TcpHealthCheckConfig, WorkloadGroup, WorkloadGroupMetadata, WorkloadGroupSpec,
+};
 
 const NANOS_PER_SECOND: u128 = 1_000_000_000;
 

@@ -130,8 +130,9 @@ pub enum Resolution {
     DynamicDns,
 }
 
-/// Istio `networking.v1.WorkloadSelector` as used by ServiceEntry: selects by `labels`
-/// (not `matchLabels` as the `type.v1beta1` [`super::WorkloadSelector`] does).
+/// Istio `networking.v1.WorkloadSelector` as used by ServiceEntry and Sidecar:
+/// selects by `labels` (not `matchLabels` as the `type.v1beta1`
+/// [`super::WorkloadSelector`] does).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntryWorkloadSelector {

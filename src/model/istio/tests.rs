@@ -683,9 +683,14 @@ fn parse_duration_rejects_bad_input() {
 // parse and serialize back unchanged. (That our generated CRDs have the same
 // fields and types as Istio's is checked in `model::crd`'s tests.)
 
-/// The v1 `spec` schema of a `networking.istio.io` CRD, e.g. `virtualservices`.
+/// The v1 `spec` schema of an Istio CRD, by `plural` (for
+/// `networking.istio.io`, e.g. `virtualservices`) or `plural.group`.
 fn crd_spec_schema(plural: &str) -> Json {
-    let wanted = format!("{plural}.networking.istio.io");
+    let wanted = if plural.contains('.') {
+        plural.to_string()
+    } else {
+        format!("{plural}.networking.istio.io")
+    };
     for doc in serde_yaml_ng::Deserializer::from_str(CRDS) {
         let doc: Json = serde::Deserialize::deserialize(doc).expect("CRD YAML");
         if doc["metadata"]["name"] != wanted.as_str() {
@@ -771,4 +776,22 @@ fn every_crd_field_roundtrips() {
     assert_full_document_roundtrips::<DestinationRuleSpec>("destinationrules");
     assert_full_document_roundtrips::<ServiceEntrySpec>("serviceentries");
     assert_full_document_roundtrips::<WorkloadEntrySpec>("workloadentries");
+    assert_full_document_roundtrips::<GatewaySpec>("gateways");
+    assert_full_document_roundtrips::<SidecarSpec>("sidecars");
+    assert_full_document_roundtrips::<WorkloadGroupSpec>("workloadgroups");
+    use crate::model::security::{
+        AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
+    };
+    assert_full_document_roundtrips::<PeerAuthenticationSpec>(
+        "peerauthentications.security.istio.io",
+    );
+    assert_full_document_roundtrips::<AuthorizationPolicySpec>(
+        "authorizationpolicies.security.istio.io",
+    );
+    assert_full_document_roundtrips::<RequestAuthenticationSpec>(
+        "requestauthentications.security.istio.io",
+    );
+    assert_full_document_roundtrips::<crate::model::telemetry::TelemetrySpec>(
+        "telemetries.telemetry.istio.io",
+    );
 }

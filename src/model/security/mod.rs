@@ -1,5 +1,9 @@
-//! Typed `spec`s of the `security.istio.io` kinds pilotfish serves
-//! (v1 and v1beta1 share the schema).
+//! Typed `spec`s of the `security.istio.io` kinds pilotfish reads:
+//! PeerAuthentication, AuthorizationPolicy and RequestAuthentication (v1 and
+//! v1beta1 share the schema).
+
+mod authorization_policy;
+mod request_authentication;
 
 use std::collections::BTreeMap;
 
@@ -8,6 +12,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::istio::{IstioStatus, WorkloadSelector};
+
+pub use authorization_policy::{
+    Action, AuthorizationPolicy, AuthorizationPolicySpec, Condition, ExtensionProvider, Operation,
+    Rule, RuleFrom, RuleTo, Source,
+};
+pub use request_authentication::{
+    ClaimToHeader, JwtHeader, JwtPresence, JwtRule, RequestAuthentication,
+    RequestAuthenticationSpec,
+};
 
 /// Istio `security.v1.PeerAuthentication`: how workloads accept peer traffic.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, CustomResource)]
