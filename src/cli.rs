@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// would open more are dropped and counted.
     #[arg(long, default_value_t = crate::telemetry::series::DEFAULT_MAX_SERIES)]
     pub telemetry_max_series: usize,
+    /// The Zipkin-compatible collector (`host:port`, v2 JSON API) that
+    /// Telemetry resources' `zipkin` tracing provider reports spans to.
+    #[arg(long)]
+    pub zipkin_address: Option<String>,
 }
 
 /// Where the CA lives; `serve` and `bootstrap` must be given the same.
@@ -481,6 +485,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         xds_tx,
         Some(certs),
         metrics.clone(),
+        args.zipkin_address.clone(),
     ));
     let telemetry = crate::telemetry::Telemetry::new(metrics.clone(), args.telemetry_max_series);
     registry.register_collector(Box::new(Arc::clone(&telemetry.sink.series)));

@@ -263,6 +263,228 @@ fn control_plane_metrics_observe_real_pushes() {
     assert!(metric(&text, "process_cpu_seconds_total").unwrap_or(0.0) > 0.0);
 }
 
+/// A Zipkin collector stand-in: records every span batch POSTed to it.
+fn zipkin_collector(addr: &str) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let out = std::sync::Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let out = std::sync::Arc::clone(&out);
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn);
+                while let Some(body) = read_request(&mut reader) {
+                    out.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    let reply = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    bodies
+}
+
+/// One HTTP/1.1 request's body: by Content-Length, or chunked (as Envoy
+/// sends spans). None at end of connection.
+fn read_request(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
+    let mut len = 0usize;
+    let mut chunked = false;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    if !chunked {
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).ok()?;
+        return Some(body);
+    }
+    let mut body = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let size = usize::from_str_radix(line.trim(), 16).ok()?;
+        let mut chunk = vec![0u8; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+#[test]
+fn telemetry_api_access_logs_tracing_and_metric_overrides() {
+    let net = next_net(NET_BASE);
+    let collector = format!("127.{net}.0.9:9411");
+    let spans = zipkin_collector(&collector);
+    let mut mesh = Mesh::start(net, &[], false);
+    mesh.serve_args = vec!["--zipkin-address".into(), collector];
+    mesh.stop_pilotfish();
+    mesh.start_pilotfish();
+    for f in ["destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
+        mesh.apply(f);
+    }
+    // Istio's Telemetry API: the mesh-wide `envoy` access log; productpage
+    // traced at 100 % and its client-side request count relabelled; no
+    // request duration from ratings' server side.
+    mesh.write(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging: [{providers: [{name: envoy}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100}]
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        request_host: {value: request.host}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ratings, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_DURATION, mode: SERVER}
+      disabled: true
+",
+    );
+    mesh.start_bookinfo();
+    for _ in 0..5 {
+        assert_eq!(
+            mesh.via_sidecar(11, "http://ratings:9080/ratings/7", &[])
+                .status,
+            200
+        );
+    }
+    // The access log line of the request, in the proxy's own output.
+    wait_until("productpage's access log", || {
+        mesh.envoy_log("productpage-v1").lines().any(|l| {
+            l.contains("GET /ratings/7 HTTP/1.1\" 200") && l.contains("outbound|9080|v1|ratings")
+        })
+    });
+    // Spans from productpage's sidecar reach the Zipkin collector.
+    wait_until("spans at the collector", || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("/ratings/7") && b.contains("traceId"))
+    });
+    // Metric overrides: productpage's client-side count has the new tag
+    // and not the removed one; its durations keep the standard labels.
+    let pp_count = |text: &str| {
+        series(
+            text,
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("source_workload", "productpage-v1"),
+                ("destination_service_name", "ratings"),
+            ],
+        )
+    };
+    wait_until("productpage's relabelled count", || {
+        pp_count(&mesh.metrics())
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            >= 5.0
+    });
+    let text = mesh.metrics();
+    for (labels, _) in pp_count(&text) {
+        assert!(!labels.contains_key("request_protocol"), "{labels:?}");
+        assert_eq!(labels["request_host"], "ratings:9080");
+    }
+    let durations = series(
+        &text,
+        "istio_request_duration_milliseconds_count",
+        &[
+            ("reporter", "source"),
+            ("source_workload", "productpage-v1"),
+        ],
+    );
+    assert!(
+        durations
+            .iter()
+            .all(|(l, _)| l["request_protocol"] == "http"),
+        "{durations:?}"
+    );
+    // Ratings' server side counts requests but reports no durations.
+    assert!(
+        series_sum(
+            &text,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "ratings-v1")
+            ],
+        ) >= 5.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            "istio_request_duration_milliseconds_count",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "ratings-v1")
+            ],
+        )
+        .len(),
+        0
+    );
+
+    // Turning the access log off for productpage removes it from its sidecar.
+    mesh.write(
+        "telemetry-off.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  accessLogging: [{disabled: true}]
+",
+    );
+    wait_until(
+        "the stdout logger gone from productpage's listeners",
+        || {
+            !mesh
+                .envoy_admin(11, "/config_dump?resource=dynamic_listeners")
+                .contains("envoy.access_loggers.stdout")
+        },
+    );
+}
+
 /// One connection to tcp-echo's inbound listener on ratings' sidecar
 /// (from the address of host number `from`): 1,000 bytes there and back.
 async fn echo(net: u8, from: Option<u8>) -> std::io::Result<()> {

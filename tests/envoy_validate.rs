@@ -35,6 +35,12 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
     let registry = Registry::build(&config);
     // A folder whose in.yaml starts with `# golden: mtls` is translated with mesh mTLS on.
     let mesh = Mesh::new(&config, &registry).with_mtls(text.starts_with("# golden: mtls"));
+    // A line `# golden: zipkin` configures a Zipkin collector for tracing.
+    let mesh = mesh.with_zipkin(
+        text.lines()
+            .any(|l| l == "# golden: zipkin")
+            .then_some("127.0.0.9:9411"),
+    );
 
     let mut clusters: Vec<Value> = vec![json!({
         "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",

@@ -334,6 +334,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
         xds_tx,
         certs,
         metrics.clone(),
+        None,
     ));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(server::serve(

@@ -8,7 +8,7 @@
 //! listens on (every sidecar binds its upstream connections to its
 //! workload's address, see `xds::bootstrap`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::data::accesslog::v3::{
 };
 
 use crate::model::registry::{Service, Workload};
+use crate::model::telemetry::resolve::{self, MetricPolicy};
 use crate::model::{DOMAIN_SUFFIX, Registry, WorkloadKey};
 
 const UNKNOWN: &str = "unknown";
@@ -134,11 +135,39 @@ pub struct Labels {
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: &'static str,
+    /// Telemetry tag overrides, resolved: tag -> new value, or None to
+    /// remove the tag. Empty unless a Telemetry resource overrides tags.
+    pub tags: Arc<BTreeMap<String, Option<String>>>,
 }
 
 impl Labels {
-    /// Name/value pairs in Istio's order; `tcp` leaves out the HTTP-only ones.
-    pub fn pairs(&self, tcp: bool) -> Vec<(&'static str, &str)> {
+    /// Name/value pairs in Istio's order (`tcp` leaves out the HTTP-only
+    /// ones), with Telemetry's tag overrides applied: removed tags left
+    /// out, upserted ones replaced in place or added at the end.
+    pub fn pairs(&self, tcp: bool) -> Vec<(&str, &str)> {
+        let mut v = self.standard_pairs(tcp);
+        if self.tags.is_empty() {
+            return v;
+        }
+        v.retain_mut(|(k, val)| match self.tags.get(*k) {
+            Some(None) => false,
+            Some(Some(new)) => {
+                *val = new.as_str();
+                true
+            }
+            None => true,
+        });
+        for (k, new) in self.tags.iter() {
+            if let Some(new) = new
+                && !v.iter().any(|(name, _)| name == k)
+            {
+                v.push((k.as_str(), new.as_str()));
+            }
+        }
+        v
+    }
+
+    fn standard_pairs(&self, tcp: bool) -> Vec<(&str, &str)> {
         let s = &self.source;
         let d = &self.destination;
         let mut v = vec![
@@ -199,11 +228,34 @@ pub struct MeshView {
     services: HashMap<String, Arc<ServiceLabels>>,
     unknown_peer: Arc<PeerLabels>,
     unknown_service: Arc<ServiceLabels>,
+    /// Telemetry metric overrides per workload: [client side, server side];
+    /// only workloads that have any.
+    policies: HashMap<WorkloadKey, [Arc<MetricPolicy>; 2]>,
 }
 
 impl MeshView {
     /// `trust_domain` is set when the mesh runs mTLS (principals are known).
     pub fn new(registry: Arc<Registry>, trust_domain: Option<&str>) -> Self {
+        Self::with_config(registry, trust_domain, None)
+    }
+
+    /// `new`, with the Telemetry resources of `config` applied to metrics.
+    pub fn with_config(
+        registry: Arc<Registry>,
+        trust_domain: Option<&str>,
+        config: Option<&crate::model::ConfigSnapshot>,
+    ) -> Self {
+        let mut policies = HashMap::new();
+        if let Some(config) = config.filter(|c| c.telemetries().next().is_some()) {
+            for w in registry.workloads.values() {
+                let chain = resolve::applicable(config, &w.key.namespace, &w.labels);
+                let client = resolve::metric_policy(&chain, true);
+                let server = resolve::metric_policy(&chain, false);
+                if !client.is_default() || !server.is_default() {
+                    policies.insert(w.key.clone(), [Arc::new(client), Arc::new(server)]);
+                }
+            }
+        }
         let mut by_ip = HashMap::new();
         let mut by_key = HashMap::new();
         for w in registry.workloads.values() {
@@ -235,7 +287,18 @@ impl MeshView {
             services,
             unknown_peer: Arc::new(PeerLabels::unknown()),
             unknown_service: Arc::new(ServiceLabels::unknown()),
+            policies,
         }
+    }
+
+    /// The Telemetry metric overrides of `proxy` as `reporter` (client side
+    /// for the source reporter), when it has any.
+    pub fn policy(&self, proxy: &WorkloadKey, reporter: Reporter) -> Option<&Arc<MetricPolicy>> {
+        let p = self.policies.get(proxy)?;
+        Some(match reporter {
+            Reporter::Source => &p[0],
+            Reporter::Destination => &p[1],
+        })
     }
 
     pub fn workload(&self, key: &WorkloadKey) -> Option<&Arc<PeerLabels>> {
@@ -460,6 +523,9 @@ pub fn response_flags(f: Option<&ResponseFlags>) -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpSample {
     pub labels: Labels,
+    /// The metrics this sample counts in (`series::ALL_METRICS` unless a
+    /// Telemetry override splits or disables them).
+    pub mask: u8,
     pub duration_ms: f64,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -504,7 +570,9 @@ pub fn http_sample(
             grpc_response_status: grpc_status,
             response_flags: response_flags(common.response_flags.as_ref()),
             connection_security_policy: policy,
+            tags: Arc::default(),
         },
+        mask: super::series::ALL_METRICS,
         duration_ms: duration,
         request_bytes: req.request_headers_bytes + req.request_body_bytes,
         response_bytes: resp.response_headers_bytes + resp.response_body_bytes,
@@ -515,6 +583,8 @@ pub fn http_sample(
 #[derive(Clone, Debug, PartialEq)]
 pub struct TcpSample {
     pub labels: Labels,
+    /// As `HttpSample::mask`.
+    pub mask: u8,
     pub opened: bool,
     pub closed: bool,
     pub received_bytes: u64,
@@ -548,10 +618,133 @@ pub fn tcp_sample(
             grpc_response_status: String::new(),
             response_flags: response_flags(common.response_flags.as_ref()),
             connection_security_policy: policy,
+            tags: Arc::default(),
         },
+        mask: super::series::ALL_METRICS,
         opened: kind == AccessLogType::TcpUpstreamConnected || (end && never_connected),
         closed: end,
         received_bytes: if end { conn.received_bytes } else { 0 },
         sent_bytes: if end { conn.sent_bytes } else { 0 },
     }
+}
+
+/// What a tag override's value expression can refer to (a small subset of
+/// Istio's CEL attributes; see `eval`).
+#[derive(Debug, Default)]
+pub struct Attributes<'a> {
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub code: &'a str,
+}
+
+impl<'a> Attributes<'a> {
+    pub fn of(entry: &'a HttpAccessLogEntry, code: &'a str) -> Self {
+        let req = entry.request.as_ref();
+        let method = req
+            .and_then(|r| {
+                envoy_types::pb::envoy::config::core::v3::RequestMethod::try_from(r.request_method)
+                    .ok()
+            })
+            .map_or("", |m| m.as_str_name());
+        Attributes {
+            host: req.map_or("", |r| r.authority.as_str()),
+            method,
+            path: req.map_or("", |r| r.path.as_str()),
+            code,
+        }
+    }
+}
+
+/// The value of a tag override expression: a quoted string literal, or one
+/// of `request.host`, `request.method`, `request.path`, `request.url_path`
+/// (without the query), `response.code`; anything else is `unknown`.
+pub fn eval(expr: &str, a: &Attributes<'_>) -> String {
+    let e = expr.trim();
+    let quoted = e.len() >= 2
+        && ((e.starts_with('\'') && e.ends_with('\'')) || (e.starts_with('"') && e.ends_with('"')));
+    if quoted {
+        return e[1..e.len() - 1].to_string();
+    }
+    match e {
+        "request.host" => a.host.to_string(),
+        "request.method" => a.method.to_string(),
+        "request.path" => a.path.to_string(),
+        "request.url_path" => a.path.split('?').next().unwrap_or_default().to_string(),
+        "response.code" => a.code.to_string(),
+        _ => UNKNOWN.to_string(),
+    }
+}
+
+fn resolved_tags(
+    rule: Option<&crate::model::telemetry::resolve::MetricRule>,
+    a: &Attributes<'_>,
+) -> Arc<BTreeMap<String, Option<String>>> {
+    match rule {
+        Some(r) if !r.tags.is_empty() => Arc::new(
+            r.tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_deref().map(|e| eval(e, a))))
+                .collect(),
+        ),
+        _ => Arc::default(),
+    }
+}
+
+/// Applies a Telemetry metric policy to one sample: each of the four
+/// metrics gets the labels its overrides give (metrics whose labels come
+/// out equal stay one sample), disabled metrics are left out. `first` is
+/// the policy's index of the sample's first metric (0 for HTTP, 4 for TCP).
+fn split<S: Clone>(
+    policy: &crate::model::telemetry::resolve::MetricPolicy,
+    first: usize,
+    sample: S,
+    a: &Attributes<'_>,
+    parts: impl Fn(&mut S) -> (&mut Labels, &mut u8),
+) -> Vec<S> {
+    let mut out: Vec<S> = Vec::new();
+    for i in 0..4 {
+        let rule = policy.rule(first + i);
+        if rule.is_some_and(|r| r.disabled) {
+            continue;
+        }
+        let tags = resolved_tags(rule, a);
+        let bit = 1u8 << i;
+        let mut found = false;
+        for o in out.iter_mut() {
+            let (l, mask) = parts(o);
+            if l.tags == tags {
+                *mask |= bit;
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            let mut s = sample.clone();
+            let (l, mask) = parts(&mut s);
+            l.tags = tags;
+            *mask = bit;
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// `split` for an HTTP sample.
+pub fn apply_http(
+    policy: &crate::model::telemetry::resolve::MetricPolicy,
+    sample: HttpSample,
+    a: &Attributes<'_>,
+) -> Vec<HttpSample> {
+    split(policy, 0, sample, a, |s| (&mut s.labels, &mut s.mask))
+}
+
+/// `split` for a TCP sample.
+pub fn apply_tcp(
+    policy: &crate::model::telemetry::resolve::MetricPolicy,
+    sample: TcpSample,
+) -> Vec<TcpSample> {
+    split(policy, 4, sample, &Attributes::default(), |s| {
+        (&mut s.labels, &mut s.mask)
+    })
 }

@@ -57,14 +57,24 @@ impl Telemetry {
         mut xds: watch::Receiver<Arc<XdsSnapshot>>,
         trust_domain: Option<String>,
     ) {
-        let mut current: Option<Arc<Registry>> = None;
+        let mut current: Option<(Arc<Registry>, Arc<crate::config::ConfigState>)> = None;
         loop {
-            let registry = Arc::clone(&xds.borrow_and_update().registry);
-            if current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &registry)) {
-                current = Some(Arc::clone(&registry));
+            let (registry, config) = {
+                let snap = xds.borrow_and_update();
+                (Arc::clone(&snap.registry), Arc::clone(&snap.config))
+            };
+            let changed = current
+                .as_ref()
+                .is_none_or(|(r, c)| !Arc::ptr_eq(r, &registry) || !Arc::ptr_eq(c, &config));
+            if changed {
+                current = Some((Arc::clone(&registry), Arc::clone(&config)));
                 let td = trust_domain.clone();
                 let built = tokio::task::spawn_blocking(move || {
-                    Arc::new(MeshView::new(registry, td.as_deref()))
+                    Arc::new(MeshView::with_config(
+                        registry,
+                        td.as_deref(),
+                        Some(&config.snapshot),
+                    ))
                 })
                 .await;
                 let Ok(view) = built else { return };

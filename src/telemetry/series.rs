@@ -83,9 +83,16 @@ impl Hist {
     }
 }
 
+/// Bits of `HttpSeries::mask` / `TcpSeries::mask`, in
+/// `model::telemetry::resolve::{HTTP,TCP}_METRICS` order.
+pub const ALL_METRICS: u8 = 0b1111;
+
 /// The HTTP metrics of one label set.
 #[derive(Clone, Debug, Default)]
 pub struct HttpSeries {
+    /// Which of the four metrics this label set reports (a Telemetry
+    /// override can disable some, or give them other labels).
+    pub mask: u8,
     pub requests: u64,
     pub duration_ms: Hist,
     pub request_bytes: Hist,
@@ -95,6 +102,8 @@ pub struct HttpSeries {
 /// The TCP metrics of one label set.
 #[derive(Clone, Debug, Default)]
 pub struct TcpSeries {
+    /// As `HttpSeries::mask`: opened, closed, sent, received.
+    pub mask: u8,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub opened: u64,
@@ -142,16 +151,25 @@ impl SeriesStore {
                 continue;
             }
             let series = inner.http.entry(s.labels.clone()).or_default();
-            series.requests += 1;
-            series
-                .duration_ms
-                .observe(&DURATION_BUCKETS_MS, s.duration_ms);
-            series
-                .request_bytes
-                .observe(&BYTES_BUCKETS, s.request_bytes as f64);
-            series
-                .response_bytes
-                .observe(&BYTES_BUCKETS, s.response_bytes as f64);
+            series.mask |= s.mask;
+            if s.mask & 1 != 0 {
+                series.requests += 1;
+            }
+            if s.mask & 2 != 0 {
+                series
+                    .duration_ms
+                    .observe(&DURATION_BUCKETS_MS, s.duration_ms);
+            }
+            if s.mask & 4 != 0 {
+                series
+                    .request_bytes
+                    .observe(&BYTES_BUCKETS, s.request_bytes as f64);
+            }
+            if s.mask & 8 != 0 {
+                series
+                    .response_bytes
+                    .observe(&BYTES_BUCKETS, s.response_bytes as f64);
+            }
         }
     }
 
@@ -164,10 +182,16 @@ impl SeriesStore {
                 continue;
             }
             let series = inner.tcp.entry(s.labels.clone()).or_default();
-            series.opened += u64::from(s.opened);
-            series.closed += u64::from(s.closed);
-            series.sent_bytes += s.sent_bytes;
-            series.received_bytes += s.received_bytes;
+            series.mask |= s.mask;
+            let on = |bit: u8| s.mask & bit != 0;
+            series.opened += u64::from(s.opened && on(1));
+            series.closed += u64::from(s.closed && on(2));
+            if on(4) {
+                series.sent_bytes += s.sent_bytes;
+            }
+            if on(8) {
+                series.received_bytes += s.received_bytes;
+            }
         }
     }
 
@@ -254,7 +278,9 @@ impl Collector for SeriesStore {
             &mut encoder,
             "istio_requests",
             "Requests, as Istio's standard metric (from sidecar access logs)",
-            http.iter().map(|(l, s)| (l.pairs(false), s.requests)),
+            http.iter()
+                .filter(|(_, s)| s.mask & 1 != 0)
+                .map(|(l, s)| (l.pairs(false), s.requests)),
         )?;
         let histograms: [HistogramDef; 3] = [
             (
@@ -276,9 +302,9 @@ impl Collector for SeriesStore {
                 |s| &s.response_bytes,
             ),
         ];
-        for (name, help, bounds, pick) in histograms {
+        for (bit, (name, help, bounds, pick)) in histograms.into_iter().enumerate() {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for (l, s) in &http {
+            for (l, s) in http.iter().filter(|(_, s)| s.mask & (2 << bit) != 0) {
                 let pairs = l.pairs(false);
                 let h = pick(s);
                 m.encode_family(&pairs)?.encode_histogram::<NoLabelSet>(
@@ -289,17 +315,8 @@ impl Collector for SeriesStore {
                 )?;
             }
         }
+        // In mask-bit order: opened, closed, sent, received.
         let tcp_counters: [TcpCounterDef; 4] = [
-            (
-                "istio_tcp_sent_bytes",
-                "Bytes sent during TCP connections (response direction)",
-                |s| s.sent_bytes,
-            ),
-            (
-                "istio_tcp_received_bytes",
-                "Bytes received during TCP connections (request direction)",
-                |s| s.received_bytes,
-            ),
             (
                 "istio_tcp_connections_opened",
                 "TCP connections opened",
@@ -310,13 +327,25 @@ impl Collector for SeriesStore {
                 "TCP connections closed",
                 |s| s.closed,
             ),
+            (
+                "istio_tcp_sent_bytes",
+                "Bytes sent during TCP connections (response direction)",
+                |s| s.sent_bytes,
+            ),
+            (
+                "istio_tcp_received_bytes",
+                "Bytes received during TCP connections (request direction)",
+                |s| s.received_bytes,
+            ),
         ];
-        for (name, help, pick) in tcp_counters {
+        for (bit, (name, help, pick)) in tcp_counters.into_iter().enumerate() {
             counter_family(
                 &mut encoder,
                 name,
                 help,
-                tcp.iter().map(|(l, s)| (l.pairs(true), pick(s))),
+                tcp.iter()
+                    .filter(|(_, s)| s.mask & (1 << bit) != 0)
+                    .map(|(l, s)| (l.pairs(true), pick(s))),
             )?;
         }
         ConstGauge::new((http.len() + tcp.len()) as i64).encode(encoder.encode_descriptor(
@@ -339,7 +368,7 @@ fn counter_family<'a>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl Iterator<Item = (Vec<(&'static str, &'a str)>, u64)>,
+    series: impl Iterator<Item = (Vec<(&'a str, &'a str)>, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (pairs, v) in series {

@@ -28,7 +28,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use super::labels::{MeshView, Reporter, http_sample, tcp_sample};
+use super::labels::{
+    Attributes, MeshView, Reporter, apply_http, apply_tcp, http_sample, tcp_sample,
+};
 use super::series::SeriesStore;
 use crate::ca::token::{Claims, TokenKey};
 use crate::metrics::Metrics;
@@ -104,19 +106,30 @@ impl AccessLogService for Sink {
             let view = Arc::clone(&self.view.borrow());
             match msg.log_entries {
                 Some(LogEntries::HttpLogs(logs)) => {
-                    let samples: Vec<_> = logs
-                        .log_entry
-                        .iter()
-                        .map(|e| http_sample(&view, reporter, proxy, e))
-                        .collect();
+                    let policy = view.policy(proxy, reporter);
+                    let mut samples = Vec::with_capacity(logs.log_entry.len());
+                    for e in &logs.log_entry {
+                        let s = http_sample(&view, reporter, proxy, e);
+                        match policy {
+                            None => samples.push(s),
+                            Some(p) => {
+                                let code = s.labels.response_code.clone();
+                                samples.extend(apply_http(p, s, &Attributes::of(e, &code)));
+                            }
+                        }
+                    }
                     self.series.record_http(&samples);
                 }
                 Some(LogEntries::TcpLogs(logs)) => {
-                    let samples: Vec<_> = logs
-                        .log_entry
-                        .iter()
-                        .map(|e| tcp_sample(&view, reporter, proxy, e))
-                        .collect();
+                    let policy = view.policy(proxy, reporter);
+                    let mut samples = Vec::with_capacity(logs.log_entry.len());
+                    for e in &logs.log_entry {
+                        let s = tcp_sample(&view, reporter, proxy, e);
+                        match policy {
+                            None => samples.push(s),
+                            Some(p) => samples.extend(apply_tcp(p, s)),
+                        }
+                    }
                     self.series.record_tcp(&samples);
                 }
                 None => {}

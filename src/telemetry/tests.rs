@@ -362,3 +362,79 @@ fn the_store_caps_series_and_expires_departed_workloads() {
     assert_eq!(removed, 2);
     assert!(store.is_empty());
 }
+
+#[test]
+fn telemetry_overrides_split_disable_and_relabel_metrics() {
+    use crate::model::telemetry::resolve::{applicable, metric_policy};
+    let telemetry = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: pp, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        request_host: {value: request.host}
+        team: {value: \"'bookinfo'\"}
+    - match: {metric: REQUEST_DURATION}
+      disabled: true
+";
+    let mut snap = ConfigSnapshot::default();
+    for text in [SERVICES, WORKLOADS, telemetry] {
+        let parsed = parse_file(std::path::Path::new("t.yaml"), text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        for r in parsed.resources {
+            snap.resources.insert(r.key(), Arc::new(r));
+        }
+    }
+    let registry = Arc::new(Registry::build(&snap));
+    let view = MeshView::with_config(registry, Some("cluster.local"), Some(&snap));
+    let pp = key("productpage-v1");
+    let policy = view.policy(&pp, Reporter::Source).expect("a policy");
+    assert!(view.policy(&key("ratings-v1"), Reporter::Source).is_none());
+    let chain = applicable(&snap, "default", &view.registry.workloads[&pp].labels);
+    assert_eq!(**policy, metric_policy(&chain, true));
+
+    let e = entry(
+        AccessLogCommon {
+            upstream_cluster: "outbound|9080||details.default.svc.cluster.local".into(),
+            upstream_remote_address: addr("127.0.0.12", 9080),
+            ..Default::default()
+        },
+        "details:9080",
+        200,
+    );
+    let s = http_sample(&view, Reporter::Source, &pp, &e);
+    let parts = super::labels::apply_http(policy, s, &super::labels::Attributes::of(&e, "200"));
+    // REQUEST_COUNT relabelled; sizes keep the standard labels; duration off.
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0].mask, 0b0001);
+    assert_eq!(parts[1].mask, 0b1100);
+    let store = Arc::new(SeriesStore::new(100));
+    store.record_http(&parts);
+    let mut text = String::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Arc::clone(&store)));
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap();
+    assert!(!count.contains("request_protocol="), "{count}");
+    assert!(count.contains("request_host=\"details:9080\""), "{count}");
+    assert!(count.contains("team=\"bookinfo\""), "{count}");
+    assert!(!text.contains("istio_request_duration_milliseconds_count{"));
+    let size = text
+        .lines()
+        .find(|l| l.starts_with("istio_request_bytes_count{"))
+        .unwrap();
+    assert!(size.contains("request_protocol=\"http\""), "{size}");
+    // The server side of productpage has no override.
+    assert!(
+        view.policy(&pp, Reporter::Destination)
+            .is_some_and(|p| p.rule(0).is_some_and(|r| r.tags.is_empty()))
+    );
+}

@@ -171,6 +171,9 @@ pub struct XdsSnapshot {
     /// When the change this snapshot carries was first seen (config edit or
     /// certificate renewal), for the convergence histogram.
     pub changed_at: Option<std::time::Instant>,
+    /// The config this snapshot was translated from (for roles downstream
+    /// of translation: telemetry applies Telemetry resources to metrics).
+    pub config: Arc<crate::config::ConfigState>,
 }
 
 impl XdsSnapshot {
@@ -230,10 +233,23 @@ impl XdsSnapshot {
         trust_domain: &str,
         mtls: bool,
     ) -> XdsSnapshot {
+        Self::build_with(prev, config, registry, trust_domain, mtls, None)
+    }
+
+    /// `build`, with the Zipkin collector Telemetry's `zipkin` provider uses.
+    pub fn build_with(
+        prev: &XdsSnapshot,
+        config: &ConfigSnapshot,
+        registry: &Arc<Registry>,
+        trust_domain: &str,
+        mtls: bool,
+        zipkin: Option<&str>,
+    ) -> XdsSnapshot {
         use super::translate::{Mesh, clusters, endpoints, listeners, routes};
         let mesh = Mesh::new(config, registry)
             .with_trust_domain(trust_domain)
-            .with_mtls(mtls);
+            .with_mtls(mtls)
+            .with_zipkin(zipkin);
 
         let clusters = Layer::encode(
             XdsType::Cluster,
@@ -277,6 +293,16 @@ impl XdsSnapshot {
                         s.hostname.hash(&mut h);
                         s.ports.hash(&mut h);
                     }
+                    // Telemetry resources that apply (access logs, tracing).
+                    let telemetry = crate::model::telemetry::resolve::applicable(
+                        config,
+                        &key.namespace,
+                        &w.labels,
+                    );
+                    for spec in telemetry {
+                        format!("{spec:?}").hash(&mut h);
+                    }
+                    mesh.zipkin.hash(&mut h);
                     // The server side of mTLS per port (PeerAuthentication).
                     mesh.mtls.hash(&mut h);
                     if mesh.mtls {
@@ -326,6 +352,7 @@ impl XdsSnapshot {
             secrets: prev.secrets.clone(),
             registry: Arc::clone(registry),
             changed_at: None,
+            config: Arc::clone(&prev.config),
         }
     }
 }

@@ -34,6 +34,7 @@ pub async fn run_translator(
     out: watch::Sender<Arc<cache::XdsSnapshot>>,
     mut certs: Option<secrets::CertBook>,
     metrics: Metrics,
+    zipkin: Option<String>,
 ) {
     let mut last_version = 0;
     let mut registry = Arc::new(Registry::default());
@@ -47,6 +48,7 @@ pub async fn run_translator(
             let prev = Arc::clone(&out.borrow());
             let old_registry = Arc::clone(&registry);
             let book = certs.take();
+            let zipkin = zipkin.clone();
             let built = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let trigger = if config_changed { "config" } else { "secret" };
@@ -57,12 +59,13 @@ pub async fn run_translator(
                     .to_string();
                 let (mut snap, registry) = if config_changed {
                     let registry = Arc::new(Registry::build(&state.snapshot));
-                    let snap = cache::XdsSnapshot::build(
+                    let snap = cache::XdsSnapshot::build_with(
                         &prev,
                         &state.snapshot,
                         &registry,
                         &trust_domain,
                         mtls,
+                        zipkin.as_deref(),
                     );
                     (snap, registry)
                 } else {
@@ -76,6 +79,9 @@ pub async fn run_translator(
                     .map(|b| b.refresh(&registry, SystemTime::now()));
                 if let Some(r) = &refresh {
                     snap.secrets = r.layers.clone();
+                }
+                if config_changed {
+                    snap.config = Arc::clone(&state);
                 }
                 snap.changed_at = if config_changed {
                     state.changed_at.or(Some(started))

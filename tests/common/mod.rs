@@ -202,6 +202,12 @@ impl Mesh {
         }
     }
 
+    /// What the Envoy started for `workload` wrote (its log and stdout).
+    pub fn envoy_log(&self, workload: &str) -> String {
+        fs::read_to_string(self.dir.path().join(format!("{workload}-envoy.log")))
+            .unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("pilotfish.log")).unwrap_or_default()
     }
@@ -284,7 +290,8 @@ impl Mesh {
                 "--log-level",
                 "warn",
             ])
-            .stdout(Stdio::null())
+            // Its own access log (Telemetry's `envoy` provider) goes to stdout.
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("start envoy");

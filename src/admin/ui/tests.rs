@@ -76,6 +76,7 @@ fn mk_labels(
             Reporter::Destination => "mutual_tls",
             Reporter::Source => "unknown",
         },
+        tags: Arc::default(),
     }
 }
 
@@ -576,6 +577,7 @@ fn tcp_edges_count_connections_and_bytes() {
     );
     labels.request_protocol = "tcp";
     let conns = |opened: u64| TcpSeries {
+        mask: crate::telemetry::series::ALL_METRICS,
         sent_bytes: 100 * opened,
         received_bytes: 10 * opened,
         opened,

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::istio::{IstioStatus, PolicyTargetReference, WorkloadSelector};
 
+pub mod resolve;
+
 /// Istio `telemetry.v1.Telemetry` (the `spec` of a Telemetry): tracing,
 /// metrics and access logging for the workloads it selects.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema, CustomResource)]

@@ -81,3 +81,72 @@ pub fn tcp_inbound() -> AccessLog {
 fn to_strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
+
+/// Envoy's text access-log format as Istio's `envoy` provider writes it: one
+/// line per request with response flags, upstream host and cluster.
+pub const ENVOY_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// The proxy's own access log (Telemetry `accessLogging` with the `envoy`
+/// provider) for client (outbound) or server (inbound) traffic of a workload
+/// that `chain` (see `model::telemetry::resolve`) applies to; None when no
+/// Telemetry turns it on, or one turns it off.
+pub fn telemetry_log(
+    chain: &[&crate::model::telemetry::TelemetrySpec],
+    client: bool,
+) -> Option<AccessLog> {
+    use crate::model::telemetry::resolve::{ENVOY_PROVIDER, access_logging};
+    use envoy_types::pb::envoy::config::accesslog::v3::{
+        AccessLogFilter, ExtensionFilter, access_log_filter, extension_filter,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StdoutAccessLog, stdout_access_log,
+    };
+
+    let setting = access_logging(chain, client)?;
+    let envoy =
+        setting.providers.is_empty() || setting.providers.iter().any(|p| p.name == ENVOY_PROVIDER);
+    if setting.disabled == Some(true) || !envoy {
+        return None;
+    }
+    let filter = setting
+        .filter
+        .as_ref()
+        .and_then(|f| f.expression.clone())
+        .filter(|e| !e.is_empty())
+        .map(|expression| AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::ExtensionFilter(
+                ExtensionFilter {
+                    name: "envoy.access_loggers.extension_filters.cel".to_string(),
+                    config_type: Some(extension_filter::ConfigType::TypedConfig(any(
+                        &ExpressionFilter {
+                            expression,
+                            ..Default::default()
+                        },
+                    ))),
+                },
+            )),
+        });
+    Some(AccessLog {
+        name: "envoy.access_loggers.stdout".to_string(),
+        filter,
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&StdoutAccessLog {
+            access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
+                SubstitutionFormatString {
+                    format: Some(substitution_format_string::Format::TextFormatSource(
+                        DataSource {
+                            specifier: Some(data_source::Specifier::InlineString(
+                                ENVOY_TEXT_FORMAT.to_string(),
+                            )),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                },
+            )),
+        }))),
+    })
+}

@@ -23,7 +23,11 @@ use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 
 /// Every outbound cluster in the mesh, named as Istio names them.
 pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
-    let mut out = Vec::new();
+    let mut out: Vec<Cluster> = mesh
+        .zipkin
+        .and_then(super::tracing::zipkin_cluster)
+        .into_iter()
+        .collect();
     for svc in mesh.registry.services.values() {
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
         let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());

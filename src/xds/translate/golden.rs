@@ -98,6 +98,12 @@ fn render(dir: &Path) -> String {
     let registry = Registry::build(&config);
     // A folder whose in.yaml starts with `# golden: mtls` is translated with mesh mTLS on.
     let mesh = Mesh::new(&config, &registry).with_mtls(text.starts_with("# golden: mtls"));
+    // A line `# golden: zipkin` configures a Zipkin collector for tracing.
+    let mesh = mesh.with_zipkin(
+        text.lines()
+            .any(|l| l == "# golden: zipkin")
+            .then_some("127.0.0.9:9411"),
+    );
 
     let mut workloads = Map::new();
     for (key, w) in &registry.workloads {

@@ -23,9 +23,10 @@ use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
 };
-use super::{access_log, http_policy, mtls};
+use super::{access_log, http_policy, mtls, tracing};
 use crate::model::registry::Workload;
 use crate::model::security::MtlsMode;
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
@@ -38,6 +39,17 @@ pub fn listener_name(address: &str, port: u32) -> String {
 
 /// All listeners of `workload`'s sidecar.
 pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
+    // Telemetry resources for this workload: its own access log, tracing.
+    let telemetry = crate::model::telemetry::resolve::applicable(
+        mesh.config,
+        &workload.key.namespace,
+        &workload.labels,
+    );
+    let logs = |client: bool, sink: AccessLog| -> Vec<AccessLog> {
+        std::iter::once(sink)
+            .chain(access_log::telemetry_log(&telemetry, client))
+            .collect()
+    };
     let mut out: Vec<Listener> = inbound_ports(mesh, workload)
         .into_iter()
         .filter(|(port, _)| *port != OUTBOUND_PORT)
@@ -49,7 +61,8 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     stat_prefix,
                     route_specifier: Some(RouteSpecifier::RouteConfig(inbound_routes(&cluster))),
                     http_filters: vec![router()],
-                    access_log: vec![access_log::http(true)],
+                    access_log: logs(false, access_log::http(true)),
+                    tracing: tracing::hcm_tracing(mesh, &telemetry, false),
                     ..Default::default()
                 })
             } else {
@@ -58,7 +71,7 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy {
                         stat_prefix,
                         cluster_specifier: Some(TcpClusterSpecifier::Cluster(cluster)),
-                        access_log: vec![access_log::tcp_inbound()],
+                        access_log: logs(false, access_log::tcp_inbound()),
                         // An entry on connect (connections opened) and one on close.
                         access_log_options: Some(TcpAccessLogOptions {
                             flush_access_log_on_connected: true,
@@ -93,7 +106,8 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
                 router(),
             ],
-            access_log: vec![access_log::http(false)],
+            access_log: logs(true, access_log::http(false)),
+            tracing: tracing::hcm_tracing(mesh, &telemetry, true),
             ..Default::default()
         }),
     ));

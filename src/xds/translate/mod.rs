@@ -12,6 +12,7 @@ pub mod http_policy;
 pub mod listeners;
 pub mod mtls;
 pub mod routes;
+pub mod tracing;
 
 #[cfg(test)]
 mod golden;
@@ -47,6 +48,9 @@ pub struct Mesh<'a> {
     /// Whether proxies get certificates (a CA is running): mesh mTLS is only
     /// configured then, since Envoy would wait for secrets that never come.
     pub mtls: bool,
+    /// The Zipkin collector (`host:port`) the `zipkin` tracing provider of
+    /// Telemetry resources reports to; None when not configured.
+    pub zipkin: Option<&'a str>,
 }
 
 impl<'a> Mesh<'a> {
@@ -56,7 +60,13 @@ impl<'a> Mesh<'a> {
             registry,
             trust_domain: DEFAULT_TRUST_DOMAIN,
             mtls: false,
+            zipkin: None,
         }
+    }
+
+    /// The Zipkin collector for the `zipkin` tracing provider.
+    pub fn with_zipkin(self, zipkin: Option<&'a str>) -> Self {
+        Mesh { zipkin, ..self }
     }
 
     /// Mesh mTLS on (certificates served over SDS) or off.
