@@ -36,14 +36,14 @@ pub fn applicable<'a>(
             .as_ref()
             .filter(|s| !s.match_labels.is_empty());
         match selector {
-            Some(sel) if r.namespace == namespace => {
-                if sel
-                    .match_labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v))
-                {
-                    selected.push(spec);
-                }
+            Some(sel)
+                if r.namespace == namespace
+                    && sel
+                        .match_labels
+                        .iter()
+                        .all(|(k, v)| labels.get(k) == Some(v)) =>
+            {
+                selected.push(spec);
             }
             Some(_) => {}
             None if !spec.target_refs.is_empty() || spec.target_ref.is_some() => {}
