@@ -50,6 +50,8 @@ pub struct Metrics {
     pub push_bytes: Family<TypeLabel, Counter>,
     pub rejects: Family<TypeLabel, Counter>,
     pub config_errors: Family<ConfigErrorLabel, Counter>,
+    /// Documents in force after a (re)load that passed validation, by kind.
+    pub config_passed: Family<ConfigErrorLabel, Counter>,
     pub config_files_invalid: Gauge,
     pub config_reloads: Counter,
     pub services: Gauge,
@@ -73,6 +75,7 @@ impl Default for Metrics {
             push_bytes: Family::default(),
             rejects: Family::default(),
             config_errors: Family::default(),
+            config_passed: Family::default(),
             config_files_invalid: Gauge::default(),
             config_reloads: Counter::default(),
             services: Gauge::default(),
@@ -116,6 +119,11 @@ impl Metrics {
             "galley_validation_failed",
             "Configuration documents rejected by parsing or validation, by kind",
             metrics.config_errors.clone(),
+        );
+        registry.register(
+            "galley_validation_passed",
+            "Configuration documents that passed validation, by kind, counted at each (re)load",
+            metrics.config_passed.clone(),
         );
         registry.register(
             "pilotfish_config_files_invalid",

@@ -260,6 +260,14 @@ fn control_plane_metrics_observe_real_pushes() {
         "{text}"
     );
     assert!(metric(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert!(
+        series_sum(
+            &text,
+            "galley_validation_passed_total",
+            &[("kind", "VirtualService")]
+        ) >= 2.0,
+        "{text}"
+    );
     assert!(metric(&text, "process_cpu_seconds_total").unwrap_or(0.0) > 0.0);
 }
 

@@ -38,6 +38,14 @@ fn record(state: &ConfigState, store: &Store, metrics: &Metrics) {
             })
             .inc();
     }
+    for r in state.snapshot.resources.values() {
+        metrics
+            .config_passed
+            .get_or_create(&ConfigErrorLabel {
+                kind: r.spec.kind().to_string(),
+            })
+            .inc();
+    }
     metrics
         .config_files_invalid
         .set(store.invalid_files() as i64);
