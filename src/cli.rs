@@ -97,8 +97,19 @@ pub enum ValidateFormat {
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Directory of Istio YAML (*.yaml, *.yml, searched recursively), watched for changes.
-    #[arg(long)]
-    pub config_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// With --kubernetes: only namespaces whose labels match this selector
+    /// (`key=value[,key=value...]`, all must match) are in the mesh; repeat
+    /// for alternatives (Istio's discoverySelectors). Default: every namespace.
+    #[arg(long, requires = "kubernetes", value_parser = clap::value_parser!(crate::kube::convert::LabelSelector))]
+    pub discovery_selector: Vec<crate::kube::convert::LabelSelector>,
     /// ADS (gRPC) listen address: TLS with pilotfish's certificate, and every
     /// proxy must present the credential `pilotfish bootstrap` gives it.
     #[arg(long, default_value = "127.0.0.1:15012")]
@@ -129,6 +140,19 @@ pub struct ServeArgs {
     pub zipkin_address: Option<String>,
 }
 
+/// The Kubernetes API as the source of services, workloads and Istio config.
+#[derive(clap::Args, Debug)]
+pub struct KubeArgs {
+    /// Read Services, EndpointSlices, Pods, Namespaces and the Istio CRDs from
+    /// the Kubernetes API (instead of --config-dir).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The kubeconfig file to use; default: $KUBECONFIG, ~/.kube/config, then
+    /// the in-cluster service account.
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// Where the CA lives; `serve` and `bootstrap` must be given the same.
 #[derive(clap::Args, Debug)]
 pub struct CaArgs {
@@ -153,15 +177,20 @@ pub enum Format {
 
 #[derive(clap::Args, Debug)]
 pub struct BootstrapArgs {
-    /// The WorkloadEntry this sidecar runs beside.
+    /// The WorkloadEntry this sidecar runs beside; in Kubernetes, its pod's name.
     #[arg(long)]
     pub workload: String,
     #[arg(long, default_value = "default")]
     pub namespace: String,
     /// Config directory: when given, the WorkloadEntry must exist there and
     /// its address goes into the node id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubernetes")]
     pub config_dir: Option<PathBuf>,
+    /// With --kubernetes the pod named by --workload/--namespace must exist
+    /// and have an IP: its IP goes into the node id, its service account
+    /// into the credential.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Where Envoy reaches pilotfish's ADS server (host:port).
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub xds_address: String,
@@ -345,6 +374,18 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             ),
         }
     }
+    if args.kube.kubernetes {
+        let pod = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?
+            .block_on(async {
+                let client = crate::kube::client(args.kube.kubeconfig.as_deref()).await?;
+                crate::kube::pod_identity(client, &workload.namespace, &workload.name).await
+            })?;
+        ip = Some(pod.ip);
+        service_account = Some(pod.service_account);
+    }
     let (xds_host, xds_port) = split_host_port(&args.xds_address, "--xds-address")?;
     let (admin_host, admin_port) = split_host_port(&args.admin_address, "--admin-address")?;
     let security = if args.plaintext {
@@ -431,13 +472,8 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
     let (metrics, mut registry) = Metrics::new();
-    let (store, state) =
-        config::watch::load(&args.config_dir, &metrics).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for e in &state.errors {
-        tracing::warn!(error = %e, "invalid config");
-    }
-    info!(dir = %args.config_dir.display(), files = state.files, resources = state.snapshot.resources.len(), errors = state.errors.len(), "config loaded");
-    let (config_tx, config_rx) = watch::channel(Arc::new(state));
+    let source = ConfigSource::open(&args, &metrics).await?;
+    let (config_tx, config_rx) = watch::channel(Arc::new(source.initial));
     let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
     let syncs = SyncRegistry::default();
 
@@ -453,13 +489,24 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    tokio::spawn(config::watch::run(
-        args.config_dir.clone(),
-        store,
-        args.debounce,
-        config_tx,
-        metrics.clone(),
-    ));
+    match source.follow {
+        Follow::Files(dir, store) => {
+            tokio::spawn(config::watch::run(
+                dir,
+                store,
+                args.debounce,
+                config_tx,
+                metrics.clone(),
+            ));
+        }
+        Follow::Kubernetes(client) => {
+            let opts = crate::kube::Options {
+                debounce: args.debounce,
+                discovery_selectors: args.discovery_selector.clone(),
+            };
+            tokio::spawn(crate::kube::run(client, opts, config_tx, metrics.clone()));
+        }
+    }
     let ca = open_ca(&args.ca)?;
     metrics.root_cert_expiry.set(
         ca.root_not_after()
@@ -549,6 +596,41 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Where `serve` reads config from: the first state, and what keeps it current.
+struct ConfigSource {
+    initial: config::ConfigState,
+    follow: Follow,
+}
+
+enum Follow {
+    Files(PathBuf, config::Store),
+    /// The first state is empty (version 0: not loaded) until every watched
+    /// kind has been listed.
+    Kubernetes(::kube::Client),
+}
+
+impl ConfigSource {
+    async fn open(args: &ServeArgs, metrics: &Metrics) -> Result<ConfigSource> {
+        let Some(dir) = &args.config_dir else {
+            let client = crate::kube::client(args.kube.kubeconfig.as_deref()).await?;
+            return Ok(ConfigSource {
+                initial: config::ConfigState::default(),
+                follow: Follow::Kubernetes(client),
+            });
+        };
+        let (store, state) =
+            config::watch::load(dir, metrics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for e in &state.errors {
+            tracing::warn!(error = %e, "invalid config");
+        }
+        info!(dir = %dir.display(), files = state.files, resources = state.snapshot.resources.len(), errors = state.errors.len(), "config loaded");
+        Ok(ConfigSource {
+            initial: state,
+            follow: Follow::Files(dir.clone(), store),
+        })
+    }
 }
 
 async fn shutdown_signal() {

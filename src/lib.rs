@@ -10,6 +10,7 @@ pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod kube;
 pub mod loadgen;
 pub mod metrics;
 pub mod model;

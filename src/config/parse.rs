@@ -119,33 +119,59 @@ pub fn parse_file(path: &Path, text: &str) -> ParsedFile {
         if value.is_null() {
             continue; // empty document (e.g. a trailing `---`)
         }
-        match parse_document(value) {
-            Ok(Parsed::Resource(r)) => {
-                let mut r = *r;
-                r.origin = Origin {
-                    file: path.to_path_buf(),
-                    document,
-                };
-                let findings = validate::check(&r);
-                let id = resource_id(&r);
-                for (p, message) in findings.warnings {
-                    out.warnings.push(err(Some(id.clone()), Some(p), message));
-                }
-                if findings.errors.is_empty() {
-                    out.resources.push(r);
-                } else {
-                    for (p, message) in findings.errors {
-                        out.errors.push(err(Some(id.clone()), Some(p), message));
-                    }
-                }
-            }
-            Ok(Parsed::Skipped(what)) => out
-                .skipped
-                .push(format!("{}: document {document}: {what}", path.display())),
-            Err(e) => out.errors.push(err(e.resource, e.path, e.message)),
-        }
+        parse_one(path, Some(document), value, &mut out);
     }
     out
+}
+
+/// Parses one object that is not part of a file (an object from the
+/// Kubernetes API, named by `source`) with exactly the checks a file
+/// document gets. Errors name `source` and no document number.
+pub fn parse_object(source: &Path, value: serde_yaml_ng::Value) -> ParsedFile {
+    let mut out = ParsedFile::default();
+    parse_one(source, None, value, &mut out);
+    out
+}
+
+fn parse_one(
+    path: &Path,
+    document: Option<usize>,
+    value: serde_yaml_ng::Value,
+    out: &mut ParsedFile,
+) {
+    let err = |resource: Option<String>, field: Option<String>, message: String| ConfigError {
+        file: path_str(path),
+        document,
+        resource,
+        path: field,
+        message,
+    };
+    match parse_document(value) {
+        Ok(Parsed::Resource(r)) => {
+            let mut r = *r;
+            r.origin = Origin {
+                file: path.to_path_buf(),
+                document: document.unwrap_or_default(),
+            };
+            let findings = validate::check(&r);
+            let id = resource_id(&r);
+            for (p, message) in findings.warnings {
+                out.warnings.push(err(Some(id.clone()), Some(p), message));
+            }
+            if findings.errors.is_empty() {
+                out.resources.push(r);
+            } else {
+                for (p, message) in findings.errors {
+                    out.errors.push(err(Some(id.clone()), Some(p), message));
+                }
+            }
+        }
+        Ok(Parsed::Skipped(what)) => out.skipped.push(match document {
+            Some(d) => format!("{}: document {d}: {what}", path.display()),
+            None => format!("{}: {what}", path.display()),
+        }),
+        Err(e) => out.errors.push(err(e.resource, e.path, e.message)),
+    }
 }
 
 fn path_str(p: &Path) -> String {

@@ -25,7 +25,7 @@ use crate::model::istio::{
     DestinationRuleSpec, HttpMatchRequest, Resolution, ServiceEntrySpec, StringMatch,
     TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
 };
-use crate::model::registry::APP_ADDRESS_ANNOTATION;
+use crate::model::registry::{APP_ADDRESS_ANNOTATION, READY_ANNOTATION};
 use crate::model::security::PeerAuthenticationSpec;
 use crate::model::{Resource, Spec};
 
@@ -70,6 +70,15 @@ pub fn check(r: &Resource) -> Findings {
         f.error(
             format!("metadata.annotations[{APP_ADDRESS_ANNOTATION}]"),
             format!("expected an IP address, got {addr:?}"),
+        );
+    }
+    if let Some(v) = r.annotations.get(READY_ANNOTATION)
+        && v != "true"
+        && v != "false"
+    {
+        f.error(
+            format!("metadata.annotations[{READY_ANNOTATION}]"),
+            format!("expected \"true\" or \"false\", got {v:?}"),
         );
     }
     f

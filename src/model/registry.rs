@@ -17,6 +17,20 @@ use super::{WorkloadKey, host};
 pub const APP_ADDRESS_ANNOTATION: &str = "pilotfish.io/app-address";
 const DEFAULT_APP_ADDRESS: &str = "127.0.0.1";
 
+/// WorkloadEntry annotation saying whether the workload may receive traffic
+/// (`"true"`, the default, or `"false"`). A workload that is not ready keeps
+/// its sidecar's config (inbound listeners for the services selecting it
+/// included) but is no service's endpoint, as a Kubernetes pod that is not
+/// ready stays out of its services' EndpointSlices. The Kubernetes source
+/// sets it from EndpointSlice readiness; in files it takes a workload out of
+/// rotation (draining a VM) without deleting it.
+pub const READY_ANNOTATION: &str = "pilotfish.io/ready";
+
+/// False when `annotations` mark a workload as not ready.
+pub fn is_ready(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.get(READY_ANNOTATION).map(String::as_str) != Some("false")
+}
+
 /// Application protocol of a service port, from `protocol` or the port name's
 /// prefix (`http-web`), as Istio selects it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -220,6 +234,9 @@ impl Registry {
                 },
                 None => Vec::new(),
             };
+            // Every selected workload serves the service's ports (inbound);
+            // only the ready ones are its endpoints.
+            let mut members: Vec<WorkloadKey> = Vec::new();
             let endpoints: Vec<Endpoint> = match &selector {
                 Some(sel) => candidates
                     .iter()
@@ -229,7 +246,12 @@ impl Registry {
                             namespace: we.namespace.clone(),
                             name: we.name.clone(),
                         };
-                        Endpoint::from_spec(we_spec, Some(key))
+                        if reg.workloads.contains_key(&key) {
+                            members.push(key.clone());
+                        }
+                        is_ready(&we.annotations)
+                            .then(|| Endpoint::from_spec(we_spec, Some(key)))
+                            .flatten()
                     })
                     .collect(),
                 None => spec
@@ -258,7 +280,7 @@ impl Registry {
                     endpoints: endpoints.clone(),
                     selector: selector.clone(),
                 });
-                for w in svc.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+                for w in &members {
                     reg.selected
                         .entry(w.clone())
                         .or_default()

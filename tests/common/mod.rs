@@ -96,6 +96,8 @@ pub struct Mesh {
     pilotfish: Option<Child>,
     /// Extra `pilotfish serve` flags (e.g. a short `--cert-ttl`).
     pub serve_args: Vec<String>,
+    /// Serve from the Kubernetes API this kubeconfig names instead of `config`.
+    pub kubeconfig: Option<PathBuf>,
     children: Vec<Child>,
     /// Index in `children` of the Envoy on each host number.
     envoys: std::collections::HashMap<u8, usize>,
@@ -133,21 +135,32 @@ impl Mesh {
     /// pilotfish with the bookinfo mesh files plus `routing` files from
     /// examples/bookinfo/routing (written in that order).
     pub fn start(net: u8, routing: &[&str], delta: bool) -> Mesh {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("config");
-        fs::create_dir_all(&config).unwrap();
+        let mut mesh = Mesh::new(net, delta);
         for f in ["services.yaml", "workloads.yaml"] {
             let text =
                 fs::read_to_string(Path::new(ROOT).join("examples/bookinfo/mesh").join(f)).unwrap();
-            fs::write(config.join(f), relocate(&text, net)).unwrap();
+            fs::write(mesh.config.join(f), relocate(&text, net)).unwrap();
         }
-        let mut mesh = Mesh {
+        for r in routing {
+            mesh.apply(r);
+        }
+        mesh.start_pilotfish();
+        mesh
+    }
+
+    /// A mesh with nothing started and an empty config dir.
+    fn new(net: u8, delta: bool) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        fs::create_dir_all(&config).unwrap();
+        Mesh {
             net,
             dir,
             config,
             delta,
             pilotfish: None,
             serve_args: Vec::new(),
+            kubeconfig: None,
             children: Vec::new(),
             envoys: std::collections::HashMap::new(),
             http: reqwest::blocking::Client::builder()
@@ -155,10 +168,14 @@ impl Mesh {
                 .no_proxy()
                 .build()
                 .unwrap(),
-        };
-        for r in routing {
-            mesh.apply(r);
         }
+    }
+
+    /// pilotfish in Kubernetes mode against the API server `kubeconfig`
+    /// names; no workloads or apps yet.
+    pub fn start_kubernetes(net: u8, kubeconfig: &Path) -> Mesh {
+        let mut mesh = Mesh::new(net, false);
+        mesh.kubeconfig = Some(kubeconfig.to_path_buf());
         mesh.start_pilotfish();
         mesh
     }
@@ -173,9 +190,12 @@ impl Mesh {
 
     pub fn start_pilotfish(&mut self) {
         let log = fs::File::create(self.dir.path().join("pilotfish.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
-            .args(["serve", "--config-dir"])
-            .arg(&self.config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pilotfish"));
+        match &self.kubeconfig {
+            Some(kc) => cmd.args(["serve", "--kubernetes", "--kubeconfig"]).arg(kc),
+            None => cmd.args(["serve", "--config-dir"]).arg(&self.config),
+        };
+        let child = cmd
             .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
             .args(["--admin-address", &format!("{}:15014", self.pilotfish_ip())])
             .args(["--log-level", "info,pilotfish=debug"])

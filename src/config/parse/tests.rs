@@ -856,6 +856,23 @@ fn app_address_annotation_must_be_an_ip() {
 }
 
 #[test]
+fn ready_annotation_must_be_true_or_false() {
+    let doc = mk_good_vs("reviews").replace(
+        "  name: reviews\n",
+        "  name: reviews\n  annotations:\n    pilotfish.io/ready: \"no\"\n",
+    );
+    assert_eq!(
+        mk_validate_error(&doc),
+        (
+            "metadata.annotations[pilotfish.io/ready]".to_string(),
+            r#"expected "true" or "false", got "no""#.to_string()
+        )
+    );
+    let parsed = mk_parse(&doc.replace("\"no\"", "\"false\""));
+    assert!(parsed.errors.is_empty(), "{:#?}", parsed.errors);
+}
+
+#[test]
 fn several_problems_in_one_resource_are_all_reported() {
     let doc = mk_vs(
         "reviews",

@@ -1,0 +1,720 @@
+//! An in-process stand-in for the Kubernetes API server, for tests: no API
+//! server runs on the machines this is built on. It speaks the parts of the
+//! API a list/watch client uses, over plain HTTP, so the real `kube` client
+//! (in the test process or in a `pilotfish` child process, through a
+//! kubeconfig the test writes) talks to it as it would to a cluster:
+//!
+//! * `GET` lists (`/api/v1/pods`, `/apis/GROUP/VERSION/namespaces/NS/PLURAL`)
+//!   with the store's `resourceVersion`, and single objects;
+//! * `?watch=1` streams of newline-delimited watch events (ADDED, MODIFIED,
+//!   DELETED) resuming after the requested `resourceVersion`; BOOKMARK
+//!   events on request when the client allows them (`allowWatchBookmarks`);
+//!   an `ERROR` event with a `410 Gone` Status for a resourceVersion older
+//!   than the last compaction (and on open streams by [`FakeApi::expire`]);
+//! * dropped connections ([`FakeApi::drop_watches`] aborts every open stream);
+//! * `404 Not Found` for kinds that are not installed ([`FakeApi::uninstall`]).
+//!
+//! Objects are JSON; the store does not validate them, so a test can serve a
+//! malformed one, as a broken admission chain or an older schema would.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+/// A kind the fake serves: group ("" for core), version, kind, plural, namespaced.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+impl ApiKind {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `plural` or `plural.group`, as kubectl names resources.
+    pub fn resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
+pub const KINDS: &[ApiKind] = &[
+    ApiKind {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+    },
+    ApiKind {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "networking.istio.io",
+        version: "v1",
+        kind: "VirtualService",
+        plural: "virtualservices",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "networking.istio.io",
+        version: "v1",
+        kind: "DestinationRule",
+        plural: "destinationrules",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "networking.istio.io",
+        version: "v1",
+        kind: "ServiceEntry",
+        plural: "serviceentries",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "networking.istio.io",
+        version: "v1",
+        kind: "WorkloadEntry",
+        plural: "workloadentries",
+        namespaced: true,
+    },
+    ApiKind {
+        group: "security.istio.io",
+        version: "v1",
+        kind: "PeerAuthentication",
+        plural: "peerauthentications",
+        namespaced: true,
+    },
+];
+
+fn kind_by_name(kind: &str) -> ApiKind {
+    *KINDS
+        .iter()
+        .find(|k| k.kind == kind)
+        .unwrap_or_else(|| panic!("the fake API server does not serve kind {kind}"))
+}
+
+#[derive(Clone, Debug)]
+struct Change {
+    rv: u64,
+    kind: &'static str,
+    event: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    compacted: u64,
+    objects: HashMap<&'static str, BTreeMap<(String, String), Value>>,
+    history: Vec<Change>,
+    uninstalled: HashSet<&'static str>,
+    failing: HashSet<&'static str>,
+    slow: HashMap<&'static str, Duration>,
+    lists: HashMap<&'static str, usize>,
+    watches: HashMap<&'static str, usize>,
+    bookmark_watches: usize,
+}
+
+/// What open watch streams are told to do besides delivering changes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Signal {
+    None,
+    Bookmark,
+    Drop,
+    Expire,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    /// The store's resourceVersion after each change.
+    changed: watch::Sender<u64>,
+    /// (sequence, signal) broadcast to open watch streams.
+    signal: watch::Sender<(u64, Signal)>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, s: Signal) {
+        self.signal.send_modify(|(n, sig)| {
+            *n += 1;
+            *sig = s;
+        });
+    }
+}
+
+/// The fake API server; it runs on its own thread until dropped.
+pub struct FakeApi {
+    shared: Arc<Shared>,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl FakeApi {
+    /// Starts on `ip`, on a free port.
+    pub fn start(ip: &str) -> FakeApi {
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store {
+                rv: 1,
+                ..Store::default()
+            }),
+            changed: watch::channel(1).0,
+            signal: watch::channel((0, Signal::None)).0,
+        });
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind the fake API server");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                // Not graceful: open watch streams would hold it for minutes.
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        FakeApi {
+            shared,
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig for this server into `dir`.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: tester\n  user:\n    token: fake-token\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: tester\n    namespace: default\n",
+            self.url()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn record(&self, store: &mut Store, kind: ApiKind, event: &'static str, object: Value) {
+        store.history.push(Change {
+            rv: store.rv,
+            kind: kind.kind,
+            event,
+            object,
+        });
+        self.shared.changed.send_replace(store.rv);
+    }
+
+    /// Creates or replaces an object (its `apiVersion` and `kind` say which
+    /// kind); returns its new resourceVersion.
+    pub fn apply(&self, mut object: Value) -> u64 {
+        let kind = kind_by_name(object["kind"].as_str().expect("object without kind"));
+        let key = object_key(kind, &object);
+        let mut store = self.shared.lock();
+        store.rv += 1;
+        let rv = store.rv;
+        let meta = &mut object["metadata"];
+        meta["resourceVersion"] = json!(rv.to_string());
+        if meta.get("uid").is_none() {
+            meta["uid"] = json!(format!("uid-{}-{}-{rv}", key.0, key.1));
+        }
+        if meta.get("creationTimestamp").is_none() {
+            meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        let old = store
+            .objects
+            .entry(kind.kind)
+            .or_default()
+            .insert(key, object.clone());
+        let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        self.record(&mut store, kind, event, object);
+        rv
+    }
+
+    /// Deletes an object; false when it did not exist.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        let kind = kind_by_name(kind);
+        let mut store = self.shared.lock();
+        let key = (ns_of(kind, namespace), name.to_string());
+        let Some(mut object) = store.objects.entry(kind.kind).or_default().remove(&key) else {
+            return false;
+        };
+        store.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+        self.record(&mut store, kind, "DELETED", object);
+        true
+    }
+
+    /// Deletes an object without a watch event, as if the event had been
+    /// compacted away while nobody was watching: only a relist can tell.
+    pub fn delete_unseen(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        let kind = kind_by_name(kind);
+        let mut store = self.shared.lock();
+        let key = (ns_of(kind, namespace), name.to_string());
+        let gone = store
+            .objects
+            .entry(kind.kind)
+            .or_default()
+            .remove(&key)
+            .is_some();
+        store.rv += 1;
+        gone
+    }
+
+    /// Compacts history (as etcd does): every open watch gets an ERROR event
+    /// with a 410 Gone Status, and resuming from any earlier resourceVersion
+    /// gets the same, so clients must relist.
+    pub fn expire(&self) {
+        {
+            let mut store = self.shared.lock();
+            store.compacted = store.rv;
+            let rv = store.rv;
+            store.history.retain(|c| c.rv > rv);
+        }
+        self.shared.send(Signal::Expire);
+    }
+
+    /// Compacts history without touching open watches: only a client that
+    /// resumes from an older resourceVersion notices.
+    pub fn compact(&self) {
+        let mut store = self.shared.lock();
+        store.compacted = store.rv;
+        let rv = store.rv;
+        store.history.retain(|c| c.rv > rv);
+    }
+
+    /// Aborts every open watch connection mid-stream.
+    pub fn drop_watches(&self) {
+        self.shared.send(Signal::Drop);
+    }
+
+    /// Sends a BOOKMARK (the current resourceVersion) on every open watch
+    /// whose client allows bookmarks.
+    pub fn bookmark(&self) {
+        self.shared.send(Signal::Bookmark);
+    }
+
+    /// Lists of this kind answer 404, as for a CRD that is not installed.
+    pub fn uninstall(&self, kind: &str) {
+        let kind = kind_by_name(kind);
+        self.shared.lock().uninstalled.insert(kind.kind);
+    }
+
+    /// While on, lists of this kind fail with 503 (an API server that is
+    /// overloaded or restarting).
+    pub fn fail_lists(&self, kind: &str, on: bool) {
+        let kind = kind_by_name(kind);
+        let mut store = self.shared.lock();
+        if on {
+            store.failing.insert(kind.kind);
+        } else {
+            store.failing.remove(kind.kind);
+        }
+    }
+
+    /// Lists of this kind take `delay` to answer (a large list on a busy
+    /// server): the window in which a client holds half a relist.
+    pub fn slow_lists(&self, kind: &str, delay: Duration) {
+        let kind = kind_by_name(kind);
+        self.shared.lock().slow.insert(kind.kind, delay);
+    }
+
+    pub fn install(&self, kind: &str) {
+        let kind = kind_by_name(kind);
+        self.shared.lock().uninstalled.remove(kind.kind);
+    }
+
+    /// How many list requests this kind has had.
+    pub fn lists(&self, kind: &str) -> usize {
+        self.shared.lock().lists.get(kind).copied().unwrap_or(0)
+    }
+
+    /// How many watch requests this kind has had.
+    pub fn watches(&self, kind: &str) -> usize {
+        self.shared.lock().watches.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Watch requests that asked for bookmarks.
+    pub fn bookmark_watches(&self) -> usize {
+        self.shared.lock().bookmark_watches
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv
+    }
+
+    /// An object as stored.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let kind = kind_by_name(kind);
+        self.shared
+            .lock()
+            .objects
+            .get(kind.kind)
+            .and_then(|m| m.get(&(ns_of(kind, namespace), name.to_string())))
+            .cloned()
+    }
+}
+
+fn ns_of(kind: ApiKind, namespace: &str) -> String {
+    if kind.namespaced {
+        namespace.to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn object_key(kind: ApiKind, object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let name = meta["name"].as_str().expect("object without metadata.name");
+    let ns = if kind.namespaced {
+        meta["namespace"].as_str().unwrap_or("default")
+    } else {
+        ""
+    };
+    (ns.to_string(), name.to_string())
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()
+    })
+}
+
+fn error(code: StatusCode, reason: &str, message: &str) -> Response {
+    (code, axum::Json(status(code, reason, message))).into_response()
+}
+
+/// The request's kind, namespace (if any) and object name (if any).
+fn route(path: &str) -> Option<(ApiKind, Option<String>, Option<String>)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let find = |plural: &str| {
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+            .copied()
+    };
+    match rest {
+        [plural] => Some((find(plural)?, None, None)),
+        ["namespaces", name] if group.is_empty() => {
+            Some((find("namespaces")?, None, Some(name.to_string())))
+        }
+        ["namespaces", ns, plural] => Some((find(plural)?, Some(ns.to_string()), None)),
+        ["namespaces", ns, plural, name] => {
+            Some((find(plural)?, Some(ns.to_string()), Some(name.to_string())))
+        }
+        [plural, name] => Some((find(plural)?, None, Some(name.to_string()))),
+        _ => None,
+    }
+}
+
+fn query(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn without_type(mut o: Value) -> Value {
+    if let Some(m) = o.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    o
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+    if method != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the fake API server only reads",
+        );
+    }
+    let Some((kind, ns, name)) = route(uri.path()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    };
+    let q = query(&uri);
+    let watching = matches!(q.get("watch").map(String::as_str), Some("1" | "true"));
+    let delay = shared.lock().slow.get(kind.kind).copied();
+    if let Some(delay) = delay.filter(|_| !watching) {
+        tokio::time::sleep(delay).await;
+    }
+    let mut store = shared.lock();
+    if !watching {
+        *store.lists.entry(kind.kind).or_default() += 1;
+    }
+    if store.uninstalled.contains(kind.kind) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    }
+    if let Some(name) = name {
+        let key = (ns.clone().unwrap_or_default(), name.clone());
+        return match store.objects.get(kind.kind).and_then(|m| m.get(&key)) {
+            Some(o) => axum::Json(o.clone()).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} \"{name}\" not found", kind.resource()),
+            ),
+        };
+    }
+    if !watching {
+        if store.failing.contains(kind.kind) {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the fake API server is failing lists of this kind",
+            );
+        }
+        let items: Vec<Value> = store
+            .objects
+            .get(kind.kind)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|((o_ns, _), _)| ns.as_ref().is_none_or(|n| n == o_ns))
+            .map(|(_, o)| without_type(o.clone()))
+            .collect();
+        let body = json!({
+            "kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(),
+            "metadata": {"resourceVersion": store.rv.to_string()},
+            "items": items,
+        });
+        return axum::Json(body).into_response();
+    }
+    *store.watches.entry(kind.kind).or_default() += 1;
+    let bookmarks = matches!(
+        q.get("allowWatchBookmarks").map(String::as_str),
+        Some("1" | "true")
+    );
+    if bookmarks {
+        store.bookmark_watches += 1;
+    }
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(store.rv);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(300));
+    let too_old = from < store.compacted;
+    drop(store);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let stream = WatchStream {
+        shared: Arc::clone(&shared),
+        kind,
+        ns,
+        pos: from,
+        bookmarks,
+        tx,
+    };
+    tokio::spawn(stream.run(too_old, timeout));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap()
+}
+
+struct WatchStream {
+    shared: Arc<Shared>,
+    kind: ApiKind,
+    ns: Option<String>,
+    /// The resourceVersion this stream has delivered up to.
+    pos: u64,
+    bookmarks: bool,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+impl WatchStream {
+    async fn send(&self, v: Value) -> bool {
+        self.tx.send(Ok(line(&v))).await.is_ok()
+    }
+
+    async fn gone(&self) {
+        let s = status(
+            StatusCode::GONE,
+            "Expired",
+            &format!("too old resource version: {}", self.pos),
+        );
+        let _ = self.send(json!({"type": "ERROR", "object": s})).await;
+    }
+
+    /// Delivers every change after `pos` for this stream's kind and namespace.
+    async fn flush(&mut self) -> bool {
+        let (changes, rv) = {
+            let store = self.shared.lock();
+            let changes: Vec<Change> = store
+                .history
+                .iter()
+                .filter(|c| c.rv > self.pos && c.kind == self.kind.kind)
+                .filter(|c| {
+                    self.ns.as_ref().is_none_or(|n| {
+                        c.object["metadata"]["namespace"].as_str() == Some(n.as_str())
+                    })
+                })
+                .cloned()
+                .collect();
+            (changes, store.rv)
+        };
+        for c in changes {
+            if !self
+                .send(json!({"type": c.event, "object": c.object}))
+                .await
+            {
+                return false;
+            }
+        }
+        self.pos = rv;
+        true
+    }
+
+    async fn run(mut self, too_old: bool, timeout: Duration) {
+        if too_old {
+            self.gone().await;
+            return;
+        }
+        let mut changed = self.shared.changed.subscribe();
+        let mut signal = self.shared.signal.subscribe();
+        signal.borrow_and_update();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            if !self.flush().await {
+                return;
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                r = signal.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let sig = signal.borrow_and_update().1;
+                    match sig {
+                        Signal::Drop => {
+                            let _ = self
+                                .tx
+                                .send(Err(std::io::Error::other("connection dropped by the test")))
+                                .await;
+                            return;
+                        }
+                        Signal::Expire => {
+                            self.gone().await;
+                            return;
+                        }
+                        Signal::Bookmark if self.bookmarks => {
+                            if !self.flush().await {
+                                return;
+                            }
+                            let bm = json!({"type": "BOOKMARK", "object": {
+                                "kind": self.kind.kind, "apiVersion": self.kind.api_version(),
+                                "metadata": {"resourceVersion": self.pos.to_string()}
+                            }});
+                            if !self.send(bm).await {
+                                return;
+                            }
+                        }
+                        Signal::Bookmark | Signal::None => {}
+                    }
+                }
+                _ = &mut deadline => return,
+                _ = self.tx.closed() => return,
+            }
+        }
+    }
+}
