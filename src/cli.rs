@@ -526,7 +526,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
-    let certs = crate::xds::secrets::CertBook::new(Arc::new(ca), args.cert_ttl);
+    let ca = Arc::new(ca);
+    let certs = crate::xds::secrets::CertBook::new(Arc::clone(&ca), args.cert_ttl);
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),
         xds_tx,
@@ -567,7 +568,18 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         serving.cert_chain_pem.clone(),
         serving.key_pem.expose().to_string(),
     ));
-    let sink_routes = crate::telemetry::sink::routes(telemetry.sink.clone(), shared.auth.clone());
+    let mut sink_routes =
+        crate::telemetry::sink::routes(telemetry.sink.clone(), shared.auth.clone());
+    // Istio's CA API, on the authenticated port only.
+    if let Some(auth) = shared.auth.clone() {
+        sink_routes = sink_routes.add_service(crate::ca::grpc::CaService {
+            ca,
+            trust_domain: args.ca.trust_domain.clone(),
+            max_ttl: args.cert_ttl,
+            auth,
+            metrics: metrics.clone(),
+        });
+    }
     let ads = tokio::spawn(server::serve(
         xds_listener,
         shared,

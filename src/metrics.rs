@@ -58,6 +58,9 @@ pub struct Metrics {
     pub certs_issued: Counter,
     pub root_cert_expiry: Gauge,
     pub auth_failures: Counter,
+    /// CSRs received on Istio's CA API, and those not signed.
+    pub csr_count: Counter,
+    pub csr_sign_errors: Counter,
     /// Config change (or certificate renewal) seen → the proxy ACKed it, per push.
     pub convergence: Histogram,
     pub config_size: Family<TypeLabel, Histogram, SizeBuckets>,
@@ -82,6 +85,8 @@ impl Default for Metrics {
             certs_issued: Counter::default(),
             root_cert_expiry: Gauge::default(),
             auth_failures: Counter::default(),
+            csr_count: Counter::default(),
+            csr_sign_errors: Counter::default(),
             convergence: Histogram::new(SECONDS_BUCKETS),
             config_size: Family::new_with_constructor(SizeBuckets),
             debounce_time: Histogram::new(SECONDS_BUCKETS),
@@ -154,6 +159,16 @@ impl Metrics {
             "citadel_server_authentication_failure_count",
             "xDS connections refused: missing, forged or expired credential, or another workload's",
             metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_count",
+            "CSRs received on Istio's CA API (CreateCertificate)",
+            metrics.csr_count.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_sign_error_count",
+            "CSRs received that were not signed",
+            metrics.csr_sign_errors.clone(),
         );
         registry.register(
             "pilot_proxy_convergence_time",

@@ -20,6 +20,7 @@
 
 mod authority;
 mod chain;
+pub mod grpc;
 mod identity;
 mod inspect;
 mod pem;
