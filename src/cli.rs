@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// would open more are dropped and counted.
     #[arg(long, default_value_t = crate::telemetry::series::DEFAULT_MAX_SERIES)]
     pub telemetry_max_series: usize,
+    /// Gateway certificates named by `credentialName`: NAME.crt and NAME.key
+    /// (PEM), plus NAME.ca (client CA) for MUTUAL. Read only; polled for
+    /// changes; served over SDS only to gateways whose Gateways name them.
+    #[arg(long)]
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// Where the CA lives; `serve` and `bootstrap` must be given the same.
@@ -182,6 +187,11 @@ pub struct BootstrapArgs {
     /// metrics come from access logs either way.
     #[arg(long)]
     pub metrics_sink: bool,
+    /// An ingress gateway proxy: Istio's `router~` node id. (What makes a
+    /// workload a gateway is a Gateway whose selector matches its labels;
+    /// with --config-dir this checks that one does.)
+    #[arg(long)]
+    pub gateway: bool,
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
 }
@@ -328,6 +338,14 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             Some(w) => {
                 ip = Some(w.address.clone());
                 service_account = w.service_account.clone();
+                let mesh = crate::xds::translate::Mesh::new(&state.snapshot, &registry);
+                let gateway = crate::xds::translate::gateway::is_gateway(&mesh, w);
+                if args.gateway && !gateway {
+                    eprintln!(
+                        "pilotfish: warning: no Gateway selects {workload} (labels {:?}): it gets no gateway listeners until one does",
+                        w.labels
+                    );
+                }
             }
             None => bail!(
                 "no WorkloadEntry {workload} in {} (known: {})",
@@ -363,7 +381,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             token,
         })
     };
-    let b = bootstrap(&BootstrapParams {
+    let mut b = bootstrap(&BootstrapParams {
         workload,
         ip,
         xds_host,
@@ -374,6 +392,9 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         metrics_sink: args.metrics_sink,
         security,
     });
+    if args.gateway {
+        crate::xds::bootstrap::as_gateway(&mut b);
+    }
     let text = match args.output {
         Format::Yaml => serde_yaml_ng::to_string(&b)?,
         Format::Json => serde_json::to_string_pretty(&b)? + "\n",
@@ -476,10 +497,16 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let certs = crate::xds::secrets::CertBook::new(Arc::new(ca), args.cert_ttl);
+    let creds = match &args.credentials_dir {
+        Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),
+        Some(dir) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
+        None => None,
+    };
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),
         xds_tx,
         Some(certs),
+        creds,
         metrics.clone(),
     ));
     let telemetry = crate::telemetry::Telemetry::new(metrics.clone(), args.telemetry_max_series);

@@ -165,6 +165,12 @@ pub struct XdsSnapshot {
     /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
     /// proxy only ever sees its own workload's certificate.
     pub secrets: HashMap<WorkloadKey, Arc<Layer>>,
+    /// Gateway proxies: their listeners and route tables replace a
+    /// sidecar's (see `translate::gateway`).
+    pub gateways: HashMap<WorkloadKey, gateway::GatewayLayers>,
+    /// Gateway credentials (`credentialName`) over SDS, by gateway workload:
+    /// only those its Gateways name.
+    pub credentials: HashMap<WorkloadKey, Arc<Layer>>,
     /// The registry this snapshot was built from (for roles that read
     /// services and workloads downstream of translation, like telemetry).
     pub registry: Arc<Registry>,
@@ -176,6 +182,9 @@ pub struct XdsSnapshot {
 impl XdsSnapshot {
     /// The resources `workload`'s proxy sees, or None when no such workload exists.
     pub fn resources_for(&self, workload: &WorkloadKey) -> Option<ProxyResources> {
+        if let Some(gw) = self.gateways.get(workload) {
+            return Some(self.gateway_resources(workload, gw));
+        }
         let own = self.workloads.get(workload)?;
         let routes = self
             .routes
@@ -324,11 +333,14 @@ impl XdsSnapshot {
             routes,
             workloads,
             secrets: prev.secrets.clone(),
+            gateways: gateway::build(prev, &mesh),
+            credentials: prev.credentials.clone(),
             registry: Arc::clone(registry),
             changed_at: None,
         }
     }
 }
 
+pub mod gateway;
 #[cfg(test)]
 mod tests;
