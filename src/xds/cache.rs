@@ -3,6 +3,8 @@
 //! A proxy's resources of one type are the union of a few shared *layers*:
 //! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
 //! endpoints = mesh-wide, routes = per namespace, listeners = per workload.
+//! Gateway proxies (see `cache/gateway.rs`) swap in their own listeners (per
+//! workload) and route tables (per set of Gateways), plus their credentials.
 //! Proxies that see the same thing hold the same `Arc<Layer>`; a layer whose
 //! content did not change keeps its identity across snapshots, so a stream can
 //! skip it with a pointer comparison.
