@@ -50,6 +50,47 @@ spec:
     - destination: {host: productpage, port: {number: 9080}}
 "#;
 
+/// TLS passthrough: port 9443 forwards TLS for bookinfo.example.com, by
+/// SNI and untouched, to a "backend" that terminates it: the gateway's own
+/// 8443 server (a ServiceEntry for its address), so the client sees the
+/// bookinfo certificate although 9443 has none.
+fn passthrough_config(gw_ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: passthrough}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: tls, protocol: TLS}}
+    hosts: [bookinfo.example.com]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tls-backend}}
+spec:
+  hosts: [tls-backend.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 8443, name: tls, protocol: TLS}}]
+  endpoints: [{{address: {gw_ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: passthrough}}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [passthrough]
+  tls:
+  - match: [{{sniHosts: [bookinfo.example.com]}}]
+    route:
+    - destination: {{host: tls-backend.example.com, port: {{number: 8443}}}}
+"#
+    )
+}
+
 /// A CA and the PEMs of one certificate it signed for `names`.
 struct Pki {
     ca_pem: String,
@@ -227,6 +268,10 @@ fn ingress_gateway_http_https_mutual_and_redirect() {
         mesh.apply(f);
     }
     mesh.write("gateway-tls.yaml", TLS_CONFIG);
+    mesh.write(
+        "gateway-passthrough.yaml",
+        &passthrough_config(&format!("127.{net}.0.{GATEWAY_HOST}")),
+    );
     mesh.start_bookinfo();
     let config = mesh.config.display().to_string();
     mesh.start_envoy_with(
@@ -349,6 +394,29 @@ fn ingress_gateway_http_https_mutual_and_redirect() {
     .expect("MUTUAL with a client certificate");
     assert_eq!(status, 200, "{body}");
 
+    // PASSTHROUGH: the TLS stream reaches the backend untouched (its
+    // certificate, its answer); an SNI no route names gets nothing.
+    let passthrough: SocketAddr = format!("{gw_ip}:9443").parse().unwrap();
+    let (status, body) = https_get(
+        &server_pki.ca_pem,
+        "bookinfo.example.com",
+        passthrough,
+        "/productpage",
+        None,
+    )
+    .expect("TLS passthrough by SNI");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        https_get(
+            &server_pki.ca_pem,
+            "mtls.example.com",
+            passthrough,
+            "/productpage",
+            None
+        )
+        .is_err()
+    );
+
     // Sidecars got none of the gateway's routes, listeners or credentials.
     for (_, _, _, host, _) in common::BOOKINFO {
         let dump = config_dump(&mesh, *host);
@@ -401,6 +469,10 @@ fn renewed_credentials_reach_the_gateway_without_restart() {
             .replace("127.0.0.", &format!("127.{net}.0."));
     mesh.write("ingressgateway.yaml", &gw_entry);
     mesh.write("gateway-tls.yaml", TLS_CONFIG);
+    mesh.write(
+        "gateway-passthrough.yaml",
+        &passthrough_config(&format!("127.{net}.0.{GATEWAY_HOST}")),
+    );
     mesh.start_bookinfo();
     let config = mesh.config.display().to_string();
     mesh.start_envoy_with(

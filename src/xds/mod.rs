@@ -78,6 +78,7 @@ pub async fn run_translator(
                         mtls,
                     );
                     let mesh = translate::Mesh::new(&state.snapshot, &registry);
+                    gateway_warnings.extend(translate::gateway::reference_warnings(&mesh));
                     for w in registry.workloads.values() {
                         gateway_warnings.extend(translate::gateway::warnings(&mesh, w));
                     }

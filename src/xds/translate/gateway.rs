@@ -265,6 +265,27 @@ pub fn warnings(mesh: &Mesh<'_>, workload: &Workload) -> Vec<String> {
     plan(mesh, workload).warnings
 }
 
+/// VirtualServices naming Gateways that do not exist (their gateway
+/// routes go nowhere until the Gateway appears).
+pub fn reference_warnings(mesh: &Mesh<'_>) -> Vec<String> {
+    let gateways: Vec<&Resource> = mesh.config.gateways().map(|(r, _)| r).collect();
+    let mut out = Vec::new();
+    for (vs, spec) in mesh.config.virtual_services() {
+        for g in spec.gateways.iter().filter(|g| *g != MESH_GATEWAY) {
+            if !gateways
+                .iter()
+                .any(|gw| names_gateway(g, &vs.namespace, gw))
+            {
+                out.push(format!(
+                    "VirtualService {}/{}: gateway {g:?} does not exist",
+                    vs.namespace, vs.name
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Splits a Gateway server host `ns/dnsName` (or a bare `dnsName`).
 fn split_host(h: &str) -> (Option<&str>, &str) {
     match h.split_once('/') {
@@ -422,12 +443,17 @@ fn destination_service(
 }
 
 /// Virtual host domains for `h` at gateway port `port`: the name, and the
-/// name with the port (clients send `Host: name:port` on other ports).
+/// name with any port (`Host: name:port` names the port the client dialled,
+/// which behind a load balancer or a passthrough hop is not the gateway's),
+/// as Istio lists them. Envoy takes one wildcard per domain, so a wildcard
+/// name gets the gateway port instead.
 fn domains(h: &str, port: u32) -> Vec<String> {
     if h == "*" {
         vec!["*".to_string()]
-    } else {
+    } else if h.starts_with('*') {
         vec![h.to_string(), format!("{h}:{port}")]
+    } else {
+        vec![h.to_string(), format!("{h}:*")]
     }
 }
 
@@ -899,7 +925,8 @@ mod tests {
         );
         assert_eq!(intersect("a.example.com", "b.example.com"), None);
         assert_eq!(split_host("./a.com"), (Some("."), "a.com"));
-        assert_eq!(domains("a.com", 8443), ["a.com", "a.com:8443"]);
+        assert_eq!(domains("a.com", 8443), ["a.com", "a.com:*"]);
+        assert_eq!(domains("*.a.com", 8443), ["*.a.com", "*.a.com:8443"]);
         assert_eq!(domains("*", 80), ["*"]);
     }
 }

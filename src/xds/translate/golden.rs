@@ -136,6 +136,10 @@ fn render(dir: &Path) -> String {
         Value::Array(vec![json(&routes::outbound(&mesh, CLIENT_NAMESPACE))]),
     );
     all.insert("workloads".into(), Value::Object(workloads));
+    let missing = gateway::reference_warnings(&mesh);
+    if !missing.is_empty() {
+        all.insert("gateway_reference_warnings".into(), missing.into());
+    }
     if !registry.warnings.is_empty() {
         all.insert("warnings".into(), registry.warnings.clone().into());
     }
