@@ -138,6 +138,11 @@ pub struct ServeArgs {
     /// Telemetry resources' `zipkin` tracing provider reports spans to.
     #[arg(long)]
     pub zipkin_address: Option<String>,
+    /// Gateway certificates named by `credentialName`: NAME.crt and NAME.key
+    /// (PEM), plus NAME.ca (client CA) for MUTUAL. Read only; polled for
+    /// changes; served over SDS only to gateways whose Gateways name them.
+    #[arg(long)]
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// The Kubernetes API as the source of services, workloads and Istio config.
@@ -215,6 +220,11 @@ pub struct BootstrapArgs {
     /// metrics come from access logs either way.
     #[arg(long)]
     pub metrics_sink: bool,
+    /// An ingress gateway proxy: Istio's `router~` node id. (What makes a
+    /// workload a gateway is a Gateway whose selector matches its labels;
+    /// with --config-dir this checks that one does.)
+    #[arg(long)]
+    pub gateway: bool,
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
 }
@@ -361,6 +371,14 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             Some(w) => {
                 ip = Some(w.address.clone());
                 service_account = w.service_account.clone();
+                let mesh = crate::xds::translate::Mesh::new(&state.snapshot, &registry);
+                let gateway = crate::xds::translate::gateway::is_gateway(&mesh, w);
+                if args.gateway && !gateway {
+                    eprintln!(
+                        "pilotfish: warning: no Gateway selects {workload} (labels {:?}): it gets no gateway listeners until one does",
+                        w.labels
+                    );
+                }
             }
             None => bail!(
                 "no WorkloadEntry {workload} in {} (known: {})",
@@ -408,7 +426,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             token,
         })
     };
-    let b = bootstrap(&BootstrapParams {
+    let mut b = bootstrap(&BootstrapParams {
         workload,
         ip,
         xds_host,
@@ -419,6 +437,9 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         metrics_sink: args.metrics_sink,
         security,
     });
+    if args.gateway {
+        crate::xds::bootstrap::as_gateway(&mut b);
+    }
     let text = match args.output {
         Format::Yaml => serde_yaml_ng::to_string(&b)?,
         Format::Json => serde_json::to_string_pretty(&b)? + "\n",
@@ -528,10 +549,16 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     );
     let ca = Arc::new(ca);
     let certs = crate::xds::secrets::CertBook::new(Arc::clone(&ca), args.cert_ttl);
+    let creds = match &args.credentials_dir {
+        Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),
+        Some(dir) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
+        None => None,
+    };
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),
         xds_tx,
         Some(certs),
+        creds,
         metrics.clone(),
         args.zipkin_address.clone(),
     ));

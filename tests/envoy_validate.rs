@@ -11,7 +11,7 @@ use std::sync::Arc;
 use pilotfish::config::parse_file;
 use pilotfish::model::{ConfigSnapshot, Registry};
 use pilotfish::xds::dump::message_json;
-use pilotfish::xds::translate::{Mesh, clusters, endpoints, listeners, routes};
+use pilotfish::xds::translate::{Mesh, clusters, endpoints, gateway, listeners, routes};
 use serde_json::{Value, json};
 
 /// Real PEM files standing in for the `/etc/certs/` paths the golden inputs name.
@@ -65,7 +65,31 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
     }
     let mut listeners_json = Vec::new();
     let mut inbound_names = std::collections::HashSet::new();
+    let mut route_tables = vec![routes::outbound(&mesh, "default")];
+    let mut secrets = Vec::new();
     for w in registry.workloads.values() {
+        if gateway::is_gateway(&mesh, w) {
+            // A gateway: its listeners, its route tables (checked inline
+            // below) and its credentials' SDS secrets, made from a real
+            // certificate as the credentials directory would give them.
+            listeners_json.extend(gateway::listeners(&mesh, w).iter().map(message_json));
+            route_tables.extend(gateway::route_tables(&mesh, w));
+            for name in gateway::credential_names(&mesh, w) {
+                let cred = pilotfish::xds::credentials::Credential {
+                    cert_pem: std::fs::read_to_string(certs.join("client.pem")).unwrap(),
+                    key_pem: pilotfish::ca::Secret::new(
+                        std::fs::read_to_string(certs.join("client-key.pem")).unwrap(),
+                    ),
+                    ca_pem: Some(std::fs::read_to_string(certs.join("ca.pem")).unwrap()),
+                };
+                secrets.extend(
+                    pilotfish::xds::credentials::secrets(&name, &cred)
+                        .iter()
+                        .map(message_json),
+                );
+            }
+            continue;
+        }
         for c in clusters::inbound(&mesh, w) {
             if inbound_names.insert(c.name.clone()) {
                 clusters.push(message_json(&c));
@@ -73,11 +97,12 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
         }
         listeners_json.extend(listeners::for_workload(&mesh, w).iter().map(message_json));
     }
-    // The outbound route table, inline in a listener of its own.
-    let rc = message_json(&routes::outbound(&mesh, "default"));
-    listeners_json.push(json!({
-        "name": "route-check",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 2}},
+    // Each route table, inline in a listener of its own.
+    for (i, rc) in route_tables.iter().enumerate() {
+        let rc = message_json(rc);
+        listeners_json.push(json!({
+        "name": format!("route-check-{i}"),
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 2 + i}},
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -87,11 +112,12 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
                     {"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
                     {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}],
     }));
+    }
     json!({
         "node": {"id": "validate", "cluster": "validate"},
         "dynamic_resources": {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
-        "static_resources": {"clusters": clusters, "listeners": listeners_json},
+        "static_resources": {"clusters": clusters, "listeners": listeners_json, "secrets": secrets},
     })
 }
 

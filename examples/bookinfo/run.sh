@@ -18,6 +18,7 @@ done
 rm -rf "$RUN" && mkdir -p "$CONFIG" "$RUN/logs"
 cp examples/bookinfo/mesh/*.yaml "$CONFIG/"
 cp examples/bookinfo/routing/destination-rule-all.yaml examples/bookinfo/routing/virtual-service-all-v1.yaml "$CONFIG/"
+cp examples/bookinfo/routing/bookinfo-gateway.yaml "$CONFIG/"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -48,12 +49,21 @@ start reviews-v2 reviews v2 14 ratings:9080/ratings/0
 start reviews-v3 reviews v3 15 ratings:9080/ratings/0
 start ratings-v1 ratings v1 16
 
+# The ingress gateway (mesh/ingressgateway.yaml; Istio's bookinfo-gateway
+# sample selects it): a stock Envoy with no app beside it.
+"$PILOTFISH" bootstrap --workload istio-ingressgateway --gateway --config-dir "$CONFIG" \
+  --state-dir "$RUN/state" --admin-address 127.0.0.30:15000 >"$RUN/istio-ingressgateway.yaml"
+"$ENVOY" -c "$RUN/istio-ingressgateway.yaml" --use-dynamic-base-id --concurrency 1 --log-level warn \
+  >"$RUN/logs/istio-ingressgateway-envoy.log" 2>&1 &
+pids+=($!)
+
 for _ in $(seq 100); do curl -fs http://127.0.0.11:9080/productpage >/dev/null 2>&1 && break; sleep 0.1; done
 cat <<MSG
 
 bookinfo is running (logs in $RUN/logs, config in $CONFIG).
 
   curl -s http://127.0.0.11:9080/productpage                      # through productpage's sidecar
+  curl -s http://127.0.0.30:8080/productpage                      # through the ingress gateway
   curl -s -H 'end-user: jason' http://127.0.0.11:9080/productpage
   curl -s -x http://127.0.0.11:15001 http://reviews:9080/reviews/0 # any sidecar is an HTTP proxy
 

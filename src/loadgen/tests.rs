@@ -333,6 +333,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
         config_rx,
         xds_tx,
         certs,
+        None,
         metrics.clone(),
         None,
     ));

@@ -77,6 +77,16 @@ pub fn node_id(workload: &WorkloadKey, ip: Option<&str>) -> String {
     )
 }
 
+/// Makes a bootstrap an ingress gateway's: Istio's `router~` node id. The
+/// proxy's resources follow from its workload's labels either way.
+pub fn as_gateway(b: &mut serde_json::Value) {
+    if let Some(id) = b["node"]["id"].as_str()
+        && let Some(rest) = id.strip_prefix("sidecar~")
+    {
+        b["node"]["id"] = json!(format!("router~{rest}"));
+    }
+}
+
 /// The bootstrap as a JSON value (render with YAML or JSON).
 pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
     let xds_is_ip = p.xds_host.parse::<std::net::IpAddr>().is_ok();
@@ -221,6 +231,17 @@ mod tests {
             d["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"
         );
+    }
+
+    #[test]
+    fn gateway_bootstrap_has_istios_router_node_id() {
+        let mut b = bootstrap(&mk_params(false));
+        as_gateway(&mut b);
+        assert_eq!(
+            b["node"]["id"],
+            "router~127.0.0.5~reviews-v1.default~default.svc.cluster.local"
+        );
+        assert_eq!(b["node"]["metadata"]["WORKLOAD_NAME"], "reviews-v1");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! A proxy's resources of one type are the union of a few shared *layers*:
 //! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
 //! endpoints = mesh-wide, routes = per namespace, listeners = per workload.
+//! Gateway proxies (see `cache/gateway.rs`) swap in their own listeners (per
+//! workload) and route tables (per set of Gateways), plus their credentials.
 //! Proxies that see the same thing hold the same `Arc<Layer>`; a layer whose
 //! content did not change keeps its identity across snapshots, so a stream can
 //! skip it with a pointer comparison.
@@ -165,6 +167,12 @@ pub struct XdsSnapshot {
     /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
     /// proxy only ever sees its own workload's certificate.
     pub secrets: HashMap<WorkloadKey, Arc<Layer>>,
+    /// Gateway proxies: their listeners and route tables replace a
+    /// sidecar's (see `translate::gateway`).
+    pub gateways: HashMap<WorkloadKey, gateway::GatewayLayers>,
+    /// Gateway credentials (`credentialName`) over SDS, by gateway workload:
+    /// only those its Gateways name.
+    pub credentials: HashMap<WorkloadKey, Arc<Layer>>,
     /// The registry this snapshot was built from (for roles that read
     /// services and workloads downstream of translation, like telemetry).
     pub registry: Arc<Registry>,
@@ -179,6 +187,9 @@ pub struct XdsSnapshot {
 impl XdsSnapshot {
     /// The resources `workload`'s proxy sees, or None when no such workload exists.
     pub fn resources_for(&self, workload: &WorkloadKey) -> Option<ProxyResources> {
+        if let Some(gw) = self.gateways.get(workload) {
+            return Some(self.gateway_resources(workload, gw));
+        }
         let own = self.workloads.get(workload)?;
         let routes = self
             .routes
@@ -350,6 +361,8 @@ impl XdsSnapshot {
             routes,
             workloads,
             secrets: prev.secrets.clone(),
+            gateways: gateway::build(prev, &mesh),
+            credentials: prev.credentials.clone(),
             registry: Arc::clone(registry),
             changed_at: None,
             config: Arc::clone(&prev.config),
@@ -357,5 +370,6 @@ impl XdsSnapshot {
     }
 }
 
+pub mod gateway;
 #[cfg(test)]
 mod tests;

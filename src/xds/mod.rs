@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod credentials;
 pub mod dump;
 pub mod encoded;
 pub mod secrets;
@@ -27,12 +28,14 @@ const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(60);
 const MIN_RENEWAL_SLEEP: Duration = Duration::from_secs(1);
 
 /// Turns each new config state into a new xDS snapshot, and keeps workload
-/// certificates fresh when a CA runs (`certs`), off the async workers; runs
-/// until either channel closes.
+/// certificates fresh when a CA runs (`certs`), and gateway credentials
+/// current when a credentials directory is given (`creds`, polled), off the
+/// async workers; runs until either channel closes.
 pub async fn run_translator(
     mut config: watch::Receiver<Arc<ConfigState>>,
     out: watch::Sender<Arc<cache::XdsSnapshot>>,
     mut certs: Option<secrets::CertBook>,
+    mut creds: Option<credentials::CredentialDir>,
     metrics: Metrics,
     zipkin: Option<String>,
 ) {
@@ -43,15 +46,25 @@ pub async fn run_translator(
         let state = Arc::clone(&config.borrow_and_update());
         let config_changed = state.version != last_version;
         let renewal_due = next_renewal.is_some_and(|t| SystemTime::now() >= t);
-        if config_changed || renewal_due {
+        // A handful of small files: read in place.
+        let creds_changed = creds.as_mut().is_some_and(|c| c.reload());
+        if creds_changed && let Some(c) = &creds {
+            info!(dir = %c.dir().display(), credentials = ?c.names().collect::<Vec<_>>(), "gateway credentials read");
+            for e in &c.errors {
+                warn!(error = %e, "gateway credential not usable");
+            }
+        }
+        if config_changed || renewal_due || creds_changed {
             last_version = state.version;
             let prev = Arc::clone(&out.borrow());
             let old_registry = Arc::clone(&registry);
             let book = certs.take();
             let zipkin = zipkin.clone();
+            let mut dir = creds.take();
             let built = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let trigger = if config_changed { "config" } else { "secret" };
+                let mut gateway_warnings = Vec::new();
                 let mtls = book.is_some();
                 let trust_domain = book
                     .as_ref()
@@ -67,6 +80,11 @@ pub async fn run_translator(
                         mtls,
                         zipkin.as_deref(),
                     );
+                    let mesh = translate::Mesh::new(&state.snapshot, &registry);
+                    gateway_warnings.extend(translate::gateway::reference_warnings(&mesh));
+                    for w in registry.workloads.values() {
+                        gateway_warnings.extend(translate::gateway::warnings(&mesh, w));
+                    }
                     (snap, registry)
                 } else {
                     let mut snap = (*prev).clone();
@@ -83,16 +101,35 @@ pub async fn run_translator(
                 if config_changed {
                     snap.config = Arc::clone(&state);
                 }
+                let wants = snap.credential_wants();
+                if let Some(d) = dir.as_mut() {
+                    snap.credentials = d.layers(&wants);
+                    let missing = d.missing(wants.values().flat_map(|w| w.iter()));
+                    if !missing.is_empty() && (config_changed || creds_changed) {
+                        gateway_warnings.push(format!(
+                            "gateway credentials {missing:?} not in {} (NAME.crt and NAME.key; NAME.ca for MUTUAL)",
+                            d.dir().display()
+                        ));
+                    }
+                } else if config_changed && wants.values().any(|w| !w.is_empty()) {
+                    gateway_warnings.push(
+                        "Gateways name credentials (credentialName) but serve has no --credentials-dir".to_string(),
+                    );
+                }
                 snap.changed_at = if config_changed {
                     state.changed_at.or(Some(started))
                 } else {
                     Some(started)
                 };
-                (snap, registry, book, refresh, started.elapsed(), trigger)
+                (snap, registry, book, refresh, started.elapsed(), trigger, dir, gateway_warnings)
             })
             .await;
             match built {
-                Ok((snap, reg, book, refresh, took, trigger)) => {
+                Ok((snap, reg, book, refresh, took, trigger, dir, gateway_warnings)) => {
+                    creds = dir;
+                    for w in &gateway_warnings {
+                        warn!("{w}");
+                    }
                     metrics
                         .push_triggers
                         .get_or_create(&crate::metrics::TypeLabel {
@@ -135,6 +172,11 @@ pub async fn run_translator(
             .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
             .unwrap_or(MAX_RENEWAL_SLEEP)
             .clamp(MIN_RENEWAL_SLEEP, MAX_RENEWAL_SLEEP);
+        let sleep = if creds.is_some() {
+            sleep.min(credentials::POLL_INTERVAL)
+        } else {
+            sleep
+        };
         tokio::select! {
             changed = config.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(sleep) => {},

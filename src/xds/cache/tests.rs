@@ -102,3 +102,41 @@ fn a_peer_authentication_change_rebuilds_the_workloads_listeners() {
     assert!(!before.same_layers(&after, XdsType::Listener));
     assert!(before.same_layers(&after, XdsType::Cluster));
 }
+
+const GATEWAY_WORKLOADS: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: gw-a}\nspec: {address: 127.0.0.30, labels: {istio: ingressgateway}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: gw-b}\nspec: {address: 127.0.0.31, labels: {istio: ingressgateway}}\n";
+const GATEWAY: &str = include_str!("../../../examples/bookinfo/routing/bookinfo-gateway.yaml");
+
+#[test]
+fn gateway_proxies_get_gateway_layers_and_sidecars_do_not() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS, GATEWAY_WORKLOADS, GATEWAY]);
+    let built = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
+    let a = built.resources_for(&mk_key("gw-a")).unwrap();
+    let b = built.resources_for(&mk_key("gw-b")).unwrap();
+    let sidecar = built.resources_for(&mk_key("productpage-v1")).unwrap();
+    let names = |r: &ProxyResources, t: XdsType| -> Vec<String> {
+        r.all(t).map(|e| e.name.to_string()).collect()
+    };
+    assert_eq!(names(&a, XdsType::Listener), ["127.0.0.30_8080"]);
+    assert_eq!(names(&b, XdsType::Listener), ["127.0.0.31_8080"]);
+    assert_eq!(names(&a, XdsType::Route), ["http.8080"]);
+    assert_eq!(names(&sidecar, XdsType::Route), ["outbound"]);
+    // Replicas of one gateway share their route tables and the mesh's clusters.
+    assert!(Arc::ptr_eq(&a.layers[3][0], &b.layers[3][0]));
+    assert!(Arc::ptr_eq(&a.layers[0][0], &sidecar.layers[0][0]));
+    assert_eq!(a.layers[0].len(), 1, "no inbound clusters on a gateway");
+    // The sidecar's route table has no gateway-only virtual host.
+    let rc = sidecar.get(XdsType::Route, "outbound").unwrap();
+    assert!(!String::from_utf8_lossy(&rc.sotw).contains("\"*\""));
+
+    // Unchanged config: the same layers.
+    let again = XdsSnapshot::build(&built, &snap, &reg, "cluster.local", false);
+    let a2 = again.resources_for(&mk_key("gw-a")).unwrap();
+    for t in XdsType::PUSH_ORDER {
+        assert!(a.same_layers(&a2, t), "{t:?} rebuilt");
+    }
+    // Without the Gateway, the workload is an ordinary sidecar again.
+    let (plain, reg2) = mk_snapshot(&[MESH, WORKLOADS, DR, VS, GATEWAY_WORKLOADS]);
+    let plain = XdsSnapshot::build(&again, &plain, &reg2, "cluster.local", false);
+    let a3 = plain.resources_for(&mk_key("gw-a")).unwrap();
+    assert_eq!(names(&a3, XdsType::Listener), ["127.0.0.30_15001"]);
+}

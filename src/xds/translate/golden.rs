@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Mesh, clusters, endpoints, listeners, routes};
+use super::{Mesh, clusters, endpoints, gateway, listeners, routes};
 use crate::config::parse_file;
 use crate::model::{ConfigSnapshot, Registry};
 use crate::xds::dump::message_json;
@@ -108,6 +108,25 @@ fn render(dir: &Path) -> String {
     let mut workloads = Map::new();
     for (key, w) in &registry.workloads {
         let mut out = Map::new();
+        if gateway::is_gateway(&mesh, w) {
+            // A gateway proxy: its own listeners, route tables and credentials.
+            out.insert(
+                "gateway_listeners".into(),
+                json_all(&gateway::listeners(&mesh, w)),
+            );
+            out.insert(
+                "gateway_routes".into(),
+                json_all(&gateway::route_tables(&mesh, w)),
+            );
+            let names: Vec<String> = gateway::credential_names(&mesh, w).into_iter().collect();
+            out.insert("credentials".into(), names.into());
+            let warnings = gateway::warnings(&mesh, w);
+            if !warnings.is_empty() {
+                out.insert("gateway_warnings".into(), warnings.into());
+            }
+            workloads.insert(key.to_string(), Value::Object(out));
+            continue;
+        }
         out.insert("clusters".into(), json_all(&clusters::inbound(&mesh, w)));
         out.insert(
             "listeners".into(),
@@ -123,6 +142,10 @@ fn render(dir: &Path) -> String {
         Value::Array(vec![json(&routes::outbound(&mesh, CLIENT_NAMESPACE))]),
     );
     all.insert("workloads".into(), Value::Object(workloads));
+    let missing = gateway::reference_warnings(&mesh);
+    if !missing.is_empty() {
+        all.insert("gateway_reference_warnings".into(), missing.into());
+    }
     if !registry.warnings.is_empty() {
         all.insert("warnings".into(), registry.warnings.clone().into());
     }

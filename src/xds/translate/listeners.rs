@@ -149,18 +149,21 @@ fn apply_peer_authentication(l: &mut Listener, mode: MtlsMode) {
     }
 }
 
-fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
+pub(super) fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
     Filter {
         name: HCM.to_string(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
     }
 }
 
-fn router() -> HttpFilter {
+pub(super) fn router() -> HttpFilter {
     http_filter(ROUTER, any(&Router::default()))
 }
 
-fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {
+pub(super) fn http_filter(
+    name: &str,
+    config: envoy_types::pb::google::protobuf::Any,
+) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(config)),

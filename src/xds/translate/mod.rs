@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod cluster_policy;
 pub mod clusters;
 pub mod endpoints;
+pub mod gateway;
 pub mod http_policy;
 pub mod listeners;
 pub mod mtls;

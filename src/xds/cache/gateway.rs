@@ -1,0 +1,109 @@
+//! The layers of gateway proxies: listeners per gateway workload (they bind
+//! its address), route tables per set of Gateways and namespace (replicas of
+//! one gateway share them), and the names of the credentials it serves.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{Layer, ProxyResources, XdsSnapshot};
+use crate::model::WorkloadKey;
+use crate::xds::translate::{Mesh, gateway};
+use crate::xds::types::XdsType;
+
+/// What one gateway proxy gets instead of a sidecar's listeners and routes.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayLayers {
+    pub listeners: Arc<Layer>,
+    pub routes: Arc<Layer>,
+    /// The `credentialName`s its servers terminate TLS with.
+    pub credential_names: Arc<BTreeSet<String>>,
+}
+
+/// The gateways selecting a workload (`namespace/name` each) and the
+/// workload's namespace: what its route tables depend on.
+type RouteKey = (Vec<String>, String);
+
+/// Translates every gateway workload of the mesh, reusing `prev`'s layers
+/// whose content did not change.
+pub(super) fn build(prev: &XdsSnapshot, mesh: &Mesh<'_>) -> HashMap<WorkloadKey, GatewayLayers> {
+    let mut routes: HashMap<RouteKey, Arc<Layer>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (key, w) in &mesh.registry.workloads {
+        let selecting = gateway::gateways_of(mesh, w);
+        if selecting.is_empty() {
+            continue;
+        }
+        let old = prev.gateways.get(key);
+        let route_key: RouteKey = (
+            selecting
+                .iter()
+                .map(|(r, _)| format!("{}/{}", r.namespace, r.name))
+                .collect(),
+            key.namespace.clone(),
+        );
+        let routes = Arc::clone(routes.entry(route_key).or_insert_with(|| {
+            Layer::encode(
+                XdsType::Route,
+                gateway::route_tables(mesh, w)
+                    .into_iter()
+                    .map(|r| (r.name.clone(), r)),
+            )
+            .reuse(old.map(|o| &o.routes))
+        }));
+        let listeners = Layer::encode(
+            XdsType::Listener,
+            gateway::listeners(mesh, w)
+                .into_iter()
+                .map(|l| (l.name.clone(), l)),
+        )
+        .reuse(old.map(|o| &o.listeners));
+        let names = gateway::credential_names(mesh, w);
+        let credential_names = match old {
+            Some(o) if *o.credential_names == names => Arc::clone(&o.credential_names),
+            _ => Arc::new(names),
+        };
+        out.insert(
+            key.clone(),
+            GatewayLayers {
+                listeners,
+                routes,
+                credential_names,
+            },
+        );
+    }
+    out
+}
+
+impl XdsSnapshot {
+    /// A gateway proxy's resources: the mesh's outbound clusters and
+    /// endpoints, its own listeners and route tables, its workload
+    /// certificate (mTLS toward the mesh) and its credentials.
+    pub(super) fn gateway_resources(
+        &self,
+        key: &WorkloadKey,
+        gw: &GatewayLayers,
+    ) -> ProxyResources {
+        ProxyResources {
+            layers: [
+                vec![Arc::clone(&self.clusters)],
+                vec![Arc::clone(&self.endpoints)],
+                vec![Arc::clone(&gw.listeners)],
+                vec![Arc::clone(&gw.routes)],
+                self.secrets
+                    .get(key)
+                    .into_iter()
+                    .chain(self.credentials.get(key))
+                    .cloned()
+                    .collect(),
+            ],
+        }
+    }
+
+    /// The credentials each gateway proxy wants (for `CredentialDir::layers`).
+    pub fn credential_wants(&self) -> HashMap<WorkloadKey, Arc<BTreeSet<String>>> {
+        self.gateways
+            .iter()
+            .map(|(k, g)| (k.clone(), Arc::clone(&g.credential_names)))
+            .collect()
+    }
+}

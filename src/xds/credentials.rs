@@ -1,0 +1,312 @@
+//! Gateway credentials (`credentialName`) from a directory, served over SDS
+//! to the gateway proxies whose Gateways name them.
+//!
+//! File mode's stand-in for Kubernetes Secrets: credential `NAME` is
+//! `NAME.crt` (certificate chain, PEM) and `NAME.key` (private key, PEM) in
+//! the directory, plus `NAME.ca` (client CA bundle) for MUTUAL servers.
+//! pilotfish only reads the directory; it is re-read on every config change
+//! and polled for changes, so renewed certificates reach Envoy without a
+//! restart. Key material is kept as [`crate::ca::Secret`] (never printed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+
+use super::cache::Layer;
+use super::translate::gateway::{credential_ca_secret, credential_secret};
+use super::types::XdsType;
+use crate::ca::Secret as KeyText;
+use crate::model::WorkloadKey;
+
+/// How often the directory is checked for changed files: short enough that
+/// a renewed certificate is served within seconds, long enough to cost
+/// nothing (a handful of small reads).
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One credential as read from the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub cert_pem: String,
+    pub key_pem: KeyText,
+    pub ca_pem: Option<String>,
+}
+
+/// The credentials directory and what was last read from it.
+#[derive(Debug)]
+pub struct CredentialDir {
+    dir: PathBuf,
+    creds: BTreeMap<String, Credential>,
+    /// Problems of the last read (file, what is wrong), never key bytes.
+    pub errors: Vec<String>,
+    /// Layers by the set of names they hold, kept while their content is
+    /// unchanged so streams skip them.
+    layers: HashMap<BTreeSet<String>, Arc<Layer>>,
+    /// The directory changed since `layers` were made.
+    stale: bool,
+}
+
+fn inline(text: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::InlineString(text.to_string())),
+        ..Default::default()
+    }
+}
+
+/// The SDS secrets of one credential: the key pair, and the client CA when
+/// there is one.
+pub fn secrets(name: &str, c: &Credential) -> Vec<Secret> {
+    let mut out = vec![Secret {
+        name: credential_secret(name),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&c.cert_pem)),
+            private_key: Some(inline(c.key_pem.expose())),
+            ..Default::default()
+        })),
+    }];
+    if let Some(ca) = &c.ca_pem {
+        out.push(Secret {
+            name: credential_ca_secret(name),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline(ca)),
+                    ..Default::default()
+                },
+            )),
+        });
+    }
+    out
+}
+
+/// Reads every credential in `dir`: each `NAME.crt` with its `NAME.key`
+/// (and optional `NAME.ca`). Problems are returned, not fatal.
+pub fn read_dir(dir: &Path) -> (BTreeMap<String, Credential>, Vec<String>) {
+    let mut creds = BTreeMap::new();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(format!("credentials directory {}: {e}", dir.display()));
+            return (creds, errors);
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "crt")
+                .then(|| p.file_stem()?.to_str().map(str::to_string))
+                .flatten()
+        })
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for name in names {
+        let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}")));
+        let cert_pem = match read("crt") {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("credential {name}: {name}.crt: {e}"));
+                continue;
+            }
+        };
+        let key_pem = match read("key") {
+            Ok(t) => KeyText::new(t),
+            Err(e) => {
+                errors.push(format!("credential {name}: {name}.key: {e}"));
+                continue;
+            }
+        };
+        if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            errors.push(format!(
+                "credential {name}: {name}.crt holds no PEM certificate"
+            ));
+            continue;
+        }
+        if !key_pem.expose().contains("PRIVATE KEY-----") {
+            errors.push(format!(
+                "credential {name}: {name}.key holds no PEM private key"
+            ));
+            continue;
+        }
+        let ca_pem = match read("ca") {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                errors.push(format!("credential {name}: {name}.ca: {e}"));
+                None
+            }
+        };
+        creds.insert(
+            name,
+            Credential {
+                cert_pem,
+                key_pem,
+                ca_pem,
+            },
+        );
+    }
+    (creds, errors)
+}
+
+impl CredentialDir {
+    /// A directory not read yet (call [`CredentialDir::reload`]).
+    pub fn new(dir: PathBuf) -> Self {
+        CredentialDir {
+            dir,
+            creds: BTreeMap::new(),
+            errors: Vec::new(),
+            layers: HashMap::new(),
+            stale: false,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads the directory; true when any credential (or problem) changed.
+    pub fn reload(&mut self) -> bool {
+        let (creds, errors) = read_dir(&self.dir);
+        let changed = creds != self.creds || errors != self.errors;
+        if changed {
+            self.creds = creds;
+            self.errors = errors;
+            self.stale = true;
+        }
+        changed
+    }
+
+    /// The names of the credentials read.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.creds.keys().map(String::as_str)
+    }
+
+    /// One secrets layer per gateway workload, holding only the credentials
+    /// its Gateways name (missing ones are simply absent: Envoy waits for
+    /// them). Workloads wanting the same set share one layer.
+    pub fn layers(
+        &mut self,
+        wants: &HashMap<WorkloadKey, Arc<BTreeSet<String>>>,
+    ) -> HashMap<WorkloadKey, Arc<Layer>> {
+        let mut out = HashMap::new();
+        let mut kept: HashMap<BTreeSet<String>, Arc<Layer>> = HashMap::new();
+        for (key, names) in wants {
+            if names.is_empty() {
+                continue;
+            }
+            let layer = match kept.get(&**names) {
+                Some(l) => Arc::clone(l),
+                None => {
+                    let old = self.layers.get(&**names);
+                    let layer = match old {
+                        Some(l) if !self.stale => Arc::clone(l),
+                        _ => {
+                            let items = names
+                                .iter()
+                                .filter_map(|n| self.creds.get(n).map(|c| (n, c)))
+                                .flat_map(|(n, c)| secrets(n, c))
+                                .map(|s| (s.name.clone(), s));
+                            // Same content as before keeps the old layer's identity.
+                            Layer::encode(XdsType::Secret, items).reuse(old)
+                        }
+                    };
+                    kept.insert((**names).clone(), Arc::clone(&layer));
+                    layer
+                }
+            };
+            out.insert(key.clone(), layer);
+        }
+        self.layers = kept;
+        self.stale = false;
+        out
+    }
+
+    /// Names wanted by some gateway but absent from the directory.
+    pub fn missing<'a>(&self, wants: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
+        wants
+            .into_iter()
+            .filter(|n| !self.creds.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_cred(dir: &Path, name: &str, ca: bool) -> String {
+        let c = rcgen::generate_simple_self_signed(vec![format!("{name}.example.com")]).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), c.cert.pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            c.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        if ca {
+            std::fs::write(dir.join(format!("{name}.ca")), c.cert.pem()).unwrap();
+        }
+        c.signing_key.serialize_pem()
+    }
+
+    fn mk_key(name: &str) -> WorkloadKey {
+        WorkloadKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn reads_pairs_and_serves_only_what_a_gateway_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key_a = mk_cred(tmp.path(), "a", false);
+        mk_cred(tmp.path(), "b", true);
+        std::fs::write(tmp.path().join("broken.crt"), "not pem").unwrap();
+        std::fs::write(tmp.path().join("broken.key"), "not pem").unwrap();
+        std::fs::write(tmp.path().join("lonely.crt"), "x").unwrap();
+        let mut d = CredentialDir::new(tmp.path().to_path_buf());
+        assert!(d.reload());
+        assert_eq!(d.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(d.errors.len(), 2, "{:?}", d.errors);
+        assert!(!format!("{d:?} {:?}", d.errors).contains("PRIVATE KEY"));
+        assert!(!d.reload(), "nothing changed");
+
+        let wants: HashMap<WorkloadKey, Arc<BTreeSet<String>>> = [
+            (mk_key("gw1"), Arc::new(BTreeSet::from(["a".to_string()]))),
+            (mk_key("gw2"), Arc::new(BTreeSet::from(["a".to_string()]))),
+            (
+                mk_key("gw3"),
+                Arc::new(BTreeSet::from(["b".to_string(), "zz".to_string()])),
+            ),
+        ]
+        .into();
+        let layers = d.layers(&wants);
+        assert!(Arc::ptr_eq(
+            &layers[&mk_key("gw1")],
+            &layers[&mk_key("gw2")]
+        ));
+        let names: Vec<&String> = layers[&mk_key("gw1")].resources.keys().collect();
+        assert_eq!(names, ["credential://a"]);
+        let names: Vec<&String> = layers[&mk_key("gw3")].resources.keys().collect();
+        assert_eq!(names, ["credential://b", "credential://b-cacert"]);
+        assert_eq!(
+            d.missing(wants[&mk_key("gw3")].iter()),
+            BTreeSet::from(["zz".to_string()])
+        );
+        // The key reaches Envoy (inline in the secret) and nowhere else.
+        let enc = &layers[&mk_key("gw1")].resources["credential://a"];
+        assert!(enc.sotw.windows(key_a.len()).any(|w| w == key_a.as_bytes()));
+
+        // A renewed certificate is a new layer.
+        let before = Arc::clone(&layers[&mk_key("gw1")]);
+        mk_cred(tmp.path(), "a", false);
+        assert!(d.reload());
+        let after = d.layers(&wants);
+        assert!(!Arc::ptr_eq(&before, &after[&mk_key("gw1")]));
+    }
+}

@@ -1,0 +1,932 @@
+//! Gateways (ingress): the listeners and route tables of a gateway proxy.
+//!
+//! A workload is a gateway when a Gateway's `selector` matches its labels
+//! (Istio selects gateway pods the same way, e.g. `istio: ingressgateway`;
+//! Gateways in any namespace, an empty selector selects nothing). A gateway
+//! proxy has no sidecar listeners: it gets one listener per Gateway server
+//! port on its workload's address (or the server's `bind`), HTTP route
+//! tables named as Istio names them (`http.PORT` for plaintext ports,
+//! `https.PORT.PORTNAME.GATEWAY.NAMESPACE` per TLS-terminating server) built
+//! from the VirtualServices bound to the Gateway (`gateways: [ns/name]` or
+//! the short `name` in the VirtualService's namespace), and the mesh's
+//! outbound clusters and endpoints like any sidecar.
+//!
+//! Per port: HTTP servers share one plaintext listener (`httpsRedirect`
+//! servers answer 301 to https); HTTPS/TLS servers get one filter chain each,
+//! matched by SNI from their hosts: SIMPLE and MUTUAL terminate TLS with the
+//! certificate named by `credentialName` (served over SDS as
+//! `credential://NAME`, the client CA as `credential://NAME-cacert`) or the
+//! server's certificate files; PASSTHROUGH forwards the TLS stream by SNI to
+//! the destination of a bound VirtualService `tls` route; TCP servers
+//! forward to a bound `tcp` route's destination.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TransportSocket, data_source::Specifier, transport_socket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
+};
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, Rds, http_connection_manager::RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier, tcp_proxy::WeightedCluster,
+    tcp_proxy::weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    TlsCertificate, TlsParameters, common_tls_context::ValidationContextType,
+    tls_parameters::TlsProtocol as EnvoyTlsProtocol,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+
+use super::listeners::{hcm_filter, http_filter, listener_name, router};
+use super::{Mesh, ads_config_source, any, http_policy, mtls, outbound_cluster_name};
+use super::{access_log, routes, socket_address};
+use crate::model::istio::{
+    GatewaySpec, RouteDestination, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec,
+};
+use crate::model::registry::{Protocol, Service, ServicePort, Workload};
+use crate::model::{Resource, host};
+
+/// SDS name prefix of certificates a Gateway names by `credentialName`.
+pub const CREDENTIAL_PREFIX: &str = "credential://";
+/// Suffix of the SDS name of a credential's client CA (MUTUAL), as Istio's
+/// `NAME-cacert`.
+pub const CACERT_SUFFIX: &str = "-cacert";
+/// The gateway name that means "sidecars" in a VirtualService's `gateways`.
+const MESH_GATEWAY: &str = "mesh";
+
+/// SDS name of the key pair of credential `name`.
+pub fn credential_secret(name: &str) -> String {
+    format!("{CREDENTIAL_PREFIX}{name}")
+}
+
+/// SDS name of the client CA of credential `name`.
+pub fn credential_ca_secret(name: &str) -> String {
+    format!("{CREDENTIAL_PREFIX}{name}{CACERT_SUFFIX}")
+}
+
+/// The Gateways whose selector matches `workload`'s labels, by namespace/name.
+pub fn gateways_of<'a>(
+    mesh: &Mesh<'a>,
+    workload: &Workload,
+) -> Vec<(&'a Resource, &'a GatewaySpec)> {
+    mesh.config
+        .gateways()
+        .filter(|(_, g)| {
+            !g.selector.is_empty()
+                && g.selector
+                    .iter()
+                    .all(|(k, v)| workload.labels.get(k) == Some(v))
+        })
+        .collect()
+}
+
+/// Whether `workload` runs a gateway proxy rather than a sidecar.
+pub fn is_gateway(mesh: &Mesh<'_>, workload: &Workload) -> bool {
+    !gateways_of(mesh, workload).is_empty()
+}
+
+/// How a server's traffic is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerKind {
+    /// Plaintext HTTP (HTTP, HTTP2, GRPC): routed by RDS.
+    Http,
+    /// TLS terminated (HTTPS SIMPLE, MUTUAL, OPTIONAL_MUTUAL), then HTTP.
+    Terminate,
+    /// TLS forwarded untouched, by SNI.
+    Passthrough,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// Which listener shape a port gets; servers of another shape on the same
+/// port conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortShape {
+    Http,
+    Tls,
+    Tcp,
+}
+
+impl ServerKind {
+    fn of(server: &Server) -> Option<ServerKind> {
+        let mode = server.tls.as_ref().map(|t| t.mode.unwrap_or_default());
+        match server.port.protocol.to_ascii_uppercase().as_str() {
+            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Some(ServerKind::Http),
+            "HTTPS" => match mode? {
+                ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
+                    Some(ServerKind::Terminate)
+                }
+                ServerTlsMode::Passthrough => Some(ServerKind::Passthrough),
+                _ => None,
+            },
+            // TLS without termination (terminating TLS in front of TCP is not supported yet).
+            "TLS" => match mode.unwrap_or_default() {
+                ServerTlsMode::Passthrough => Some(ServerKind::Passthrough),
+                _ => None,
+            },
+            "TCP" | "MONGO" | "REDIS" | "MYSQL" => Some(ServerKind::Tcp),
+            _ => None,
+        }
+    }
+
+    fn shape(self) -> PortShape {
+        match self {
+            ServerKind::Http => PortShape::Http,
+            ServerKind::Terminate | ServerKind::Passthrough => PortShape::Tls,
+            ServerKind::Tcp => PortShape::Tcp,
+        }
+    }
+}
+
+/// One server of one Gateway that applies to a gateway workload.
+#[derive(Clone, Copy, Debug)]
+struct BoundServer<'a> {
+    gateway: &'a Resource,
+    server: &'a Server,
+    kind: ServerKind,
+}
+
+impl BoundServer<'_> {
+    /// Istio's route table name for a TLS-terminating server.
+    fn https_route_name(&self) -> String {
+        format!(
+            "https.{}.{}.{}.{}",
+            self.server.port.number,
+            self.server.port.name,
+            self.gateway.name,
+            self.gateway.namespace
+        )
+    }
+
+    /// SNI names of the server: its hosts without the namespace part; none
+    /// (any SNI) when a host is `*`.
+    fn server_names(&self) -> Vec<String> {
+        let names: BTreeSet<String> = self
+            .server
+            .hosts
+            .iter()
+            .map(|h| split_host(h).1.to_string())
+            .collect();
+        if names.contains("*") {
+            Vec::new()
+        } else {
+            names.into_iter().collect()
+        }
+    }
+}
+
+/// The servers of one port, and the listener shape they share.
+#[derive(Debug)]
+struct PortPlan<'a> {
+    port: u32,
+    bind: Option<&'a str>,
+    shape: PortShape,
+    servers: Vec<BoundServer<'a>>,
+}
+
+/// What a gateway workload serves, port by port, and what was left out.
+#[derive(Debug, Default)]
+struct Plan<'a> {
+    ports: Vec<PortPlan<'a>>,
+    warnings: Vec<String>,
+}
+
+fn plan<'a>(mesh: &Mesh<'a>, workload: &Workload) -> Plan<'a> {
+    let mut by_port: BTreeMap<u32, PortPlan<'a>> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for (gw, spec) in gateways_of(mesh, workload) {
+        for server in &spec.servers {
+            let where_ = format!(
+                "Gateway {}/{} server {:?} (port {})",
+                gw.namespace, gw.name, server.port.name, server.port.number
+            );
+            if server
+                .bind
+                .as_deref()
+                .is_some_and(|b| b.starts_with("unix://"))
+            {
+                warnings.push(format!(
+                    "{where_}: unix socket binds are not supported; skipped"
+                ));
+                continue;
+            }
+            let Some(kind) = ServerKind::of(server) else {
+                warnings.push(format!(
+                    "{where_}: protocol {} with TLS mode {} is not supported; skipped",
+                    server.port.protocol,
+                    server
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.mode)
+                        .map_or("unset", ServerTlsMode::name)
+                ));
+                continue;
+            };
+            let entry = by_port
+                .entry(server.port.number)
+                .or_insert_with(|| PortPlan {
+                    port: server.port.number,
+                    bind: server.bind.as_deref(),
+                    shape: kind.shape(),
+                    servers: Vec::new(),
+                });
+            if entry.shape != kind.shape() {
+                warnings.push(format!(
+                    "{where_}: port {} already serves {:?} from another server; skipped",
+                    server.port.number, entry.shape
+                ));
+                continue;
+            }
+            entry.servers.push(BoundServer {
+                gateway: gw,
+                server,
+                kind,
+            });
+        }
+    }
+    Plan {
+        ports: by_port.into_values().collect(),
+        warnings,
+    }
+}
+
+/// Problems found while planning `workload`'s gateway (servers skipped).
+pub fn warnings(mesh: &Mesh<'_>, workload: &Workload) -> Vec<String> {
+    plan(mesh, workload).warnings
+}
+
+/// VirtualServices naming Gateways that do not exist (their gateway
+/// routes go nowhere until the Gateway appears).
+pub fn reference_warnings(mesh: &Mesh<'_>) -> Vec<String> {
+    let gateways: Vec<&Resource> = mesh.config.gateways().map(|(r, _)| r).collect();
+    let mut out = Vec::new();
+    for (vs, spec) in mesh.config.virtual_services() {
+        for g in spec.gateways.iter().filter(|g| *g != MESH_GATEWAY) {
+            if !gateways
+                .iter()
+                .any(|gw| names_gateway(g, &vs.namespace, gw))
+            {
+                out.push(format!(
+                    "VirtualService {}/{}: gateway {g:?} does not exist",
+                    vs.namespace, vs.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Splits a Gateway server host `ns/dnsName` (or a bare `dnsName`).
+fn split_host(h: &str) -> (Option<&str>, &str) {
+    match h.split_once('/') {
+        Some((ns, dns)) => (Some(ns), dns),
+        None => (None, h),
+    }
+}
+
+/// Whether a VirtualService's `gateways` entry names `gw` (`ns/name`, or
+/// `name` in the VirtualService's own namespace).
+fn names_gateway(entry: &str, vs_namespace: &str, gw: &Resource) -> bool {
+    match entry.split_once('/') {
+        Some((ns, name)) => ns == gw.namespace && name == gw.name,
+        None => entry == gw.name && vs_namespace == gw.namespace,
+    }
+}
+
+/// The narrower of two host patterns when they overlap, else None.
+fn intersect(a: &str, b: &str) -> Option<String> {
+    if host::matches(a, b) {
+        Some(b.to_string())
+    } else if host::matches(b, a) {
+        Some(a.to_string())
+    } else {
+        None
+    }
+}
+
+/// The hosts of `vs` a server exposes: each VirtualService host (resolved
+/// in its namespace) intersected with the server hosts whose namespace part
+/// admits the VirtualService's namespace.
+fn exposed_hosts(b: &BoundServer<'_>, vs: &Resource, spec: &VirtualServiceSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for sh in &b.server.hosts {
+        let (ns, dns) = split_host(sh);
+        let ns_ok = match ns {
+            None | Some("*") => true,
+            Some(".") => vs.namespace == b.gateway.namespace,
+            Some(ns) => vs.namespace == ns,
+        };
+        if !ns_ok {
+            continue;
+        }
+        for vh in &spec.hosts {
+            let vh = host::resolve(vh, &vs.namespace);
+            if let Some(h) = intersect(dns, &vh)
+                && !out.contains(&h)
+            {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+/// VirtualServices bound to `gw` (not `mesh`-only), by namespace/name.
+fn bound_virtual_services<'a>(
+    mesh: &Mesh<'a>,
+    gw: &Resource,
+) -> impl Iterator<Item = (&'a Resource, &'a VirtualServiceSpec)> {
+    let gw = gw.clone();
+    mesh.config.virtual_services().filter(move |(vs, spec)| {
+        spec.gateways
+            .iter()
+            .filter(|g| *g != MESH_GATEWAY)
+            .any(|g| names_gateway(g, &vs.namespace, &gw))
+    })
+}
+
+/// A match-level `gateways` list admits `gw` (an empty list inherits the
+/// VirtualService's, which bound it already).
+fn match_admits(gateways: &[String], vs_namespace: &str, gw: &Resource) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| names_gateway(g, vs_namespace, gw))
+}
+
+/// The Envoy routes of one VirtualService at one gateway server port.
+/// Matches for another port or other gateways are dropped, then each rule
+/// is translated as for sidecars (against its first destination's service).
+fn vs_routes(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    spec: &VirtualServiceSpec,
+    gw: &Resource,
+    port: u32,
+    client_ns: &str,
+) -> Vec<envoy_types::pb::envoy::config::route::v3::Route> {
+    let mut out = Vec::new();
+    for rule in &spec.http {
+        let mut rule = rule.clone();
+        if !rule.r#match.is_empty() {
+            rule.r#match.retain(|m| {
+                m.port.is_none_or(|p| p == port) && match_admits(&m.gateways, &vs.namespace, gw)
+            });
+            if rule.r#match.is_empty() {
+                continue;
+            }
+            for m in &mut rule.r#match {
+                m.port = None;
+                m.gateways.clear();
+            }
+        }
+        let (svc, svc_port) =
+            destination_service(mesh, vs, rule.route.first().map(|d| &d.destination), port);
+        let one = VirtualServiceSpec {
+            http: vec![rule],
+            ..Default::default()
+        };
+        out.extend(routes::http_routes(
+            mesh, vs, &one, &svc, &svc_port, client_ns,
+        ));
+    }
+    out
+}
+
+/// The service (and port) a destination names, as the sidecar route
+/// translation wants it; a host the registry lacks gets a stand-in with the
+/// destination's port (or the gateway port).
+fn destination_service(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    d: Option<&crate::model::istio::Destination>,
+    gateway_port: u32,
+) -> (Service, ServicePort) {
+    let hostname = d.map_or_else(String::new, |d| host::resolve(&d.host, &vs.namespace));
+    let number = d.and_then(|d| d.port.as_ref()).and_then(|p| p.number);
+    let known = mesh.registry.services.get(&hostname);
+    let port = known
+        .and_then(|s| {
+            number
+                .and_then(|n| s.port(n))
+                .or_else(|| s.ports.iter().find(|p| p.protocol.is_http()))
+                .or(s.ports.first())
+                .cloned()
+        })
+        .unwrap_or_else(|| ServicePort {
+            number: number.unwrap_or(gateway_port),
+            name: "http".into(),
+            protocol: Protocol::Http,
+            target_port: None,
+        });
+    let svc = match known {
+        Some(s) => (**s).clone(),
+        None => Service {
+            hostname,
+            namespace: vs.namespace.clone(),
+            source: String::new(),
+            ports: vec![port.clone()],
+            resolution: Default::default(),
+            location: Default::default(),
+            endpoints: Vec::new(),
+            selector: None,
+        },
+    };
+    (svc, port)
+}
+
+/// Virtual host domains for `h` at gateway port `port`: the name, and the
+/// name with any port (`Host: name:port` names the port the client dialled,
+/// which behind a load balancer or a passthrough hop is not the gateway's),
+/// as Istio lists them. Envoy takes one wildcard per domain, so a wildcard
+/// name gets the gateway port instead.
+fn domains(h: &str, port: u32) -> Vec<String> {
+    if h == "*" {
+        vec!["*".to_string()]
+    } else if h.starts_with('*') {
+        vec![h.to_string(), format!("{h}:{port}")]
+    } else {
+        vec![h.to_string(), format!("{h}:*")]
+    }
+}
+
+/// One route table from the HTTP servers `servers` (all on `port`).
+fn route_table(
+    mesh: &Mesh<'_>,
+    name: String,
+    port: u32,
+    servers: &[BoundServer<'_>],
+    client_ns: &str,
+) -> RouteConfiguration {
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut virtual_hosts = Vec::new();
+    for b in servers {
+        let redirect = b.kind == ServerKind::Http
+            && b.server
+                .tls
+                .as_ref()
+                .and_then(|t| t.https_redirect)
+                .unwrap_or(false);
+        let require_tls = if redirect {
+            TlsRequirementType::All as i32
+        } else {
+            TlsRequirementType::None as i32
+        };
+        for (vs, spec) in bound_virtual_services(mesh, b.gateway) {
+            for h in exposed_hosts(b, vs, spec) {
+                let doms: Vec<String> = domains(&h, port)
+                    .into_iter()
+                    .filter(|d| !used.contains(d))
+                    .collect();
+                if doms.is_empty() {
+                    continue; // an earlier VirtualService has this host
+                }
+                let routes = if redirect {
+                    Vec::new()
+                } else {
+                    vs_routes(mesh, vs, spec, b.gateway, port, client_ns)
+                };
+                if routes.is_empty() && !redirect {
+                    continue;
+                }
+                used.extend(doms.iter().cloned());
+                virtual_hosts.push(VirtualHost {
+                    name: format!("{h}:{port}"),
+                    domains: doms,
+                    routes,
+                    require_tls,
+                    ..Default::default()
+                });
+            }
+        }
+        if redirect {
+            // Every host of a redirecting server redirects, bound or not.
+            for sh in &b.server.hosts {
+                let h = split_host(sh).1;
+                let doms: Vec<String> = domains(h, port)
+                    .into_iter()
+                    .filter(|d| !used.contains(d))
+                    .collect();
+                if doms.is_empty() {
+                    continue;
+                }
+                used.extend(doms.iter().cloned());
+                virtual_hosts.push(VirtualHost {
+                    name: format!("{h}:{port}"),
+                    domains: doms,
+                    require_tls,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    RouteConfiguration {
+        name,
+        virtual_hosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// Istio's route table name for a plaintext HTTP port.
+pub fn http_route_name(port: u32) -> String {
+    format!("http.{port}")
+}
+
+/// The route tables of `workload`'s gateway (empty for a sidecar). They
+/// depend on the Gateways selecting it and its namespace, not its address.
+pub fn route_tables(mesh: &Mesh<'_>, workload: &Workload) -> Vec<RouteConfiguration> {
+    let ns = workload.key.namespace.as_str();
+    let mut out = Vec::new();
+    for p in plan(mesh, workload).ports {
+        match p.shape {
+            PortShape::Http => {
+                out.push(route_table(
+                    mesh,
+                    http_route_name(p.port),
+                    p.port,
+                    &p.servers,
+                    ns,
+                ));
+            }
+            PortShape::Tls => {
+                for b in p.servers.iter().filter(|b| b.kind == ServerKind::Terminate) {
+                    out.push(route_table(
+                        mesh,
+                        b.https_route_name(),
+                        p.port,
+                        std::slice::from_ref(b),
+                        ns,
+                    ));
+                }
+            }
+            PortShape::Tcp => {}
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+/// The credentials (`credentialName`) `workload`'s gateway serves: the only
+/// ones its proxy is sent.
+pub fn credential_names(mesh: &Mesh<'_>, workload: &Workload) -> BTreeSet<String> {
+    plan(mesh, workload)
+        .ports
+        .iter()
+        .flat_map(|p| &p.servers)
+        .filter(|b| b.kind == ServerKind::Terminate)
+        .filter_map(|b| credential_of(b.server))
+        .map(str::to_string)
+        .collect()
+}
+
+fn credential_of(server: &Server) -> Option<&str> {
+    let tls = server.tls.as_ref()?;
+    tls.credential_name
+        .as_deref()
+        .or(tls.credential_names.first().map(String::as_str))
+}
+
+fn sds(name: String) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name,
+        sds_config: Some(ads_config_source()),
+    }
+}
+
+fn file(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::Filename(path.to_string())),
+        ..Default::default()
+    }
+}
+
+fn tls_protocol(p: Option<TlsProtocol>) -> i32 {
+    let p = match p.unwrap_or_default() {
+        TlsProtocol::TlsAuto => EnvoyTlsProtocol::TlsAuto,
+        TlsProtocol::Tlsv1_0 => EnvoyTlsProtocol::TlSv10,
+        TlsProtocol::Tlsv1_1 => EnvoyTlsProtocol::TlSv11,
+        TlsProtocol::Tlsv1_2 => EnvoyTlsProtocol::TlSv12,
+        TlsProtocol::Tlsv1_3 => EnvoyTlsProtocol::TlSv13,
+    };
+    p as i32
+}
+
+/// The TLS a terminating server offers: its certificate (SDS by
+/// `credentialName`, else its files), and for MUTUAL the client CA.
+fn downstream_tls(server: &Server) -> TransportSocket {
+    let tls = server.tls.clone().unwrap_or_default();
+    let mode = tls.mode.unwrap_or_default();
+    let mut common = CommonTlsContext {
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        ..Default::default()
+    };
+    let verify = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    match credential_of(server) {
+        Some(name) => {
+            common.tls_certificate_sds_secret_configs = vec![sds(credential_secret(name))];
+            if verify {
+                common.validation_context_type =
+                    Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                        sds(credential_ca_secret(
+                            tls.ca_cert_credential_name.as_deref().unwrap_or(name),
+                        )),
+                    ));
+            }
+        }
+        None => {
+            common.tls_certificates = vec![TlsCertificate {
+                certificate_chain: tls.server_certificate.as_deref().map(file),
+                private_key: tls.private_key.as_deref().map(file),
+                ..Default::default()
+            }];
+            if verify && let Some(ca) = &tls.ca_certificates {
+                common.validation_context_type = Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(file(ca)),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+    }
+    if tls.min_protocol_version.is_some()
+        || tls.max_protocol_version.is_some()
+        || !tls.cipher_suites.is_empty()
+    {
+        common.tls_params = Some(TlsParameters {
+            tls_minimum_protocol_version: tls_protocol(tls.min_protocol_version),
+            tls_maximum_protocol_version: tls_protocol(tls.max_protocol_version),
+            cipher_suites: tls.cipher_suites.clone(),
+            ..Default::default()
+        });
+    }
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        require_client_certificate: Some(BoolValue {
+            value: mode == ServerTlsMode::Mutual,
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+fn http_manager(stat_prefix: String, route_name: String) -> Filter {
+    hcm_filter(HttpConnectionManager {
+        stat_prefix,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: route_name,
+        })),
+        // Fault and CORS act only where a route configures them.
+        http_filters: vec![
+            http_filter(http_policy::FAULT_FILTER, any(&HttpFault::default())),
+            http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
+            router(),
+        ],
+        // The gateway reports as the source of the requests it forwards.
+        access_log: vec![access_log::http(false)],
+        ..Default::default()
+    })
+}
+
+/// The cluster of an L4 destination: its port, else the service's only port,
+/// else the gateway port.
+fn l4_cluster(mesh: &Mesh<'_>, vs: &Resource, d: &RouteDestination, port: u32) -> String {
+    let hostname = host::resolve(&d.destination.host, &vs.namespace);
+    let number = d
+        .destination
+        .port
+        .as_ref()
+        .and_then(|p| p.number)
+        .or_else(|| {
+            let svc = mesh.registry.services.get(&hostname)?;
+            (svc.ports.len() == 1).then(|| svc.ports[0].number)
+        })
+        .unwrap_or(port);
+    outbound_cluster_name(
+        number,
+        d.destination.subset.as_deref().unwrap_or_default(),
+        &hostname,
+    )
+}
+
+fn tcp_proxy(
+    mesh: &Mesh<'_>,
+    stat_prefix: String,
+    vs: &Resource,
+    dests: &[RouteDestination],
+    port: u32,
+) -> Option<Filter> {
+    let weighted: Vec<(String, u32)> = dests
+        .iter()
+        .map(|d| {
+            let w = if dests.len() == 1 {
+                1
+            } else {
+                d.weight.unwrap_or(0).max(0) as u32
+            };
+            (l4_cluster(mesh, vs, d, port), w)
+        })
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    let spec = match weighted.as_slice() {
+        [] => return None,
+        [(c, _)] => TcpClusterSpecifier::Cluster(c.clone()),
+        many => TcpClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    Some(Filter {
+        name: "envoy.filters.network.tcp_proxy".to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy {
+            stat_prefix,
+            cluster_specifier: Some(spec),
+            ..Default::default()
+        }))),
+    })
+}
+
+/// PASSTHROUGH: one filter chain per bound `tls` route match, matched by the
+/// SNI names both the route and the server name.
+fn passthrough_chains(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    port: u32,
+    stat_prefix: &str,
+) -> Vec<FilterChain> {
+    let mut out = Vec::new();
+    for (vs, spec) in bound_virtual_services(mesh, b.gateway) {
+        for route in &spec.tls {
+            for m in &route.r#match {
+                if m.port.is_some_and(|p| p != port)
+                    || !match_admits(&m.gateways, &vs.namespace, b.gateway)
+                {
+                    continue;
+                }
+                let mut names: Vec<String> = Vec::new();
+                for sni in &m.sni_hosts {
+                    for sh in &b.server.hosts {
+                        if let Some(h) = intersect(split_host(sh).1, sni)
+                            && !names.contains(&h)
+                        {
+                            names.push(h);
+                        }
+                    }
+                }
+                if names.is_empty() {
+                    continue;
+                }
+                let server_names = if names.iter().any(|n| n == "*") {
+                    Vec::new()
+                } else {
+                    names
+                };
+                if let Some(f) = tcp_proxy(mesh, stat_prefix.to_string(), vs, &route.route, port) {
+                    out.push(FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            server_names,
+                            transport_protocol: "tls".into(),
+                            ..Default::default()
+                        }),
+                        filters: vec![f],
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The listeners of `workload`'s gateway proxy (empty for a sidecar).
+pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
+    let mut out = Vec::new();
+    for p in plan(mesh, workload).ports {
+        let address = p.bind.unwrap_or(&workload.address);
+        let name = listener_name(address, p.port);
+        let stat_prefix = format!("outbound_{name}");
+        let mut chains: Vec<FilterChain> = Vec::new();
+        match p.shape {
+            PortShape::Http => chains.push(FilterChain {
+                filters: vec![http_manager(stat_prefix, http_route_name(p.port))],
+                ..Default::default()
+            }),
+            PortShape::Tcp => {
+                let first = p.servers.first().and_then(|b| {
+                    bound_virtual_services(mesh, b.gateway).find_map(|(vs, spec)| {
+                        spec.tcp
+                            .iter()
+                            .find(|r| {
+                                r.r#match.is_empty()
+                                    || r.r#match.iter().any(|m| {
+                                        m.port.is_none_or(|x| x == p.port)
+                                            && match_admits(&m.gateways, &vs.namespace, b.gateway)
+                                    })
+                            })
+                            .and_then(|r| {
+                                tcp_proxy(mesh, stat_prefix.clone(), vs, &r.route, p.port)
+                            })
+                    })
+                });
+                chains.extend(first.map(|f| FilterChain {
+                    filters: vec![f],
+                    ..Default::default()
+                }));
+            }
+            PortShape::Tls => {
+                for b in &p.servers {
+                    let new: Vec<FilterChain> = match b.kind {
+                        ServerKind::Terminate => vec![FilterChain {
+                            filter_chain_match: Some(FilterChainMatch {
+                                server_names: b.server_names(),
+                                transport_protocol: "tls".into(),
+                                ..Default::default()
+                            }),
+                            transport_socket: Some(downstream_tls(b.server)),
+                            filters: vec![http_manager(stat_prefix.clone(), b.https_route_name())],
+                            ..Default::default()
+                        }],
+                        _ => passthrough_chains(mesh, b, p.port, &stat_prefix),
+                    };
+                    // Envoy refuses two chains with the same match: the first wins.
+                    for c in new {
+                        if !chains
+                            .iter()
+                            .any(|x| x.filter_chain_match == c.filter_chain_match)
+                        {
+                            chains.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        if chains.is_empty() {
+            continue; // nothing bound to this port yet
+        }
+        out.push(Listener {
+            name,
+            address: Some(socket_address(address, p.port)),
+            listener_filters: if p.shape == PortShape::Tls {
+                vec![mtls::tls_inspector()]
+            } else {
+                Vec::new()
+            },
+            filter_chains: chains,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_references_and_host_intersection() {
+        let gw = Resource {
+            name: "gw".into(),
+            namespace: "istio-system".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            spec: crate::model::Spec::Gateway(Default::default()),
+            origin: Default::default(),
+        };
+        assert!(names_gateway("istio-system/gw", "default", &gw));
+        assert!(!names_gateway("gw", "default", &gw));
+        assert!(names_gateway("gw", "istio-system", &gw));
+        assert!(!names_gateway("default/gw", "default", &gw));
+        assert_eq!(
+            intersect("*", "a.example.com").as_deref(),
+            Some("a.example.com")
+        );
+        assert_eq!(
+            intersect("*.example.com", "*").as_deref(),
+            Some("*.example.com")
+        );
+        assert_eq!(intersect("a.example.com", "b.example.com"), None);
+        assert_eq!(split_host("./a.com"), (Some("."), "a.com"));
+        assert_eq!(domains("a.com", 8443), ["a.com", "a.com:*"]);
+        assert_eq!(domains("*.a.com", 8443), ["*.a.com", "*.a.com:8443"]);
+        assert_eq!(domains("*", 80), ["*"]);
+    }
+}
