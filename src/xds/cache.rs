@@ -277,6 +277,8 @@ impl XdsSnapshot {
                         s.hostname.hash(&mut h);
                         s.ports.hash(&mut h);
                     }
+                    // AuthorizationPolicy and RequestAuthentication.
+                    crate::xds::translate::authz::hash_inputs(&mesh, w, &mut h);
                     // The server side of mTLS per port (PeerAuthentication).
                     mesh.mtls.hash(&mut h);
                     if mesh.mtls {
