@@ -96,6 +96,8 @@ pub struct Mesh {
     pilotfish: Option<Child>,
     /// Extra `pilotfish serve` flags (e.g. a short `--cert-ttl`).
     pub serve_args: Vec<String>,
+    /// Extra Envoy flags for sidecars started after they are set.
+    pub envoy_args: Vec<String>,
     children: Vec<Child>,
     /// Index in `children` of the Envoy on each host number.
     envoys: std::collections::HashMap<u8, usize>,
@@ -148,6 +150,7 @@ impl Mesh {
             delta,
             pilotfish: None,
             serve_args: Vec::new(),
+            envoy_args: Vec::new(),
             children: Vec::new(),
             envoys: std::collections::HashMap::new(),
             http: reqwest::blocking::Client::builder()
@@ -284,6 +287,7 @@ impl Mesh {
                 "--log-level",
                 "warn",
             ])
+            .args(&self.envoy_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
