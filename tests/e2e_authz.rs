@@ -419,7 +419,7 @@ spec:
         serde_json::from_slice(&B64.decode(payload.trim_end_matches('=')).unwrap()).unwrap();
     assert_eq!(decoded["sub"], "alice");
     assert!(seen["headers"]["authorization"].is_null(), "{seen}");
-    // Invalid: bad signature, expired, garbage -> 401.
+    // Invalid: bad signature, expired, garbage, another issuer -> 401.
     for (what, token) in [
         ("bad signature", forged.clone()),
         (
@@ -427,6 +427,11 @@ spec:
             bearer(&signer.token(&claims("alice", "details", -600))),
         ),
         ("not a JWT", bearer("not.a.jwt")),
+        ("unknown issuer", {
+            let mut c = claims("alice", "details", 600);
+            c["iss"] = json!("someone@else.example");
+            bearer(&signer.token(&c))
+        }),
     ] {
         let (status, body) = get(Some(&token));
         assert_eq!(status, 401, "{what}: {body}");
