@@ -112,15 +112,26 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     for call in &app.calls {
         results.push(call_downstream(&app.client, call, &headers).await);
     }
-    Json(json!({
+    // Test knob: `echo_headers=1` shows the request headers the app received.
+    let echoed: Option<serde_json::Map<String, Value>> =
+        (param("echo_headers") == Some(1)).then(|| {
+            headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), Value::from(v.to_str().ok()?))))
+                .collect()
+        });
+    let mut body = json!({
         "service": app.service,
         "version": app.version,
         "path": path,
         "served": seq,
         "end_user": headers.get("end-user").and_then(|v| v.to_str().ok()),
         "calls": results,
-    }))
-    .into_response()
+    });
+    if let Some(h) = echoed {
+        body["headers"] = Value::Object(h);
+    }
+    Json(body).into_response()
 }
 
 async fn call_downstream(client: &reqwest::Client, call: &str, incoming: &HeaderMap) -> Value {

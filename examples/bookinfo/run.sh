@@ -33,7 +33,7 @@ start() {
   local name=$1 app=$2 version=$3 n=$4; shift 4
   "$PILOTFISH" bootstrap --workload "$name" --config-dir "$CONFIG" --state-dir "$RUN/state" \
     --admin-address "127.0.0.$n:15000" >"$RUN/$name.yaml"
-  "$ENVOY" -c "$RUN/$name.yaml" --use-dynamic-base-id --concurrency 1 --log-level warn \
+  "$ENVOY" -c "$RUN/$name.yaml" --use-dynamic-base-id --drain-strategy immediate --concurrency 1 --log-level warn \
     >"$RUN/logs/$name-envoy.log" 2>&1 &
   pids+=($!)
   local calls=()

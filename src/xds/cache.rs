@@ -314,6 +314,8 @@ impl XdsSnapshot {
                         format!("{spec:?}").hash(&mut h);
                     }
                     mesh.zipkin.hash(&mut h);
+                    // AuthorizationPolicy and RequestAuthentication.
+                    crate::xds::translate::authz::hash_inputs(&mesh, w, &mut h);
                     // The server side of mTLS per port (PeerAuthentication).
                     mesh.mtls.hash(&mut h);
                     if mesh.mtls {

@@ -98,6 +98,8 @@ pub struct Mesh {
     pub serve_args: Vec<String>,
     /// Serve from the Kubernetes API this kubeconfig names instead of `config`.
     pub kubeconfig: Option<PathBuf>,
+    /// Extra Envoy flags for sidecars started after they are set.
+    pub envoy_args: Vec<String>,
     children: Vec<Child>,
     /// Index in `children` of the Envoy on each host number.
     envoys: std::collections::HashMap<u8, usize>,
@@ -161,6 +163,7 @@ impl Mesh {
             pilotfish: None,
             serve_args: Vec::new(),
             kubeconfig: None,
+            envoy_args: Vec::new(),
             children: Vec::new(),
             envoys: std::collections::HashMap::new(),
             http: reqwest::blocking::Client::builder()
@@ -310,6 +313,7 @@ impl Mesh {
                 "--log-level",
                 "warn",
             ])
+            .args(&self.envoy_args)
             // Its own access log (Telemetry's `envoy` provider) goes to stdout.
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

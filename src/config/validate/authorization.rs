@@ -14,6 +14,11 @@ const MAX_SERVICE_ACCOUNTS: usize = 16;
 /// Longest service account entry (Istio's CRD and webhook).
 const SERVICE_ACCOUNT_MAX_LEN: usize = 320;
 
+/// pilotfish has no mesh config and so no extension providers; like Istio
+/// with an unknown provider, it fails closed.
+pub const CUSTOM_UNSUPPORTED: &str =
+    "pilotfish has no extension providers: requests matching this CUSTOM policy's rules are denied";
+
 pub fn check(s: &AuthorizationPolicySpec, f: &mut Findings) {
     policy::selection(
         s.selector.as_ref(),
@@ -44,6 +49,8 @@ pub fn check(s: &AuthorizationPolicySpec, f: &mut Findings) {
                 .is_none_or(str::is_empty)
             {
                 f.error("spec.provider.name", "`provider.name` must not be empty");
+            } else {
+                f.warn("spec.provider.name", CUSTOM_UNSUPPORTED);
             }
         }
         _ if s.provider.is_some() => f.error(

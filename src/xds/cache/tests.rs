@@ -140,3 +140,88 @@ fn gateway_proxies_get_gateway_layers_and_sidecars_do_not() {
     let a3 = plain.resources_for(&mk_key("gw-a")).unwrap();
     assert_eq!(names(&a3, XdsType::Listener), ["127.0.0.30_15001"]);
 }
+
+const REVIEWS_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-viewer}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/bookinfo-productpage]}}]
+  - from: [{source: {namespaces: [default]}}]
+    to: [{operation: {methods: [GET]}}]
+";
+
+const JWT_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  jwtRules:
+  - {issuer: a@example.com, jwks: '{\"keys\":[]}'}
+  - {issuer: b@example.com, jwks: '{\"keys\":[]}'}
+";
+
+#[test]
+fn an_authorization_policy_change_rebuilds_only_the_selected_workloads() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", true);
+    let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS, REVIEWS_POLICY]);
+    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local", true);
+    for (name, selected) in [
+        ("reviews-v1", true),
+        ("reviews-v3", true),
+        ("productpage-v1", false),
+        ("ratings-v1", false),
+    ] {
+        let before = first.resources_for(&mk_key(name)).unwrap();
+        let after = second.resources_for(&mk_key(name)).unwrap();
+        assert_eq!(
+            !before.same_layers(&after, XdsType::Listener),
+            selected,
+            "{name}"
+        );
+        assert!(before.same_layers(&after, XdsType::Cluster), "{name}");
+    }
+    // Editing the policy rebuilds them again; removing it restores the first encoding.
+    let edited = REVIEWS_POLICY.replace("[GET]", "[GET, HEAD]");
+    let (snap3, reg3) = mk_snapshot(&[MESH, WORKLOADS, &edited]);
+    let third = XdsSnapshot::build(&second, &snap3, &reg3, "cluster.local", true);
+    let r2 = second.resources_for(&mk_key("reviews-v2")).unwrap();
+    let r3 = third.resources_for(&mk_key("reviews-v2")).unwrap();
+    assert!(!r2.same_layers(&r3, XdsType::Listener));
+    let fourth = XdsSnapshot::build(&third, &snap, &reg, "cluster.local", true);
+    let key = mk_key("reviews-v2");
+    assert_eq!(
+        fourth.workloads[&key].listeners.version,
+        first.workloads[&key].listeners.version
+    );
+}
+
+#[test]
+fn policies_with_several_entries_encode_the_same_every_time() {
+    // RBAC policies and JWT providers are protobuf maps: a HashMap would
+    // encode in a different order on each translation.
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, REVIEWS_POLICY, JWT_POLICY]);
+    let key = mk_key("reviews-v1");
+    let versions: std::collections::BTreeSet<u64> = (0..8)
+        .map(|_| {
+            let s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", true);
+            s.workloads[&key].listeners.version
+        })
+        .collect();
+    assert_eq!(versions.len(), 1);
+}
+
+#[test]
+fn a_mesh_wide_request_authentication_rebuilds_every_workload() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", true);
+    let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS, JWT_POLICY]);
+    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local", true);
+    for key in reg.workloads.keys() {
+        let before = first.resources_for(key).unwrap();
+        let after = second.resources_for(key).unwrap();
+        assert!(!before.same_layers(&after, XdsType::Listener), "{key}");
+    }
+}

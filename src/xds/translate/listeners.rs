@@ -23,7 +23,7 @@ use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
 };
-use super::{access_log, http_policy, mtls, tracing};
+use super::{access_log, authz, http_policy, mtls, tracing};
 use crate::model::registry::Workload;
 use crate::model::security::MtlsMode;
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
@@ -50,6 +50,8 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
             .chain(access_log::telemetry_log(&telemetry, client))
             .collect()
     };
+    // AuthorizationPolicy and RequestAuthentication on the inbound side.
+    let security = authz::Inbound::for_workload(mesh, workload);
     let mut out: Vec<Listener> = inbound_ports(mesh, workload)
         .into_iter()
         .filter(|(port, _)| *port != OUTBOUND_PORT)
@@ -60,7 +62,11 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 hcm_filter(HttpConnectionManager {
                     stat_prefix,
                     route_specifier: Some(RouteSpecifier::RouteConfig(inbound_routes(&cluster))),
-                    http_filters: vec![router()],
+                    http_filters: security
+                        .http_filters()
+                        .into_iter()
+                        .chain([router()])
+                        .collect(),
                     access_log: logs(false, access_log::http(true)),
                     tracing: tracing::hcm_tracing(mesh, &telemetry, false),
                     ..Default::default()
@@ -82,6 +88,11 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 }
             };
             let mut l = listener(&workload.address, port, filter);
+            if !protocol.is_http() {
+                for chain in &mut l.filter_chains {
+                    chain.filters.splice(0..0, security.network_filters());
+                }
+            }
             if mesh.mtls {
                 apply_peer_authentication(&mut l, mtls::peer_mode(mesh, workload, port));
             }

@@ -5,11 +5,13 @@
 //! No I/O, no shared state: golden tests run them on YAML fixtures.
 
 pub mod access_log;
+pub mod authz;
 pub mod cluster_policy;
 pub mod clusters;
 pub mod endpoints;
 pub mod gateway;
 pub mod http_policy;
+pub mod jwt;
 pub mod listeners;
 pub mod mtls;
 pub mod routes;
