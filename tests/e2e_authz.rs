@@ -24,14 +24,8 @@ const RATINGS: u8 = 16;
 /// Envoy's body for a request its RBAC filter denies.
 const RBAC_DENIED: &str = "RBAC: access denied";
 
-/// Envoy flags as Istio starts sidecars: when a listener is replaced (a
-/// new policy), its open connections are told to close at once instead of
-/// over the 10-minute default drain, so the policy reaches them promptly.
-const IMMEDIATE_DRAIN: [&str; 2] = ["--drain-strategy", "immediate"];
-
 fn mk_mesh() -> Mesh {
     let mut mesh = Mesh::start(next_net(NET_BASE), &[], false);
-    mesh.envoy_args = IMMEDIATE_DRAIN.map(str::to_string).to_vec();
     for f in ["destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
         mesh.apply(f);
     }
@@ -253,7 +247,6 @@ fn echo(net: u8, from: u8) -> bool {
 #[test]
 fn a_tcp_port_is_guarded_by_network_rbac() {
     let mut mesh = Mesh::start(next_net(NET_BASE), &[], false);
-    mesh.envoy_args = IMMEDIATE_DRAIN.map(str::to_string).to_vec();
     let net = mesh.net;
     mesh.write(
         "tcp-echo.yaml",

@@ -312,6 +312,10 @@ impl Mesh {
                 "1",
                 "--log-level",
                 "warn",
+                // As Istio starts Envoy: a changed listener closes its open
+                // connections at once, so policy changes reach them.
+                "--drain-strategy",
+                "immediate",
             ])
             .args(&self.envoy_args)
             // Its own access log (Telemetry's `envoy` provider) goes to stdout.
