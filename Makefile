@@ -14,12 +14,19 @@ $(ENVOY):
 	ln -sf "$$($(TOOLS)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $(ENVOY)
 	$(ENVOY) --version
 
+# Kubernetes OpenAPI schemas for manifests/ and crds/ (tests/manifests.rs), same venv.
+KUBE_VALIDATE_VERSION := 1.37.0
+KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
+$(KUBE_VALIDATE):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(KUBE_VALIDATE_VERSION)
+
 # Headless Chromium for the mesh UI test (tests/e2e_ui.rs), from Debian.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-tools: $(ENVOY) chromium
+tools: $(ENVOY) $(KUBE_VALIDATE) chromium
 
 build:
 	cargo build --bins --examples

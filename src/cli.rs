@@ -134,6 +134,14 @@ pub struct ServeArgs {
     /// would open more are dropped and counted.
     #[arg(long, default_value_t = crate::telemetry::series::DEFAULT_MAX_SERIES)]
     pub telemetry_max_series: usize,
+    /// With --kubernetes: the namespace of the Lease that elects the one
+    /// replica allowed to write (pilotfish's own namespace).
+    #[arg(long, default_value = "istio-system")]
+    pub leader_election_namespace: String,
+    /// With --kubernetes: this replica's name in the Lease, unique among
+    /// replicas (the pod name). Default: the host name.
+    #[arg(long, requires = "kubernetes")]
+    pub leader_election_identity: Option<String>,
     /// The Zipkin-compatible collector (`host:port`, v2 JSON API) that
     /// Telemetry resources' `zipkin` tracing provider reports spans to.
     #[arg(long)]
@@ -227,6 +235,10 @@ pub struct BootstrapArgs {
     pub gateway: bool,
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Format,
+    /// Write the bootstrap to this file instead of stdout (an init
+    /// container in an image without a shell).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -444,7 +456,12 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
         Format::Yaml => serde_yaml_ng::to_string(&b)?,
         Format::Json => serde_json::to_string_pretty(&b)? + "\n",
     };
-    print!("{text}");
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }
 
@@ -525,7 +542,13 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
                 debounce: args.debounce,
                 discovery_selectors: args.discovery_selector.clone(),
             };
-            tokio::spawn(crate::kube::run(client, opts, config_tx, metrics.clone()));
+            tokio::spawn(crate::kube::run(
+                client.clone(),
+                opts,
+                config_tx,
+                metrics.clone(),
+            ));
+            spawn_leader_election(client, &args, &metrics);
         }
     }
     let ca = open_ca(&args.ca)?;
@@ -635,6 +658,28 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Campaigns for the Lease; `pilotfish_leader` says whether this replica
+/// holds it. Nothing writes to the API yet, so nothing else reads it.
+fn spawn_leader_election(client: ::kube::Client, args: &ServeArgs, metrics: &Metrics) {
+    let identity = args.leader_election_identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("pilotfish-{}", std::process::id()))
+    });
+    let opts = crate::kube::leader::Options::new(&args.leader_election_namespace, &identity);
+    let (tx, mut rx) = watch::channel(false);
+    tokio::spawn(crate::kube::leader::run(client, opts, tx));
+    let gauge = metrics.leader.clone();
+    tokio::spawn(async move {
+        loop {
+            gauge.set(i64::from(*rx.borrow_and_update()));
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Where `serve` reads config from: the first state, and what keeps it current.

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub services: Gauge,
     pub certs_issued: Counter,
     pub root_cert_expiry: Gauge,
+    /// 1 while this replica holds the leader-election Lease (Kubernetes mode).
+    pub leader: Gauge,
     pub auth_failures: Counter,
     /// CSRs received on Istio's CA API, and those not signed.
     pub csr_count: Counter,
@@ -84,6 +86,7 @@ impl Default for Metrics {
             services: Gauge::default(),
             certs_issued: Counter::default(),
             root_cert_expiry: Gauge::default(),
+            leader: Gauge::default(),
             auth_failures: Counter::default(),
             csr_count: Counter::default(),
             csr_sign_errors: Counter::default(),
@@ -154,6 +157,11 @@ impl Metrics {
             "citadel_server_root_cert_expiry_timestamp",
             "When the root certificate expires (Unix seconds)",
             metrics.root_cert_expiry.clone(),
+        );
+        registry.register(
+            "pilotfish_leader",
+            "1 while this replica holds the leader-election Lease (Kubernetes mode), else 0",
+            metrics.leader.clone(),
         );
         registry.register(
             "citadel_server_authentication_failure_count",

@@ -22,6 +22,7 @@
 
 pub mod convert;
 pub mod index;
+pub mod leader;
 pub mod source;
 
 use std::path::Path;

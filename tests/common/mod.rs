@@ -177,8 +177,14 @@ impl Mesh {
     /// pilotfish in Kubernetes mode against the API server `kubeconfig`
     /// names; no workloads or apps yet.
     pub fn start_kubernetes(net: u8, kubeconfig: &Path) -> Mesh {
+        Mesh::start_kubernetes_with(net, kubeconfig, &[])
+    }
+
+    /// The same, with extra `serve` flags.
+    pub fn start_kubernetes_with(net: u8, kubeconfig: &Path, serve_args: &[&str]) -> Mesh {
         let mut mesh = Mesh::new(net, false);
         mesh.kubeconfig = Some(kubeconfig.to_path_buf());
+        mesh.serve_args = serve_args.iter().map(|s| s.to_string()).collect();
         mesh.start_pilotfish();
         mesh
     }

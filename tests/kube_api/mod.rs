@@ -12,7 +12,12 @@
 //!   an `ERROR` event with a `410 Gone` Status for a resourceVersion older
 //!   than the last compaction (and on open streams by [`FakeApi::expire`]);
 //! * dropped connections ([`FakeApi::drop_watches`] aborts every open stream);
-//! * `404 Not Found` for kinds that are not installed ([`FakeApi::uninstall`]).
+//! * `404 Not Found` for kinds that are not installed ([`FakeApi::uninstall`]);
+//! * `POST` (create: `409 AlreadyExists` if it exists) and `PUT` (replace:
+//!   `409 Conflict` unless the body's `metadata.resourceVersion` is the
+//!   stored one), as Lease-based leader election uses them;
+//! * a client cut off by its bearer token ([`FakeApi::block_token`]: every
+//!   request gets 503, a replica partitioned from the API server).
 //!
 //! Objects are JSON; the store does not validate them, so a test can serve a
 //! malformed one, as a broken admission chain or an older schema would.
@@ -61,6 +66,7 @@ impl ApiKind {
     }
 }
 
+/// The kinds the Kubernetes source watches.
 pub const KINDS: &[ApiKind] = &[
     ApiKind {
         group: "",
@@ -127,9 +133,21 @@ pub const KINDS: &[ApiKind] = &[
     },
 ];
 
+/// Served too, not watched by the Kubernetes source: leader election's.
+pub const LEASE: ApiKind = ApiKind {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    plural: "leases",
+    namespaced: true,
+};
+
+fn served() -> impl Iterator<Item = &'static ApiKind> {
+    KINDS.iter().chain(std::iter::once(&LEASE))
+}
+
 fn kind_by_name(kind: &str) -> ApiKind {
-    *KINDS
-        .iter()
+    *served()
         .find(|k| k.kind == kind)
         .unwrap_or_else(|| panic!("the fake API server does not serve kind {kind}"))
 }
@@ -155,6 +173,9 @@ struct Store {
     lists: HashMap<&'static str, usize>,
     watches: HashMap<&'static str, usize>,
     bookmark_watches: usize,
+    blocked_tokens: HashSet<String>,
+    /// Successful creates and replaces, per kind.
+    writes: HashMap<&'static str, usize>,
 }
 
 /// What open watch streams are told to do besides delivering changes.
@@ -254,11 +275,17 @@ impl FakeApi {
 
     /// Writes a kubeconfig for this server into `dir`.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_with_token(dir, "fake-token")
+    }
+
+    /// A kubeconfig whose user presents `token` (one per simulated client,
+    /// to cut one off with [`FakeApi::block_token`]).
+    pub fn kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{token}"));
         let text = format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
              clusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: tester\n  user:\n    token: fake-token\n\
+             users:\n- name: tester\n  user:\n    token: {token}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: tester\n    namespace: default\n",
             self.url()
         );
@@ -390,6 +417,22 @@ impl FakeApi {
         self.shared.lock().slow.insert(kind.kind, delay);
     }
 
+    /// While on, every request presenting `token` fails with 503 (the
+    /// client is cut off from the API server; others are not).
+    pub fn block_token(&self, token: &str, on: bool) {
+        let mut store = self.shared.lock();
+        if on {
+            store.blocked_tokens.insert(token.to_string());
+        } else {
+            store.blocked_tokens.remove(token);
+        }
+    }
+
+    /// Successful creates and replaces of this kind.
+    pub fn writes(&self, kind: &str) -> usize {
+        self.shared.lock().writes.get(kind).copied().unwrap_or(0)
+    }
+
     pub fn install(&self, kind: &str) {
         let kind = kind_by_name(kind);
         self.shared.lock().uninstalled.remove(kind.kind);
@@ -465,8 +508,7 @@ fn route(path: &str) -> Option<(ApiKind, Option<String>, Option<String>)> {
         _ => return None,
     };
     let find = |plural: &str| {
-        KINDS
-            .iter()
+        served()
             .find(|k| k.group == group && k.version == version && k.plural == plural)
             .copied()
     };
@@ -501,12 +543,23 @@ fn without_type(mut o: Value) -> Value {
     o
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
-    if method != Method::GET {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if shared.lock().blocked_tokens.contains(token) {
         return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the fake API server only reads",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this client is cut off by the test",
         );
     }
     let Some((kind, ns, name)) = route(uri.path()) else {
@@ -516,6 +569,18 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
             "the server could not find the requested resource",
         );
     };
+    match method {
+        Method::GET => {}
+        Method::POST if name.is_none() => return write(&shared, kind, ns, None, &body),
+        Method::PUT if name.is_some() => return write(&shared, kind, ns, name, &body),
+        _ => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the fake API server reads, creates and replaces",
+            );
+        }
+    }
     let q = query(&uri);
     let watching = matches!(q.get("watch").map(String::as_str), Some("1" | "true"));
     let delay = shared.lock().slow.get(kind.kind).copied();
@@ -603,6 +668,107 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
         .unwrap()
+}
+
+/// Create (`name` None) or replace, with the API server's conflict rules.
+fn write(
+    shared: &Shared,
+    kind: ApiKind,
+    ns: Option<String>,
+    name: Option<String>,
+    body: &[u8],
+) -> Response {
+    let mut object: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+    };
+    let Some(obj_name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "metadata.name missing",
+        );
+    };
+    if name.as_ref().is_some_and(|n| *n != obj_name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "name does not match the URL",
+        );
+    }
+    let key = (ns.clone().unwrap_or_default(), obj_name.clone());
+    let mut store = shared.lock();
+    if store.uninstalled.contains(kind.kind) {
+        return error(StatusCode::NOT_FOUND, "NotFound", "kind not installed");
+    }
+    let old_rv = store
+        .objects
+        .get(kind.kind)
+        .and_then(|m| m.get(&key))
+        .map(|o| o["metadata"]["resourceVersion"].clone());
+    let conflict = |reason: &str, message: String| error(StatusCode::CONFLICT, reason, &message);
+    match (&name, &old_rv) {
+        (None, Some(_)) => {
+            return conflict(
+                "AlreadyExists",
+                format!("{} \"{obj_name}\" already exists", kind.resource()),
+            );
+        }
+        (Some(_), None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} \"{obj_name}\" not found", kind.resource()),
+            );
+        }
+        (Some(_), Some(rv)) if object["metadata"]["resourceVersion"] != *rv => {
+            return conflict(
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{obj_name}\": the object has been \
+                     modified; please apply your changes to the latest version and try again",
+                    kind.resource()
+                ),
+            );
+        }
+        _ => {}
+    }
+    store.rv += 1;
+    let rv = store.rv;
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.kind);
+    let meta = &mut object["metadata"];
+    meta["resourceVersion"] = json!(rv.to_string());
+    if let Some(ns) = &ns {
+        meta["namespace"] = json!(ns);
+    }
+    if meta.get("uid").is_none() {
+        meta["uid"] = json!(format!("uid-{}-{}-{rv}", key.0, key.1));
+    }
+    store
+        .objects
+        .entry(kind.kind)
+        .or_default()
+        .insert(key, object.clone());
+    *store.writes.entry(kind.kind).or_default() += 1;
+    let event = if old_rv.is_some() {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    store.history.push(Change {
+        rv,
+        kind: kind.kind,
+        event,
+        object: object.clone(),
+    });
+    shared.changed.send_replace(rv);
+    let code = if old_rv.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    (code, axum::Json(object)).into_response()
 }
 
 struct WatchStream {

@@ -1,0 +1,327 @@
+//! The Kubernetes manifests (`manifests/`) and CRDs (`crds/`) as a cluster
+//! would take them: every document is checked against the Kubernetes OpenAPI
+//! schemas (the `kubernetes-validate` package that `make tools` installs into
+//! `.tools`), the RBAC against what `src/kube` actually watches, and the
+//! args the manifests pass to `pilotfish` against the real binary.
+
+mod common;
+mod kube_api;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kube_api::FakeApi;
+use serde::Deserialize;
+use serde_json::json;
+use serde_yaml_ng::Value;
+
+/// The Kubernetes version whose schemas the manifests must match: the oldest
+/// one we claim to run on (Deployment, PodDisruptionBudget policy/v1,
+/// EndpointSlice discovery.k8s.io/v1 and CRD apiextensions v1 are all GA).
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn validator() -> PathBuf {
+    let p = root().join(".tools/bin/kubernetes-validate");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make tools` (installs PyPI's kubernetes-validate into .tools)",
+        p.display()
+    );
+    p
+}
+
+/// `*.yaml` below `dir`, sorted.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs the schema check; Ok with its output when every document passed.
+/// A kind it has no schema for is only a warning to the tool: a failure here.
+fn validate(files: &[PathBuf]) -> Result<String, String> {
+    let out = Command::new(validator())
+        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
+        .args(files)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && !text.contains("WARN") && !text.contains("ERROR") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn all_documents() -> Vec<(PathBuf, Value)> {
+    yaml_files(&root().join("manifests"))
+        .into_iter()
+        .flat_map(|f| documents(&f).into_iter().map(move |d| (f.clone(), d)))
+        .collect()
+}
+
+fn find<'a>(docs: &'a [(PathBuf, Value)], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in manifests/"))
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|x| x.as_str().expect("a string").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_manifest_and_crd_matches_the_kubernetes_schemas() {
+    let manifests = yaml_files(&root().join("manifests"));
+    let crds = yaml_files(&root().join("crds"));
+    assert_eq!(crds.len(), 11, "one CRD per Istio kind: {crds:?}");
+    assert!(manifests.len() >= 6, "{manifests:?}");
+    let files: Vec<PathBuf> = manifests.into_iter().chain(crds).collect();
+    if let Err(out) = validate(&files) {
+        panic!(
+            "manifests or CRDs do not match the Kubernetes {KUBERNETES_VERSION} schemas:\n{out}"
+        );
+    }
+}
+
+/// The check above is only worth something if it fails on mistakes.
+#[test]
+fn the_schema_check_rejects_typos_and_unknown_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(root().join("manifests/30-deployment.yaml")).unwrap();
+    let cases = [
+        (
+            "readinessProbe:",
+            "readinesProbe:",
+            "'readinesProbe' was unexpected",
+        ),
+        (
+            "replicas: 2",
+            "replicas: two",
+            "'two' is not of type 'integer'",
+        ),
+        (
+            "kind: Deployment",
+            "kind: Deploymnet",
+            "Couldn't find schema",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(good.contains(from), "{from:?} not in the Deployment");
+        let path = dir.path().join("broken.yaml");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        match validate(&[path]) {
+            Ok(out) => panic!("{from} -> {to} passed the schema check:\n{out}"),
+            Err(out) => assert!(out.contains(expect), "{from} -> {to}: {out}"),
+        }
+    }
+}
+
+/// The ClusterRole grants list and watch (all a kube-runtime watcher does)
+/// on exactly the types the Kubernetes source watches; the Role only the
+/// Lease verbs the leader elector uses.
+#[test]
+fn rbac_grants_exactly_what_the_code_uses() {
+    let docs = all_documents();
+    let watched: BTreeSet<(String, String)> = pilotfish::kube::index::Watched::all()
+        .into_iter()
+        .map(|w| {
+            let ar = w.api_resource();
+            (ar.group, ar.plural)
+        })
+        .collect();
+    let role = find(&docs, "ClusterRole", "pilotfish");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        assert_eq!(strs(&rule["verbs"]), ["list", "watch"], "{rule:?}");
+        assert!(rule.get("nonResourceURLs").is_none(), "{rule:?}");
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                assert!(granted.insert((g.clone(), r)), "granted twice: {rule:?}");
+            }
+        }
+    }
+    assert_eq!(
+        granted, watched,
+        "ClusterRole pilotfish vs src/kube's watched types"
+    );
+
+    let lease = find(&docs, "Role", "pilotfish-leader-election");
+    let mut verbs = BTreeSet::new();
+    for rule in lease["rules"].as_sequence().expect("rules") {
+        assert_eq!(
+            strs(&rule["apiGroups"]),
+            ["coordination.k8s.io"],
+            "{rule:?}"
+        );
+        assert_eq!(strs(&rule["resources"]), ["leases"], "{rule:?}");
+        verbs.extend(strs(&rule["verbs"]));
+    }
+    let expected: BTreeSet<String> = pilotfish::kube::leader::LEASE_VERBS
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(verbs, expected, "Role pilotfish-leader-election");
+
+    // Nothing else in manifests/ grants pilotfish (or anyone) more.
+    let roles: Vec<String> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .map(|(_, d)| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "ClusterRole/pilotfish",
+            "Role/pilotfish-leader-election",
+            "Role/pilotfish-bootstrap"
+        ],
+        "a new Role needs a check here"
+    );
+    // The example's sidecar bootstrap reads its own pod, nothing more.
+    let boot = find(&docs, "Role", "pilotfish-bootstrap");
+    assert_eq!(
+        serde_json::to_value(&boot["rules"]).unwrap(),
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}])
+    );
+}
+
+/// The Deployment's args name flags `serve` has.
+#[test]
+fn the_deployment_passes_flags_serve_accepts() {
+    let docs = all_documents();
+    let deploy = find(&docs, "Deployment", "pilotfish");
+    let args = strs(&deploy["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert_eq!(args[..2], ["serve", "--kubernetes"]);
+    let help = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "serve has no {flag}:\n{help}"
+        );
+    }
+    for a in [
+        "--xds-address=0.0.0.0:15012",
+        "--admin-address=0.0.0.0:15014",
+    ] {
+        assert!(args.iter().any(|x| x == a), "{a} missing from {args:?}");
+    }
+}
+
+/// The example's init container, run as the kubelet would (its args, the
+/// pod's name and namespace from the downward API) against the fake API
+/// server, writes a bootstrap that real Envoy accepts.
+#[test]
+fn the_example_init_container_writes_a_bootstrap_envoy_accepts() {
+    let docs = all_documents();
+    let deploy = find(&docs, "Deployment", "ratings-v1");
+    let pod_spec = &deploy["spec"]["template"]["spec"];
+    let init = &pod_spec["initContainers"][0];
+    let pod = "ratings-v1-7c9f5-x2x4b";
+    let api = FakeApi::start("127.0.0.1");
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": pod, "namespace": "default",
+            "labels": serde_json::to_value(&deploy["spec"]["template"]["metadata"]["labels"]).unwrap(),
+        },
+        "spec": {
+            "serviceAccountName": pod_spec["serviceAccountName"].as_str().unwrap(),
+            "containers": [{"name": "ratings", "image": "x"}],
+        },
+        "status": {"phase": "Running", "podIP": "10.244.1.7"},
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("bootstrap.yaml");
+    let args: Vec<String> = strs(&init["args"])
+        .into_iter()
+        .map(|a| {
+            let a = a
+                .replace("$(POD_NAME)", pod)
+                .replace("$(POD_NAMESPACE)", "default");
+            match a.split_once('=') {
+                Some(("--state-dir", _)) => {
+                    format!("--state-dir={}", dir.path().join("state").display())
+                }
+                Some(("--out", _)) => format!("--out={}", out_file.display()),
+                _ => a,
+            }
+        })
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(&args)
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig(dir.path()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "--out writes the file, not stdout");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(
+        text.contains(
+            "sidecar~10.244.1.7~ratings-v1-7c9f5-x2x4b.default~default.svc.cluster.local"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("pilotfish.istio-system.svc"), "{text}");
+    // The sidecar container reads it from the shared emptyDir.
+    let envoy_args = strs(&pod_spec["containers"][1]["args"]);
+    assert!(envoy_args.contains(&"/etc/envoy/bootstrap.yaml".to_string()));
+    let envoy = Command::new(common::envoy_bin())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        envoy.status.success(),
+        "envoy rejected the bootstrap:\n{}",
+        String::from_utf8_lossy(&envoy.stderr)
+    );
+}
