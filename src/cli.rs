@@ -49,6 +49,19 @@ pub enum Command {
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Print the CustomResourceDefinitions of the kinds pilotfish reads (YAML).
     Crds(CrdsArgs),
+    /// Rotate the CA's root on a running pilotfish: `begin` (a new root signs,
+    /// both are trusted, every workload is re-issued), then `finish` (the
+    /// old root is no longer trusted) once every proxy has a new certificate.
+    RotateRoot(RotateRootArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RotateRootArgs {
+    #[arg(value_parser = ["begin", "finish"])]
+    pub step: String,
+    /// pilotfish's admin address.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub admin_address: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,6 +273,8 @@ pub fn main() -> ExitCode {
         Command::Loadgen(args) => crate::loadgen::run(args),
         Command::Validate(args) => return validate(args),
         Command::Crds(args) => print_crds(args),
+        Command::RotateRoot(a) => admin::client::rotate_root(&a.admin_address, &a.step)
+            .map(|roots| println!("root rotation: {} done; {roots} root(s) trusted", a.step)),
         Command::ProxyStatus(a) => {
             admin::client::proxy_status(&a.admin_address, matches!(a.output, ValidateFormat::Json))
                 .map(|s| print!("{s}"))
@@ -572,6 +587,10 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     );
     let ca = Arc::new(ca);
     let certs = crate::xds::secrets::CertBook::new(Arc::clone(&ca), args.cert_ttl);
+    let rotation = admin::Rotation {
+        ca: Arc::clone(&ca),
+        roots_changed: certs.roots_changed(),
+    };
     let creds = match &args.credentials_dir {
         Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),
         Some(dir) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
@@ -645,6 +664,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             config: config_rx,
             xds: xds_rx,
             telemetry: telemetry.sink.clone(),
+            rotation: Some(rotation),
         },
         stopped(stop_rx),
     ));

@@ -316,3 +316,86 @@ fn xds_refuses_missing_forged_expired_and_borrowed_credentials() {
     assert_eq!(metric(&mesh.metrics(), "pilot_xds"), Some(6.0));
     assert_eq!(mesh.reviews(None).0, "v1");
 }
+
+/// The serials of the CA certificates (trust bundle) an Envoy holds, across
+/// its mesh TLS contexts (those with a workload certificate: the bootstrap's
+/// connection to pilotfish trusts the root it was written with).
+fn envoy_ca_serials(mesh: &Mesh, host: u8) -> Vec<String> {
+    let certs: Value = serde_json::from_str(&mesh.envoy_admin(host, "/certs")).unwrap_or_default();
+    let mut out: Vec<String> = certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["cert_chain"].as_array().is_some_and(|a| !a.is_empty()))
+        .flat_map(|c| c["ca_cert"].as_array().cloned().unwrap_or_default())
+        .filter_map(|ca| ca["serial_number"].as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn root_rotation_under_traffic() {
+    let mesh = mk_mesh(&[]);
+    let hosts = 11..=16u8;
+    let old_root = envoy_ca_serials(&mesh, 13);
+    assert_eq!(old_root.len(), 1, "{old_root:?}");
+    let old_leaves: Vec<String> = hosts
+        .clone()
+        .map(|h| envoy_cert(&mesh, h).expect("a certificate").1)
+        .collect();
+    let rotate = |step: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+            .args(["rotate-root", step, "--admin-address"])
+            .arg(format!("{}:15014", mesh.pilotfish_ip()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pages_ok = || {
+        for _ in 0..5 {
+            let page = mesh.try_productpage(None).expect("productpage");
+            assert!(
+                page["calls"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().all(|c| c["status"] == 200)),
+                "{page}"
+            );
+        }
+    };
+
+    // Step 1: a new root signs; both are trusted; everyone is re-issued.
+    assert!(rotate("begin").contains("2 root(s)"));
+    wait_until("every sidecar trusting both roots with a new leaf", || {
+        hosts.clone().zip(&old_leaves).all(|(h, old)| {
+            envoy_ca_serials(&mesh, h).len() == 2
+                && envoy_cert(&mesh, h).is_some_and(|(_, serial)| &serial != old)
+        })
+    });
+    let both = envoy_ca_serials(&mesh, 13);
+    assert!(both.contains(&old_root[0]));
+    pages_ok();
+    // A second begin before finish is refused.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["rotate-root", "begin", "--admin-address"])
+        .arg(format!("{}:15014", mesh.pilotfish_ip()))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    // Step 2: the old root is no longer trusted anywhere.
+    assert!(rotate("finish").contains("1 root(s)"));
+    wait_until("every sidecar trusting only the new root", || {
+        hosts.clone().all(|h| {
+            let roots = envoy_ca_serials(&mesh, h);
+            roots.len() == 1 && roots[0] != old_root[0]
+        })
+    });
+    pages_ok();
+}

@@ -6,6 +6,27 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+/// Runs one root rotation step; returns how many roots are trusted after it.
+pub fn rotate_root(admin: &str, step: &str) -> Result<u64> {
+    let url = format!("http://{admin}/ca/rotate?step={step}");
+    let resp = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?
+        .post(&url)
+        .send()
+        .with_context(|| {
+            format!("cannot reach pilotfish's admin API at {url} (--admin-address)")
+        })?;
+    let status = resp.status();
+    let text = resp.text()?;
+    if !status.is_success() {
+        bail!("{step}: {}", text.trim());
+    }
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(v["roots"].as_u64().unwrap_or_default())
+}
+
 fn get(admin: &str, path: &str) -> Result<Value> {
     let url = format!("http://{admin}{path}");
     let resp = reqwest::blocking::Client::builder()

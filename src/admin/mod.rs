@@ -29,6 +29,15 @@ pub struct AdminState {
     pub config: watch::Receiver<Arc<ConfigState>>,
     pub xds: watch::Receiver<Arc<XdsSnapshot>>,
     pub telemetry: crate::telemetry::sink::Sink,
+    /// Root rotation (POST /ca/rotate); None when the CA cannot rotate here.
+    pub rotation: Option<Rotation>,
+}
+
+/// What a root rotation step needs: the CA, and who to wake afterwards.
+#[derive(Clone)]
+pub struct Rotation {
+    pub ca: Arc<crate::ca::Ca>,
+    pub roots_changed: Arc<tokio::sync::Notify>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -40,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/config_errors", get(config_errors))
         .route("/debug/proxy_stats", get(proxy_stats))
+        .route("/ca/rotate", axum::routing::post(rotate))
         .merge(ui::routes())
         .with_state(state)
 }
@@ -78,6 +88,40 @@ async fn config_errors(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "files": state.files,
         "errors": state.errors,
     }))
+}
+
+#[derive(Deserialize)]
+struct RotateQuery {
+    step: String,
+}
+
+/// A root rotation step: `begin` makes a new root the signer (both roots
+/// trusted, every workload re-issued at once); `finish`, once every proxy
+/// holds a certificate from the new root, stops trusting the old one.
+async fn rotate(State(s): State<AdminState>, Query(q): Query<RotateQuery>) -> Response {
+    let Some(r) = s.rotation else {
+        return (StatusCode::CONFLICT, "this CA cannot rotate its root\n").into_response();
+    };
+    let ca = Arc::clone(&r.ca);
+    let step = q.step.clone();
+    let done = tokio::task::spawn_blocking(move || match step.as_str() {
+        "begin" => ca.begin_rotation(),
+        "finish" => ca.finish_rotation(),
+        other => Err(crate::ca::CaError::Rotation(format!(
+            "unknown step {other:?}: begin or finish"
+        ))),
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {
+            r.roots_changed.notify_one();
+            tracing::info!(step = %q.step, "root rotation step done");
+            Json(json!({"step": q.step, "roots": r.ca.roots_pem().matches("BEGIN CERTIFICATE").count()}))
+                .into_response()
+        }
+        Ok(Err(e)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// The latest Envoy stats summary of each proxy (from the metrics sink).

@@ -42,10 +42,13 @@ pub async fn run_translator(
     let mut last_version = 0;
     let mut registry = Arc::new(Registry::default());
     let mut next_renewal: Option<SystemTime> = None;
+    let roots_changed = certs.as_ref().map(secrets::CertBook::roots_changed);
+    let mut woken = false;
     loop {
         let state = Arc::clone(&config.borrow_and_update());
         let config_changed = state.version != last_version;
-        let renewal_due = next_renewal.is_some_and(|t| SystemTime::now() >= t);
+        let renewal_due = woken || next_renewal.is_some_and(|t| SystemTime::now() >= t);
+        woken = false;
         // A handful of small files: read in place.
         let creds_changed = creds.as_mut().is_some_and(|c| c.reload());
         if creds_changed && let Some(c) = &creds {
@@ -180,6 +183,12 @@ pub async fn run_translator(
         tokio::select! {
             changed = config.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(sleep) => {},
+            _ = async {
+                match &roots_changed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => woken = true,
         }
     }
 }

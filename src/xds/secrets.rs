@@ -80,6 +80,9 @@ pub struct CertBook {
     ca: Arc<Ca>,
     ttl: Duration,
     entries: HashMap<WorkloadKey, Entry>,
+    /// Woken when the CA's roots change (a root rotation step), so the
+    /// certificates and trust bundles are refreshed at once.
+    roots_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for CertBook {
@@ -97,7 +100,14 @@ impl CertBook {
             ca,
             ttl,
             entries: HashMap::new(),
+            roots_changed: Arc::default(),
         }
+    }
+
+    /// Notify this after changing the CA's roots: the translator refreshes
+    /// every certificate whose trust bundle changed right away.
+    pub fn roots_changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.roots_changed)
     }
 
     pub fn trust_domain(&self) -> &str {

@@ -503,6 +503,7 @@ fn mk_state() -> AdminState {
         config,
         xds,
         telemetry: telemetry.sink,
+        rotation: None,
     }
 }
 
