@@ -299,12 +299,14 @@ pub fn main() -> ExitCode {
 /// `pilotfish validate`: exit 0 when every document is valid, 1 otherwise.
 fn validate(args: ValidateArgs) -> ExitCode {
     let mut problems: Vec<config::ConfigError> = Vec::new();
+    let mut warnings: Vec<config::ConfigError> = Vec::new();
     let mut documents = 0usize;
     for path in &args.paths {
         for (file, text) in read_inputs(path, &mut problems) {
             let parsed = config::parse_file(&file, &text);
             documents += parsed.resources.len() + parsed.errors.len();
             problems.extend(parsed.errors);
+            warnings.extend(parsed.warnings);
         }
     }
     match args.output {
@@ -312,14 +314,23 @@ fn validate(args: ValidateArgs) -> ExitCode {
             for p in &problems {
                 println!("{p}");
             }
+            // Istio's warnings: reported, but the documents are valid.
+            for w in &warnings {
+                println!("warning: {w}");
+            }
             if problems.is_empty() {
                 eprintln!("{documents} resource(s) valid");
             }
         }
-        ValidateFormat::Json => match serde_json::to_string_pretty(&problems) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("pilotfish: error: {e}"),
-        },
+        ValidateFormat::Json => {
+            match serde_json::to_string_pretty(&problems) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("pilotfish: error: {e}"),
+            }
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+        }
     }
     if problems.is_empty() {
         ExitCode::SUCCESS

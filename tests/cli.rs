@@ -186,3 +186,24 @@ fn validate_accepts_istio_samples_and_reports_problems() {
             .contains("<stdin>: document 1 (ServiceEntry default/s): spec.ports[0].number")
     );
 }
+
+#[test]
+fn validate_reports_istios_warnings_without_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pa.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n\
+         spec: {selector: {matchLabels: {}}, mtls: {mode: STRICT}}\n",
+    )
+    .unwrap();
+    let out = pilotfish(&["validate", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("PeerAuthentication default/p")
+            && l.contains("spec.selector.matchLabels")),
+        "{text}"
+    );
+}

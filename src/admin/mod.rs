@@ -87,6 +87,7 @@ async fn config_errors(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "version": state.version,
         "files": state.files,
         "errors": state.errors,
+        "warnings": state.warnings,
     }))
 }
 

@@ -22,6 +22,8 @@ struct FileState {
     good: Vec<Arc<Resource>>,
     /// Problems with the content last read.
     errors: Vec<ConfigError>,
+    /// Istio's warnings on the content last read (documents accepted).
+    warnings: Vec<ConfigError>,
     /// When the good version was written: with duplicates, the newest wins.
     modified: Option<std::time::SystemTime>,
 }
@@ -34,6 +36,8 @@ pub struct ConfigState {
     pub snapshot: ConfigSnapshot,
     /// Problems with the latest files (their last good versions are in force).
     pub errors: Vec<ConfigError>,
+    /// Istio's warnings on the latest files: reported, the documents are in force.
+    pub warnings: Vec<ConfigError>,
     /// Files read.
     pub files: usize,
     /// When the change that produced this state was first seen (the start
@@ -167,6 +171,7 @@ impl Store {
         for w in &parsed.warnings {
             warn!(warning = %w, "config warning (the document is accepted)");
         }
+        state.warnings = parsed.warnings;
         let resources: Vec<Arc<Resource>> = parsed.resources.into_iter().map(Arc::new).collect();
         let never_good = state.good.is_empty();
         state.errors = parsed.errors;
@@ -220,6 +225,11 @@ impl Store {
             version,
             snapshot,
             errors,
+            warnings: self
+                .files
+                .values()
+                .flat_map(|f| f.warnings.iter().cloned())
+                .collect(),
             files: self.files.len(),
             changed_at: None,
         }

@@ -222,6 +222,7 @@ impl Published {
             version: self.version,
             snapshot: ConfigSnapshot::new(resources),
             errors,
+            warnings: Vec::new(),
             files: 0,
             // When it is published (the debounce window is not counted).
             changed_at: Some(std::time::Instant::now()),

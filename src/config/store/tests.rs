@@ -452,3 +452,21 @@ fn a_file_with_a_config_map_beside_istio_config_takes_edits() {
     assert!(state.errors.is_empty(), "{:#?}", state.errors);
     assert_eq!(store.invalid_files(), 0);
 }
+
+#[test]
+fn warnings_are_reported_and_their_documents_kept() {
+    let dir = mk_dir();
+    mk_file(
+        dir.path(),
+        "pa.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {selector: {matchLabels: {}}}\n",
+    );
+    let state = mk_store(dir.path()).state(1);
+    assert_eq!(keys(&state), ["PeerAuthentication default/p"]);
+    assert!(state.errors.is_empty(), "{:?}", state.errors);
+    assert_eq!(state.warnings.len(), 1, "{:?}", state.warnings);
+    assert_eq!(
+        state.warnings[0].path.as_deref(),
+        Some("spec.selector.matchLabels")
+    );
+}
