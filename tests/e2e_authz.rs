@@ -248,34 +248,7 @@ fn echo(net: u8, from: u8) -> bool {
 fn a_tcp_port_is_guarded_by_network_rbac() {
     let mut mesh = Mesh::start(next_net(NET_BASE), &[], false);
     let net = mesh.net;
-    mesh.write(
-        "tcp-echo.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: tcp-echo, namespace: default}
-spec:
-  hosts: [tcp-echo.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9090, name: tcp-echo, protocol: TCP}]
-  workloadSelector: {labels: {app: ratings}}
-",
-    );
-    let server = std::net::TcpListener::bind(format!("127.{net}.1.{RATINGS}:9090")).unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for conn in server.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    mesh.start_tcp_echo();
     mesh.start_envoy("ratings-v1", RATINGS);
     mesh.wait_envoy_ready(RATINGS);
     wait_until("an echo through the inbound TCP listener", || {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use common::{Mesh, metric, next_net, series, series_sum, wait_until};
@@ -516,33 +516,7 @@ fn tcp_connections_and_bytes_are_counted() {
     let mut mesh = Mesh::start(next_net(NET_BASE), &[], false);
     let net = mesh.net;
     // A TCP service served by ratings-v1 (host 16): its app is an echo server.
-    mesh.write(
-        "tcp-echo.yaml",
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: tcp-echo, namespace: default}
-spec:
-  hosts: [tcp-echo.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9090, name: tcp-echo, protocol: TCP}]
-  workloadSelector: {labels: {app: ratings}}
-",
-    );
-    let server = std::net::TcpListener::bind(format!("127.{net}.1.16:9090")).unwrap();
-    std::thread::spawn(move || {
-        for conn in server.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    mesh.start_tcp_echo();
     mesh.start_envoy("ratings-v1", 16);
     mesh.wait_envoy_ready(16);
     let rt = tokio::runtime::Builder::new_current_thread()

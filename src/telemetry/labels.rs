@@ -359,13 +359,16 @@ impl MeshView {
                 })
             })
         });
+        // `ratings` names `ratings.default.svc...`: no allocation per entry.
+        let names_host = |s: &&Service| {
+            s.hostname
+                .strip_prefix(host)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
         let first = candidates.next();
         let by_host = first
-            .filter(|s| s.hostname == host || s.hostname.starts_with(&format!("{host}.")))
-            .or_else(|| {
-                candidates
-                    .find(|s| s.hostname == host || s.hostname.starts_with(&format!("{host}.")))
-            })
+            .filter(|s| names_host(s))
+            .or_else(|| candidates.find(|s| names_host(s)))
             .or(first);
         by_host.map_or_else(
             || Arc::clone(&self.unknown_service),

@@ -581,3 +581,38 @@ impl Mesh {
             .unwrap_or(0)
     }
 }
+
+impl Mesh {
+    /// A TCP service `tcp-echo` (port 9090) served by ratings-v1 (host 16),
+    /// whose app is an echo server on ratings' app address.
+    pub fn start_tcp_echo(&self) {
+        self.write(
+            "tcp-echo.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9090, name: tcp-echo, protocol: TCP}]
+  workloadSelector: {labels: {app: ratings}}
+",
+        );
+        let server = std::net::TcpListener::bind(format!("127.{}.1.16:9090", self.net)).unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for conn in server.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut conn = conn;
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
