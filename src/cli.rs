@@ -143,6 +143,10 @@ pub struct ServeArgs {
     /// Lifetime of workload certificates; they are re-issued at half-life.
     #[arg(long, default_value = "24h", value_parser = duration_arg)]
     pub cert_ttl: Duration,
+    /// Lifetime of pilotfish's own xDS serving certificate; re-issued at
+    /// half-life while running, and at once when a root rotation finishes.
+    #[arg(long, default_value = "2160h", value_parser = duration_arg)]
+    pub serving_cert_ttl: Duration,
     /// Cap on istio_* label sets the telemetry sink keeps; samples that
     /// would open more are dropped and counted.
     #[arg(long, default_value_t = crate::telemetry::series::DEFAULT_MAX_SERIES)]
@@ -585,22 +589,30 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .unwrap_or_default(),
     );
     info!(trust_domain = %args.ca.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca.ca_dir.is_some(), "certificate authority ready");
-    // pilotfish's own serving certificate for the xDS port.
-    let serving = ca
-        .issue(
-            &server_identity(&args.ca.trust_domain)?,
-            crate::ca::MAX_WORKLOAD_TTL,
-        )
-        .map_err(|e| anyhow::anyhow!("xDS serving certificate: {e}"))?;
     let token_key = Arc::new(
         crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let ca = Arc::new(ca);
+    // pilotfish's own serving certificate for the xDS port, renewed at
+    // half its lifetime and re-issued when a root rotation finishes.
+    let serving = crate::ca::serving::ServingCert::new(
+        Arc::clone(&ca),
+        server_identity(&args.ca.trust_domain)?,
+        args.serving_cert_ttl,
+    )
+    .map_err(|e| anyhow::anyhow!("xDS {e}"))?;
+    let tls = Some(Arc::new(
+        serving
+            .server_config()
+            .map_err(|e| anyhow::anyhow!("xDS {e}"))?,
+    ));
+    let serving_renewal = tokio::spawn(Arc::clone(&serving).keep_fresh());
     let certs = crate::xds::secrets::CertBook::new(Arc::clone(&ca), args.cert_ttl);
     let rotation = admin::Rotation {
         ca: Arc::clone(&ca),
         roots_changed: certs.roots_changed(),
+        serving: Some(Arc::clone(&serving)),
     };
     let creds = match &args.credentials_dir {
         Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),
@@ -644,10 +656,6 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             stopped(stop_rx.clone()),
         ));
     }
-    let tls = Some((
-        serving.cert_chain_pem.clone(),
-        serving.key_pem.expose().to_string(),
-    ));
     let mut sink_routes =
         crate::telemetry::sink::routes(telemetry.sink.clone(), shared.auth.clone());
     // Istio's CA API, on the authenticated port only.
@@ -682,6 +690,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 
     shutdown_signal().await;
     info!("shutting down");
+    serving_renewal.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = ads.await;

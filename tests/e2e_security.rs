@@ -398,4 +398,20 @@ fn root_rotation_under_traffic() {
         })
     });
     pages_ok();
+
+    // pilotfish re-issued its own xDS serving certificate under the new
+    // root: a proxy bootstrapped now (its bootstrap trusts only the new
+    // root) connects and serves.
+    let mut mesh = mesh;
+    mesh.kill_envoy(12);
+    mesh.start_envoy("details-v1", 12);
+    mesh.wait_envoy_ready(12);
+    assert_eq!(envoy_ca_serials(&mesh, 12), envoy_ca_serials(&mesh, 13));
+    wait_until("productpage reaching the restarted details sidecar", || {
+        mesh.try_productpage(None).is_ok_and(|page| {
+            page["calls"]
+                .as_array()
+                .is_some_and(|c| c.iter().all(|c| c["status"] == 200))
+        })
+    });
 }

@@ -38,6 +38,9 @@ pub struct AdminState {
 pub struct Rotation {
     pub ca: Arc<crate::ca::Ca>,
     pub roots_changed: Arc<tokio::sync::Notify>,
+    /// The xDS serving certificate, re-issued once a rotation finishes so
+    /// that it chains to the one root left in the bundle.
+    pub serving: Option<Arc<crate::ca::serving::ServingCert>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -105,9 +108,13 @@ async fn rotate(State(s): State<AdminState>, Query(q): Query<RotateQuery>) -> Re
     };
     let ca = Arc::clone(&r.ca);
     let step = q.step.clone();
+    let serving = r.serving.clone();
     let done = tokio::task::spawn_blocking(move || match step.as_str() {
         "begin" => ca.begin_rotation(),
-        "finish" => ca.finish_rotation(),
+        "finish" => ca.finish_rotation().and_then(|()| match &serving {
+            Some(s) => s.reissue(),
+            None => Ok(()),
+        }),
         other => Err(crate::ca::CaError::Rotation(format!(
             "unknown step {other:?}: begin or finish"
         ))),

@@ -24,6 +24,7 @@ pub mod grpc;
 mod identity;
 mod inspect;
 mod pem;
+pub mod serving;
 mod store;
 pub mod token;
 
@@ -100,6 +101,9 @@ pub enum CaError {
     SignerExpired { not_after: String },
     #[error("root rotation: {0}")]
     Rotation(String),
+    /// Building pilotfish's own TLS server from an issued certificate.
+    #[error("TLS serving certificate: {0}")]
+    Serving(String),
     /// rcgen failed to generate or sign; its messages carry no key bytes.
     #[error("{what}: {source}")]
     Crypto {

@@ -11,6 +11,7 @@ pub mod protocol;
 mod requests;
 pub mod status;
 mod stream;
+mod tls;
 
 pub use stream::workload_of;
 pub mod wire;
@@ -165,28 +166,33 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
 }
 
 /// Serves ADS, and the gRPC services in `others` (the telemetry sink), on
-/// `listener` until `shutdown`; over TLS with `tls` (the server certificate
-/// chain and key, PEM).
+/// `listener` until `shutdown`; over TLS with `tls` (see
+/// [`crate::ca::serving::ServingCert::server_config`]: the certificate is
+/// read at every handshake, so a renewed one needs no restart).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: AdsShared,
     others: tonic::service::Routes,
-    tls: Option<(String, String)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some((cert, key)) = tls {
-        builder = builder.tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(cert, key)),
-        )?;
-    }
-    builder
+    let builder = tonic::transport::Server::builder()
         // Detect dead proxies even when no config changes flow.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_routes(others.add_service(AdsService::new(shared)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_routes(others.add_service(AdsService::new(shared)));
+    match tls {
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            builder
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some(config) => {
+            builder
+                .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
+                .await
+        }
+    }
 }
