@@ -582,12 +582,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         }
     }
     let ca = open_ca(&args.ca)?;
-    metrics.root_cert_expiry.set(
-        ca.root_not_after()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default(),
-    );
+    metrics.record_ca_expiry(&ca);
     info!(trust_domain = %args.ca.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca.ca_dir.is_some(), "certificate authority ready");
     let token_key = Arc::new(
         crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)
@@ -613,6 +608,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         ca: Arc::clone(&ca),
         roots_changed: certs.roots_changed(),
         serving: Some(Arc::clone(&serving)),
+        metrics: metrics.clone(),
     };
     let creds = match &args.credentials_dir {
         Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),

@@ -57,12 +57,18 @@ pub struct Metrics {
     pub services: Gauge,
     pub certs_issued: Counter,
     pub root_cert_expiry: Gauge,
+    /// Earliest expiry on the CA's signing chain (Unix seconds).
+    pub cert_chain_expiry: Gauge,
     /// 1 while this replica holds the leader-election Lease (Kubernetes mode).
     pub leader: Gauge,
     pub auth_failures: Counter,
     /// CSRs received on Istio's CA API, and those not signed.
     pub csr_count: Counter,
     pub csr_sign_errors: Counter,
+    /// CSRs that did not parse or whose signature did not verify.
+    pub csr_parse_errors: Counter,
+    /// CA API callers whose credential names no valid identity.
+    pub id_extraction_errors: Counter,
     /// Config change (or certificate renewal) seen → the proxy ACKed it, per push.
     pub convergence: Histogram,
     pub config_size: Family<TypeLabel, Histogram, SizeBuckets>,
@@ -70,6 +76,20 @@ pub struct Metrics {
     pub debounce_time: Histogram,
     /// Snapshot rebuilds, by reason (`config`, `secret`).
     pub push_triggers: Family<TypeLabel, Counter>,
+}
+
+impl Metrics {
+    /// Sets the root and signing-chain expiry gauges from `ca` (at start and
+    /// after each root rotation step).
+    pub fn record_ca_expiry(&self, ca: &crate::ca::Ca) {
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default()
+        };
+        self.root_cert_expiry.set(unix(ca.root_not_after()));
+        self.cert_chain_expiry.set(unix(ca.chain_not_after()));
+    }
 }
 
 impl Default for Metrics {
@@ -86,10 +106,13 @@ impl Default for Metrics {
             services: Gauge::default(),
             certs_issued: Counter::default(),
             root_cert_expiry: Gauge::default(),
+            cert_chain_expiry: Gauge::default(),
             leader: Gauge::default(),
             auth_failures: Counter::default(),
             csr_count: Counter::default(),
             csr_sign_errors: Counter::default(),
+            csr_parse_errors: Counter::default(),
+            id_extraction_errors: Counter::default(),
             convergence: Histogram::new(SECONDS_BUCKETS),
             config_size: Family::new_with_constructor(SizeBuckets),
             debounce_time: Histogram::new(SECONDS_BUCKETS),
@@ -174,9 +197,24 @@ impl Metrics {
             metrics.csr_count.clone(),
         );
         registry.register(
-            "citadel_server_csr_sign_error_count",
-            "CSRs received that were not signed",
+            "citadel_server_csr_sign_err_count",
+            "CSRs that parsed but could not be signed",
             metrics.csr_sign_errors.clone(),
+        );
+        registry.register(
+            "citadel_server_csr_parsing_err_count",
+            "CSRs that did not parse or whose signature did not verify",
+            metrics.csr_parse_errors.clone(),
+        );
+        registry.register(
+            "citadel_server_id_extraction_err_count",
+            "CA API callers whose credential names no valid identity",
+            metrics.id_extraction_errors.clone(),
+        );
+        registry.register(
+            "citadel_server_cert_chain_expiry_timestamp",
+            "When the earliest certificate of the CA's signing chain expires (Unix seconds)",
+            metrics.cert_chain_expiry.clone(),
         );
         registry.register(
             "pilot_proxy_convergence_time",

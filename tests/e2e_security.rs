@@ -370,8 +370,21 @@ fn root_rotation_under_traffic() {
         }
     };
 
+    let root_expiry =
+        || metric(&mesh.metrics(), "citadel_server_root_cert_expiry_timestamp").unwrap();
+    let expiry_before = root_expiry();
+    assert!(
+        metric(
+            &mesh.metrics(),
+            "citadel_server_cert_chain_expiry_timestamp"
+        )
+        .is_some()
+    );
+
     // Step 1: a new root signs; both are trusted; everyone is re-issued.
     assert!(rotate("begin").contains("2 root(s)"));
+    // The gauge follows the new signing root (minted seconds later).
+    assert!(root_expiry() > expiry_before);
     wait_until("every sidecar trusting both roots with a new leaf", || {
         hosts.clone().zip(&old_leaves).all(|(h, old)| {
             envoy_ca_serials(&mesh, h).len() == 2

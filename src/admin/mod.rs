@@ -41,6 +41,8 @@ pub struct Rotation {
     /// The xDS serving certificate, re-issued once a rotation finishes so
     /// that it chains to the one root left in the bundle.
     pub serving: Option<Arc<crate::ca::serving::ServingCert>>,
+    /// Root and chain expiry gauges, set again after each step.
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -123,6 +125,7 @@ async fn rotate(State(s): State<AdminState>, Query(q): Query<RotateQuery>) -> Re
     match done {
         Ok(Ok(())) => {
             r.roots_changed.notify_one();
+            r.metrics.record_ca_expiry(&r.ca);
             tracing::info!(step = %q.step, "root rotation step done");
             Json(json!({"step": q.step, "roots": r.ca.roots_pem().matches("BEGIN CERTIFICATE").count()}))
                 .into_response()

@@ -60,7 +60,10 @@ impl CaService {
             claims.namespace.clone(),
             claims.service_account.clone(),
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| {
+            self.metrics.id_extraction_errors.inc();
+            Status::invalid_argument(e.to_string())
+        })?;
         let requested = u64::try_from(req.validity_duration).unwrap_or(0);
         let ttl = if requested == 0 {
             self.max_ttl
@@ -73,7 +76,10 @@ impl CaService {
                 Ok(chain)
             }
             Err(e) => {
-                self.metrics.csr_sign_errors.inc();
+                match e {
+                    crate::ca::CaError::InvalidCsr(_) => self.metrics.csr_parse_errors.inc(),
+                    _ => self.metrics.csr_sign_errors.inc(),
+                };
                 warn!(identity = %id, error = %e, "CSR not signed");
                 Err(Status::invalid_argument(e.to_string()))
             }
@@ -146,7 +152,7 @@ mod tests {
 
     /// pilotfish's CA API served in-process, and a bearer token for
     /// `default/productpage-v1` (service account bookinfo-productpage).
-    async fn serve() -> (String, String, Arc<TokenKey>, tempfile::TempDir) {
+    async fn serve() -> (String, String, Metrics, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let key = Arc::new(TokenKey::load_or_create(dir.path()).unwrap());
         let token = key.sign(
@@ -165,6 +171,7 @@ mod tests {
             auth: Arc::clone(&key),
             metrics: Metrics::default(),
         };
+        let metrics = svc.metrics.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -172,7 +179,7 @@ mod tests {
                 .add_service(svc)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
-        (format!("http://{addr}"), token, key, dir)
+        (format!("http://{addr}"), token, metrics, dir)
     }
 
     async fn create(
@@ -224,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_gets_a_chain_for_its_own_identity_only() {
-        let (url, token, _key, _dir) = serve().await;
+        let (url, token, metrics, _dir) = serve().await;
         let resp = create(&url, Some(&token), csr(), 7 * 24 * 3600)
             .await
             .unwrap();
@@ -240,11 +247,13 @@ mod tests {
         assert!(life <= Duration::from_secs(3600), "{life:?}");
         let root = crate::ca::inspect(&resp.cert_chain[1]).unwrap();
         assert!(root.is_ca);
+        assert_eq!(metrics.certs_issued.get(), 1);
+        assert_eq!(metrics.csr_count.get(), 1);
     }
 
     #[tokio::test]
     async fn missing_forged_and_bad_requests_are_refused() {
-        let (url, token, _key, _dir) = serve().await;
+        let (url, token, metrics, _dir) = serve().await;
         let err = create(&url, None, csr(), 0).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let last = if token.ends_with('A') { 'B' } else { 'A' };
@@ -255,5 +264,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        // Counted by reason, under Istio's names.
+        assert_eq!(metrics.auth_failures.get(), 2);
+        assert_eq!(metrics.csr_count.get(), 1);
+        assert_eq!(metrics.csr_parse_errors.get(), 1);
+        assert_eq!(metrics.csr_sign_errors.get(), 0);
+        assert_eq!(metrics.certs_issued.get(), 0);
     }
 }
