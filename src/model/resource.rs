@@ -224,8 +224,8 @@ macro_rules! typed_iter {
     ($fn:ident, $variant:ident, $ty:ty) => {
         /// All resources of this kind, ordered by namespace and name.
         pub fn $fn(&self) -> impl Iterator<Item = (&Resource, &$ty)> {
-            self.resources.values().filter_map(|r| match &r.spec {
-                Spec::$variant(s) => Some((r.as_ref(), s)),
+            self.of_kind(Kind::$variant).filter_map(|r| match &r.spec {
+                Spec::$variant(s) => Some((r, s)),
                 _ => None,
             })
         }
@@ -238,6 +238,21 @@ impl ConfigSnapshot {
             resources,
             hosts: Default::default(),
         }
+    }
+
+    /// The resources of one kind, ordered by namespace and name: keys sort
+    /// by kind first, so this is a range of the map, not a scan of it
+    /// (translation asks per workload; a scan would make builds quadratic).
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
+        let first = ResourceKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.resources
+            .range(first..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, r)| r.as_ref())
     }
 
     /// The host index (built once per snapshot).
