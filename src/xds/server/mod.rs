@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tonic::body::Body;
@@ -124,8 +124,8 @@ impl tower::Service<http::Request<Body>> for AdsService {
                 .map(|r| r.map(Incoming::from_delta))
                 .boxed()
         } else {
-            requests::decode::<DiscoveryRequest, _>(body, MAX_REQUEST_BYTES)
-                .map(|r| r.map(Incoming::from_sotw))
+            requests::decode::<stream::SotwRequest, _>(body, MAX_REQUEST_BYTES)
+                .map(|r| r.and_then(Incoming::from_sotw))
                 .boxed()
         };
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);

@@ -60,15 +60,18 @@ pub struct TypeStatus {
 }
 
 /// A request's fields that matter to the state machine (both variants).
+/// Names are anything that reads as UTF-8 bytes: `String`, or `Bytes`
+/// sliced from the request's wire buffer (checked as UTF-8 when decoded), so
+/// an ACK repeating thousands of names allocates none of them.
 #[derive(Debug, Default)]
-pub struct Request<'a> {
+pub struct Request<'a, N = String> {
     pub nonce: &'a str,
     pub version: &'a str,
     pub error: Option<&'a str>,
     /// SotW: the full list of names. Delta: names newly subscribed.
-    pub subscribe: &'a [String],
+    pub subscribe: &'a [N],
     /// Delta only.
-    pub unsubscribe: &'a [String],
+    pub unsubscribe: &'a [N],
     /// Delta only: what the client already has (reconnect).
     pub initial_versions: Option<&'a HashMap<String, String>>,
 }
@@ -145,8 +148,13 @@ fn intern_set(set: NameSet, hash: u64) -> Arc<NameSet> {
     set
 }
 
-fn name_hash(name: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+/// A name as text: validated as UTF-8 when decoded; anything else reads as "".
+fn text<N: AsRef<[u8]>>(n: &N) -> &str {
+    std::str::from_utf8(n.as_ref()).unwrap_or_default()
+}
+
+fn name_hash(name: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name)
 }
 
 /// Per-stream protocol state, for either ADS variant.
@@ -178,10 +186,10 @@ impl StreamProtocol {
 
     /// `on_request`, interning subscribed names from `res` (what the proxy
     /// can be sent), so a stream's subscriptions share the resources' names.
-    pub fn on_request_with(
+    pub fn on_request_with<N: AsRef<[u8]>>(
         &mut self,
         t: XdsType,
-        req: &Request<'_>,
+        req: &Request<'_, N>,
         res: Option<&ProxyResources>,
     ) -> (Ack, bool) {
         let intern = |name: &str| -> Arc<str> {
@@ -225,29 +233,29 @@ impl StreamProtocol {
                 }
                 st.wildcard = t.is_wildcard_type() && req.subscribe.is_empty();
             }
-            for name in req.subscribe {
+            for name in req.subscribe.iter().map(text) {
                 if name == "*" {
                     st.wildcard = true;
                     push = true;
-                } else if !st.names.contains(name.as_str()) {
-                    st.names_hash ^= name_hash(name);
+                } else if !st.names.contains(name) {
+                    st.names_hash ^= name_hash(name.as_bytes());
                     Arc::make_mut(&mut st.names).insert(intern(name));
-                    st.sent.remove(name.as_str());
+                    st.sent.remove(name);
                     push = true;
                 }
             }
-            for name in req.unsubscribe {
+            for name in req.unsubscribe.iter().map(text) {
                 if name == "*" {
                     st.wildcard = false;
-                } else if st.names.contains(name.as_str()) {
-                    Arc::make_mut(&mut st.names).remove(name.as_str());
-                    st.names_hash ^= name_hash(name);
+                } else if st.names.contains(name) {
+                    Arc::make_mut(&mut st.names).remove(name);
+                    st.names_hash ^= name_hash(name.as_bytes());
                 }
-                st.sent.remove(name.as_str());
+                st.sent.remove(name);
                 st.initial.remove(name);
             }
         } else {
-            let wildcard = req.subscribe.iter().any(|n| n == "*")
+            let wildcard = req.subscribe.iter().any(|n| n.as_ref() == b"*")
                 || (t.is_wildcard_type() && req.subscribe.is_empty());
             if wildcard != st.wildcard {
                 push = true;
@@ -257,10 +265,13 @@ impl StreamProtocol {
             // Envoy repeats its whole subscription in every SotW request
             // (thousands of EDS names in each ACK): only rebuild on change.
             // Compared by an order-independent hash, without lookups.
-            let hash = req.subscribe.iter().fold(0u64, |h, n| h ^ name_hash(n));
+            let hash = req
+                .subscribe
+                .iter()
+                .fold(0u64, |h, n| h ^ name_hash(n.as_ref()));
             let same = req.subscribe.len() == st.names.len() && hash == st.names_hash;
             if !same {
-                let names: NameSet = req.subscribe.iter().map(|n| intern(n)).collect();
+                let names: NameSet = req.subscribe.iter().map(|n| intern(text(n))).collect();
                 let names = intern_set(names, hash);
                 for added in names.difference(&st.names) {
                     st.fresh.insert(Arc::clone(added));
