@@ -64,3 +64,99 @@ pub(super) fn build(
     }
     (templates, bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_file;
+    use crate::model::{ConfigSnapshot, Registry};
+
+    const MESH: &str = include_str!("../../../examples/bookinfo/mesh/services.yaml");
+    const WORKLOADS: &str = include_str!("../../../examples/bookinfo/mesh/workloads.yaml");
+    const TCP_ECHO: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  workloadSelector: {labels: {app: ratings}}
+";
+    const FROM_PRODUCTPAGE: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: tcp-echo, subset: v2}}]
+";
+
+    fn mk_build(prev: &XdsSnapshot, files: &[&str]) -> XdsSnapshot {
+        let mut snap = ConfigSnapshot::default();
+        for (i, text) in files.iter().enumerate() {
+            let parsed = parse_file(std::path::Path::new(&format!("f{i}.yaml")), text);
+            assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+            for r in parsed.resources {
+                snap.resources.insert(r.key(), Arc::new(r));
+            }
+        }
+        let reg = Arc::new(Registry::build(&snap));
+        XdsSnapshot::build(prev, &snap, &reg, "cluster.local", false)
+    }
+
+    fn mk_key(name: &str) -> WorkloadKey {
+        WorkloadKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn lds(s: &XdsSnapshot, name: &str) -> Vec<Arc<Layer>> {
+        s.resources_for(&mk_key(name)).unwrap().layers[XdsType::Listener.index()].clone()
+    }
+
+    #[test]
+    fn a_tcp_service_adds_outbound_listeners_without_touching_the_others() {
+        let first = mk_build(&XdsSnapshot::default(), &[MESH, WORKLOADS]);
+        let second = mk_build(&first, &[MESH, WORKLOADS, TCP_ECHO]);
+        let (before, after) = (
+            lds(&first, "productpage-v1"),
+            lds(&second, "productpage-v1"),
+        );
+        // The workload's own listeners (inbound, 15001) keep their identity.
+        assert!(Arc::ptr_eq(&before[0], &after[0]));
+        assert!(before[1].resources.is_empty());
+        assert!(after[1].resources.contains_key("127.0.0.11_9000"));
+        // ratings-v1 serves 9000 itself: no outbound listener on it.
+        assert!(lds(&second, "ratings-v1")[1].resources.is_empty());
+        // One view for the whole namespace, and a rebuild reuses everything.
+        assert_eq!(second.outbound_listeners.len(), 1);
+        let third = mk_build(&second, &[MESH, WORKLOADS, TCP_ECHO]);
+        assert!(Arc::ptr_eq(
+            &lds(&second, "productpage-v1")[1],
+            &lds(&third, "productpage-v1")[1]
+        ));
+    }
+
+    #[test]
+    fn source_label_matches_split_the_view() {
+        let s = mk_build(
+            &XdsSnapshot::default(),
+            &[MESH, WORKLOADS, TCP_ECHO, FROM_PRODUCTPAGE],
+        );
+        // productpage-v1 matches the rule, the other sidecars do not.
+        assert_eq!(s.outbound_listeners.len(), 2);
+        let listener = |name: &str, l: &str| {
+            let layer = &lds(&s, name)[1];
+            layer.resources.get(l).map(|e| e.version.clone())
+        };
+        let pp = listener("productpage-v1", "127.0.0.11_9000").unwrap();
+        let reviews = listener("reviews-v1", "127.0.0.13_9000").unwrap();
+        assert_ne!(pp, reviews);
+        // reviews-v1 and details-v1 share a template: only their address differs.
+        let details = lds(&s, "details-v1");
+        assert!(details[1].resources.contains_key("127.0.0.12_9000"));
+    }
+}
