@@ -42,7 +42,9 @@ use super::clusters::inbound_ports;
 use super::listeners::listener_name;
 use super::routes::virtual_service_for;
 use super::{Mesh, OUTBOUND_PORT, access_log, l4, mtls, outbound_cluster_name, socket_address};
-use crate::model::istio::{L4MatchAttributes, TlsMatchAttributes, VirtualServiceSpec};
+use crate::model::istio::{
+    L4MatchAttributes, Resolution, RouteDestination, TlsMatchAttributes, VirtualServiceSpec,
+};
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 use crate::model::{ConfigSnapshot, Resource};
 
@@ -173,14 +175,21 @@ fn is_tls(p: &ServicePort) -> bool {
 /// The outbound TCP/TLS listeners for proxies of `src`'s view, unbound.
 pub fn template(mesh: &Mesh<'_>, src: Source<'_>) -> Template {
     let mut by_port: BTreeMap<u32, Vec<(&Service, &ServicePort)>> = BTreeMap::new();
+    let mut out = Template::default();
     for svc in mesh.registry.services.values() {
         for p in svc.ports.iter().filter(|p| !p.protocol.is_http()) {
+            if svc.resolution == Resolution::None {
+                out.warnings.push(format!(
+                    "outbound port {} ({}): resolution NONE forwards to the original destination, which without iptables is the sidecar's own listener: no outbound listener",
+                    p.number, svc.hostname
+                ));
+                continue;
+            }
             by_port.entry(p.number).or_default().push((svc, p));
         }
     }
     let mut logs = vec![access_log::tcp_outbound()];
     logs.extend(telemetry_log(mesh, src));
-    let mut out = Template::default();
     for (port, services) in by_port {
         let hosts: Vec<String> = services.iter().map(|(s, _)| s.hostname.clone()).collect();
         if RESERVED_PORTS.contains(&port) {
@@ -369,7 +378,8 @@ fn tcp_chains(
     let mut out = Vec::new();
     if let Some((vs, spec)) = virtual_service_for(mesh, &svc.hostname) {
         for rule in &spec.tcp {
-            let clusters = l4::route_clusters(mesh, vs, &rule.route, port.number);
+            let dests = forwardable(mesh, vs, &rule.route);
+            let clusters = l4::route_clusters(mesh, vs, &dests, port.number);
             if rule.r#match.is_empty() {
                 out.extend(chain(None, &stat, &clusters, logs));
                 return out;
@@ -393,6 +403,26 @@ fn tcp_chains(
     }
     out.extend(chain(None, &stat, &[(stat.clone(), 1)], logs));
     out
+}
+
+/// A route's destinations except services of resolution NONE (their
+/// original destination would be this very listener: a loop).
+fn forwardable(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    dests: &[RouteDestination],
+) -> Vec<RouteDestination> {
+    dests
+        .iter()
+        .filter(|d| {
+            let h = crate::model::host::resolve(&d.destination.host, &vs.namespace);
+            mesh.registry
+                .services
+                .get(&h)
+                .is_none_or(|s| s.resolution != Resolution::None)
+        })
+        .cloned()
+        .collect()
 }
 
 fn applies(src: Source<'_>, m: &L4MatchAttributes, port: u32) -> bool {
@@ -420,7 +450,8 @@ fn tls_chains(
     let mut matched = false;
     if let Some((vs, spec)) = virtual_service_for(mesh, &svc.hostname) {
         for rule in &spec.tls {
-            let clusters = l4::route_clusters(mesh, vs, &rule.route, port.number);
+            let dests = forwardable(mesh, vs, &rule.route);
+            let clusters = l4::route_clusters(mesh, vs, &dests, port.number);
             for m in rule
                 .r#match
                 .iter()
