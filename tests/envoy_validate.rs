@@ -11,7 +11,9 @@ use std::sync::Arc;
 use pilotfish::config::parse_file;
 use pilotfish::model::{ConfigSnapshot, Registry};
 use pilotfish::xds::dump::message_json;
-use pilotfish::xds::translate::{Mesh, clusters, endpoints, gateway, listeners, routes};
+use pilotfish::xds::translate::{
+    Mesh, clusters, endpoints, gateway, listeners, outbound_tcp, routes,
+};
 use serde_json::{Value, json};
 
 /// Real PEM files standing in for the `/etc/certs/` paths the golden inputs name.
@@ -96,6 +98,11 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
             }
         }
         listeners_json.extend(listeners::for_workload(&mesh, w).iter().map(message_json));
+        listeners_json.extend(
+            outbound_tcp::for_workload(&mesh, w)
+                .iter()
+                .map(message_json),
+        );
     }
     // Each route table, inline in a listener of its own.
     for (i, rc) in route_tables.iter().enumerate() {

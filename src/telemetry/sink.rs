@@ -36,7 +36,9 @@ use crate::ca::token::{Claims, TokenKey};
 use crate::metrics::Metrics;
 use crate::model::WorkloadKey;
 use crate::xds::server::workload_of;
-use crate::xds::translate::access_log::{LOG_HTTP_INBOUND, LOG_HTTP_OUTBOUND, LOG_TCP_INBOUND};
+use crate::xds::translate::access_log::{
+    LOG_HTTP_INBOUND, LOG_HTTP_OUTBOUND, LOG_TCP_INBOUND, LOG_TCP_OUTBOUND,
+};
 
 /// Largest message accepted from a proxy (Envoy batches 16 KiB of logs).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -93,7 +95,7 @@ impl AccessLogService for Sink {
                 ));
             };
             let reporter = match log_name.as_str() {
-                LOG_HTTP_OUTBOUND => Reporter::Source,
+                LOG_HTTP_OUTBOUND | LOG_TCP_OUTBOUND => Reporter::Source,
                 LOG_HTTP_INBOUND | LOG_TCP_INBOUND => Reporter::Destination,
                 other => {
                     debug!(

@@ -2,7 +2,9 @@
 //!
 //! A proxy's resources of one type are the union of a few shared *layers*:
 //! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
-//! endpoints = mesh-wide, routes = per namespace, listeners = per workload.
+//! endpoints = mesh-wide, routes = per namespace, listeners = per workload
+//! (plus its outbound TCP/TLS listeners, translated once per view: see
+//! `cache/outbound.rs`).
 //! Gateway proxies (see `cache/gateway.rs`) swap in their own listeners (per
 //! workload) and route tables (per set of Gateways), plus their credentials.
 //! Proxies that see the same thing hold the same `Arc<Layer>`; a layer whose
@@ -163,6 +165,12 @@ pub struct XdsSnapshot {
     pub endpoints: Arc<Layer>,
     /// Outbound route tables, by the namespace of the proxy that uses them.
     pub routes: HashMap<String, Arc<Layer>>,
+    /// Sidecars' outbound TCP/TLS listeners before binding, by view (the
+    /// namespace, plus source-dependent match outcomes: see
+    /// `translate::outbound_tcp::view_key`).
+    pub outbound_listeners: HashMap<String, Arc<crate::xds::translate::outbound_tcp::Template>>,
+    /// The same listeners bound to each sidecar's address.
+    pub outbound_bound: HashMap<WorkloadKey, outbound::BoundLayer>,
     pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
     /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
     /// proxy only ever sees its own workload's certificate.
@@ -200,7 +208,13 @@ impl XdsSnapshot {
             layers: [
                 vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
                 vec![Arc::clone(&self.endpoints)],
-                vec![Arc::clone(&own.listeners)],
+                std::iter::once(Arc::clone(&own.listeners))
+                    .chain(
+                        self.outbound_bound
+                            .get(workload)
+                            .map(|o| Arc::clone(&o.listeners)),
+                    )
+                    .collect(),
                 vec![routes],
                 self.secrets.get(workload).cloned().into_iter().collect(),
             ],
@@ -356,11 +370,15 @@ impl XdsSnapshot {
             })
             .collect();
 
+        let (outbound_listeners, outbound_bound) = outbound::build(prev, &mesh);
+
         XdsSnapshot {
             generation: prev.generation + 1,
             clusters,
             endpoints,
             routes,
+            outbound_listeners,
+            outbound_bound,
             workloads,
             secrets: prev.secrets.clone(),
             gateways: gateway::build(prev, &mesh),
@@ -373,5 +391,6 @@ impl XdsSnapshot {
 }
 
 pub mod gateway;
+pub mod outbound;
 #[cfg(test)]
 mod tests;

@@ -88,6 +88,7 @@ pub async fn run_translator(
                     for w in registry.workloads.values() {
                         gateway_warnings.extend(translate::gateway::warnings(&mesh, w));
                     }
+                    gateway_warnings.extend(translate::outbound_tcp::warnings(&mesh));
                     (snap, registry)
                 } else {
                     let mut snap = (*prev).clone();

@@ -1,6 +1,6 @@
 //! Access logs every sidecar streams to pilotfish's telemetry sink (Envoy's
 //! gRPC AccessLogService). The log name tells the sink which side reported:
-//! the outbound listener reports as the source, inbound listeners as the
+//! outbound listeners report as the source, inbound listeners as the
 //! destination, as Istio's `reporter` label says.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
@@ -17,6 +17,7 @@ pub const TELEMETRY_CLUSTER: &str = "pilotfish-telemetry";
 pub const LOG_HTTP_OUTBOUND: &str = "pilotfish-http-outbound";
 pub const LOG_HTTP_INBOUND: &str = "pilotfish-http-inbound";
 pub const LOG_TCP_INBOUND: &str = "pilotfish-tcp-inbound";
+pub const LOG_TCP_OUTBOUND: &str = "pilotfish-tcp-outbound";
 /// How long Envoy buffers entries before it sends them (Envoy's default is 1 s).
 const FLUSH_MS: u64 = 500;
 /// Request headers and response trailers the sink needs for Istio's labels.
@@ -67,11 +68,20 @@ pub fn http(inbound: bool) -> AccessLog {
 
 /// The access log of an inbound TCP proxy.
 pub fn tcp_inbound() -> AccessLog {
+    tcp(LOG_TCP_INBOUND)
+}
+
+/// The access log of an outbound TCP proxy (source reporter).
+pub fn tcp_outbound() -> AccessLog {
+    tcp(LOG_TCP_OUTBOUND)
+}
+
+fn tcp(log_name: &str) -> AccessLog {
     AccessLog {
         name: "envoy.access_loggers.tcp_grpc".to_string(),
         config_type: Some(access_log::ConfigType::TypedConfig(any(
             &TcpGrpcAccessLogConfig {
-                common_config: Some(common(LOG_TCP_INBOUND)),
+                common_config: Some(common(log_name)),
             },
         ))),
         ..Default::default()

@@ -787,7 +787,7 @@ fn glob(v: &str) -> String {
 
 /// `10.0.0.0/8`, or one address (`/32`, `/128`). Validation guarantees the
 /// form; anything else becomes an address Envoy rejects loudly.
-fn cidr(v: &str) -> CidrRange {
+pub(super) fn cidr(v: &str) -> CidrRange {
     let (addr, len) = match v.split_once('/') {
         Some((a, l)) => (a, l.parse().ok()),
         None => (v, None),

@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     DataSource, TransportSocket, data_source::Specifier, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener, filter,
+    Filter, FilterChain, FilterChainMatch, Listener,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
@@ -36,10 +36,6 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, Rds, http_connection_manager::RouteSpecifier,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier, tcp_proxy::WeightedCluster,
-    tcp_proxy::weighted_cluster::ClusterWeight,
-};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
     TlsCertificate, TlsParameters, common_tls_context::ValidationContextType,
@@ -47,12 +43,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 
+use super::l4::tcp_proxy;
 use super::listeners::{hcm_filter, http_filter, listener_name, router};
-use super::{Mesh, ads_config_source, any, http_policy, mtls, outbound_cluster_name};
+use super::{Mesh, ads_config_source, any, http_policy, mtls};
 use super::{access_log, routes, socket_address};
-use crate::model::istio::{
-    GatewaySpec, RouteDestination, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec,
-};
+use crate::model::istio::{GatewaySpec, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec};
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 use crate::model::{Resource, host};
 
@@ -698,70 +693,6 @@ fn http_manager(stat_prefix: String, route_name: String) -> Filter {
         // The gateway reports as the source of the requests it forwards.
         access_log: vec![access_log::http(false)],
         ..Default::default()
-    })
-}
-
-/// The cluster of an L4 destination: its port, else the service's only port,
-/// else the gateway port.
-fn l4_cluster(mesh: &Mesh<'_>, vs: &Resource, d: &RouteDestination, port: u32) -> String {
-    let hostname = host::resolve(&d.destination.host, &vs.namespace);
-    let number = d
-        .destination
-        .port
-        .as_ref()
-        .and_then(|p| p.number)
-        .or_else(|| {
-            let svc = mesh.registry.services.get(&hostname)?;
-            (svc.ports.len() == 1).then(|| svc.ports[0].number)
-        })
-        .unwrap_or(port);
-    outbound_cluster_name(
-        number,
-        d.destination.subset.as_deref().unwrap_or_default(),
-        &hostname,
-    )
-}
-
-fn tcp_proxy(
-    mesh: &Mesh<'_>,
-    stat_prefix: String,
-    vs: &Resource,
-    dests: &[RouteDestination],
-    port: u32,
-) -> Option<Filter> {
-    let weighted: Vec<(String, u32)> = dests
-        .iter()
-        .map(|d| {
-            let w = if dests.len() == 1 {
-                1
-            } else {
-                d.weight.unwrap_or(0).max(0) as u32
-            };
-            (l4_cluster(mesh, vs, d, port), w)
-        })
-        .filter(|(_, w)| *w > 0)
-        .collect();
-    let spec = match weighted.as_slice() {
-        [] => return None,
-        [(c, _)] => TcpClusterSpecifier::Cluster(c.clone()),
-        many => TcpClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: many
-                .iter()
-                .map(|(name, weight)| ClusterWeight {
-                    name: name.clone(),
-                    weight: *weight,
-                    ..Default::default()
-                })
-                .collect(),
-        }),
-    };
-    Some(Filter {
-        name: "envoy.filters.network.tcp_proxy".to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy {
-            stat_prefix,
-            cluster_specifier: Some(spec),
-            ..Default::default()
-        }))),
     })
 }
 

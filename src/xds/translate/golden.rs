@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Mesh, clusters, endpoints, gateway, listeners, routes};
+use super::{Mesh, clusters, endpoints, gateway, listeners, outbound_tcp, routes};
 use crate::config::parse_file;
 use crate::model::{ConfigSnapshot, Registry};
 use crate::xds::dump::message_json;
@@ -132,6 +132,11 @@ fn render(dir: &Path) -> String {
             "listeners".into(),
             json_all(&listeners::for_workload(&mesh, w)),
         );
+        // Outbound TCP/TLS listeners (a separate layer in the xDS cache).
+        let outbound = outbound_tcp::for_workload(&mesh, w);
+        if !outbound.is_empty() {
+            out.insert("outbound_tcp_listeners".into(), json_all(&outbound));
+        }
         workloads.insert(key.to_string(), Value::Object(out));
     }
     let mut all = Map::new();
@@ -145,6 +150,10 @@ fn render(dir: &Path) -> String {
     let missing = gateway::reference_warnings(&mesh);
     if !missing.is_empty() {
         all.insert("gateway_reference_warnings".into(), missing.into());
+    }
+    let outbound = outbound_tcp::warnings(&mesh);
+    if !outbound.is_empty() {
+        all.insert("outbound_tcp_warnings".into(), outbound.into());
     }
     if !registry.warnings.is_empty() {
         all.insert("warnings".into(), registry.warnings.clone().into());

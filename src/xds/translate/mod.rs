@@ -12,8 +12,10 @@ pub mod endpoints;
 pub mod gateway;
 pub mod http_policy;
 pub mod jwt;
+pub mod l4;
 pub mod listeners;
 pub mod mtls;
+pub mod outbound_tcp;
 pub mod routes;
 pub mod tracing;
 

@@ -1,0 +1,532 @@
+//! Outbound TCP and TLS listeners of a sidecar, without iptables or VIPs.
+//!
+//! HTTP leaves a sidecar through its one `OUTBOUND_PORT` listener, routed by
+//! Host header. Opaque TCP and TLS carry no Host header, so, like Istio's
+//! Sidecar egress listeners with `captureMode: NONE`, each non-HTTP service
+//! port gets its own listener on the sidecar's address at the service port
+//! (`127.0.0.11:9000`): the app connects there. The binding rule:
+//!
+//! * one listener per port; a port that is one of the workload's inbound
+//!   ports (or one of the proxy's own ports, `RESERVED_PORTS`) gets none;
+//! * one TCP service on a port: its `tcp` routes (or the service itself);
+//!   two or more TCP services on one port cannot be told apart without a
+//!   VIP per service, so none of them gets a listener;
+//! * TLS services (TLS, HTTPS) on a port share one listener: a filter chain
+//!   per `tls` route match chosen by SNI (`sniHosts`), else by the service's
+//!   host name; a lone TCP service on the same port takes the connections
+//!   no SNI chain takes.
+//!
+//! Rules follow Istio's order: the first `tcp` route whose match applies
+//! (port, `sourceLabels`, `sourceNamespace`, `gateways: [mesh]`) is the
+//! catch-all; matches with `destinationSubnets` become filter chains on the
+//! destination address (the address the app connected to: here the
+//! sidecar's own), which Envoy prefers over the catch-all. Every `tls` match
+//! that applies is a chain by SNI; an SNI taken by an earlier chain stays
+//! with it. Forwarding is a `tcp_proxy` to the route's (weighted)
+//! destinations, with the source-reporter TCP access log.
+//!
+//! The listeners depend on the services, VirtualServices and Telemetry
+//! access logs, and on the proxy only through its namespace and the
+//! outcome of source-dependent matches: `view_key` names that view, and
+//! `template` builds the listeners once per view, unbound; `bind` puts one
+//! workload's address on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+
+use super::clusters::inbound_ports;
+use super::listeners::listener_name;
+use super::routes::virtual_service_for;
+use super::{Mesh, OUTBOUND_PORT, access_log, l4, mtls, outbound_cluster_name, socket_address};
+use crate::model::istio::{
+    L4MatchAttributes, Resolution, RouteDestination, TlsMatchAttributes, VirtualServiceSpec,
+};
+use crate::model::registry::{Protocol, Service, ServicePort, Workload};
+use crate::model::{ConfigSnapshot, Resource};
+
+/// The gateway name that means "sidecars" in a VirtualService's `gateways`.
+const MESH_GATEWAY: &str = "mesh";
+
+/// Ports the proxy itself uses (Istio's reserved proxy ports: admin 15000,
+/// outbound 15001, ...): never an outbound TCP listener.
+pub const RESERVED_PORTS: &[u32] = &[
+    15000,
+    OUTBOUND_PORT,
+    15004,
+    15006,
+    15008,
+    15009,
+    15020,
+    15021,
+    15053,
+    15090,
+];
+
+/// Who opens the connection, as far as route matches care.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+impl<'a> Source<'a> {
+    pub fn of(w: &'a Workload) -> Self {
+        Source {
+            namespace: &w.key.namespace,
+            labels: &w.labels,
+        }
+    }
+
+    fn admits(
+        &self,
+        labels: &BTreeMap<String, String>,
+        namespace: Option<&str>,
+        gateways: &[String],
+    ) -> bool {
+        labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+            && namespace.is_none_or(|ns| ns == self.namespace)
+            && (gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY))
+    }
+}
+
+/// One outbound listener, not yet bound to an address.
+#[derive(Clone, Debug)]
+pub struct PortListener {
+    pub port: u32,
+    /// The services it forwards to (for messages).
+    pub hosts: Vec<String>,
+    pub listener: Listener,
+}
+
+/// The outbound TCP/TLS listeners of one view, shared by every sidecar
+/// whose `view_key` is equal.
+#[derive(Clone, Debug, Default)]
+pub struct Template {
+    pub listeners: Vec<PortListener>,
+    /// Ports left without a listener, and why.
+    pub warnings: Vec<String>,
+    /// Hash of the listeners' content: equal means the same template.
+    pub version: u64,
+}
+
+/// The key of the view `workload`'s outbound TCP/TLS listeners depend on:
+/// its namespace, plus a hash of what differs between proxies of one
+/// namespace (the outcome of every `tcp`/`tls` match on `sourceLabels` or
+/// `sourceNamespace`, and the Telemetry access log on client traffic).
+/// Sidecars with equal keys share one `template`.
+pub fn view_key(mesh: &Mesh<'_>, workload: &Workload) -> String {
+    let src = Source::of(workload);
+    let mut h = std::hash::DefaultHasher::new();
+    let mut special = false;
+    for (_, spec) in mesh_virtual_services(mesh.config) {
+        let tcp = spec
+            .tcp
+            .iter()
+            .flat_map(|r| &r.r#match)
+            .map(|m| (&m.source_labels, m.source_namespace.as_deref(), &m.gateways));
+        let tls = spec
+            .tls
+            .iter()
+            .flat_map(|r| &r.r#match)
+            .map(|m| (&m.source_labels, m.source_namespace.as_deref(), &m.gateways));
+        for (labels, ns, gateways) in tcp.chain(tls) {
+            if !labels.is_empty() || ns.is_some() {
+                special = true;
+                src.admits(labels, ns, gateways).hash(&mut h);
+            }
+        }
+    }
+    if let Some(log) = telemetry_log(mesh, src) {
+        special = true;
+        prost::Message::encode_to_vec(&log).hash(&mut h);
+    }
+    if special {
+        format!("{}#{:016x}", src.namespace, h.finish())
+    } else {
+        src.namespace.to_string()
+    }
+}
+
+fn mesh_virtual_services(
+    config: &ConfigSnapshot,
+) -> impl Iterator<Item = (&Resource, &VirtualServiceSpec)> {
+    config.virtual_services().filter(|(_, s)| {
+        (!s.tcp.is_empty() || !s.tls.is_empty())
+            && (s.gateways.is_empty() || s.gateways.iter().any(|g| g == MESH_GATEWAY))
+    })
+}
+
+/// The Telemetry API's own access log on client traffic, if one applies.
+fn telemetry_log(mesh: &Mesh<'_>, src: Source<'_>) -> Option<AccessLog> {
+    let chain =
+        crate::model::telemetry::resolve::applicable(mesh.config, src.namespace, src.labels);
+    access_log::telemetry_log(&chain, true)
+}
+
+/// Whether a port is carried as TLS (routed by SNI) or opaque TCP.
+fn is_tls(p: &ServicePort) -> bool {
+    matches!(p.protocol, Protocol::Tls | Protocol::Https)
+}
+
+/// The outbound TCP/TLS listeners for proxies of `src`'s view, unbound.
+pub fn template(mesh: &Mesh<'_>, src: Source<'_>) -> Template {
+    let mut by_port: BTreeMap<u32, Vec<(&Service, &ServicePort)>> = BTreeMap::new();
+    let mut out = Template::default();
+    for svc in mesh.registry.services.values() {
+        for p in svc.ports.iter().filter(|p| !p.protocol.is_http()) {
+            if svc.resolution == Resolution::None {
+                out.warnings.push(format!(
+                    "outbound port {} ({}): resolution NONE forwards to the original destination, which without iptables is the sidecar's own listener: no outbound listener",
+                    p.number, svc.hostname
+                ));
+                continue;
+            }
+            by_port.entry(p.number).or_default().push((svc, p));
+        }
+    }
+    let mut logs = vec![access_log::tcp_outbound()];
+    logs.extend(telemetry_log(mesh, src));
+    for (port, services) in by_port {
+        let hosts: Vec<String> = services.iter().map(|(s, _)| s.hostname.clone()).collect();
+        if RESERVED_PORTS.contains(&port) {
+            out.warnings.push(format!(
+                "outbound port {port} ({}) is one of the proxy's own ports: no outbound listener",
+                hosts.join(", ")
+            ));
+            continue;
+        }
+        let (tls, tcp): (Vec<_>, Vec<_>) = services.into_iter().partition(|(_, p)| is_tls(p));
+        let mut chains = Vec::new();
+        for (svc, p) in &tls {
+            chains.extend(tls_chains(mesh, src, svc, p, &logs, &mut out.warnings));
+        }
+        let lone_tcp = match tcp.as_slice() {
+            [] => false,
+            [(svc, p)] => {
+                chains.extend(tcp_chains(mesh, src, svc, p, &logs, &mut out.warnings));
+                true
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(|(s, _)| s.hostname.as_str()).collect();
+                out.warnings.push(format!(
+                    "outbound port {port}: TCP services {} share it and cannot be told apart without a VIP: no outbound TCP listener for them{}",
+                    names.join(", "),
+                    if tls.is_empty() { "" } else { " (TLS services on the port are still routed by SNI)" }
+                ));
+                false
+            }
+        };
+        let chains = distinct_chains(chains);
+        if chains.is_empty() {
+            continue;
+        }
+        let mut listener = Listener {
+            filter_chains: chains,
+            ..Default::default()
+        };
+        if !tls.is_empty() {
+            listener.listener_filters = vec![mtls::tls_inspector()];
+            // A client of the TCP service may wait for the server to speak first.
+            if lone_tcp {
+                listener.continue_on_listener_filters_timeout = true;
+            }
+        }
+        out.listeners.push(PortListener {
+            port,
+            hosts,
+            listener,
+        });
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    for l in &out.listeners {
+        l.port.hash(&mut h);
+        prost::Message::encode_to_vec(&l.listener).hash(&mut h);
+    }
+    out.version = h.finish();
+    out
+}
+
+/// The template's listeners on `workload`'s address, leaving out its
+/// inbound ports; and what was left out.
+pub fn bind(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> (Vec<Listener>, Vec<String>) {
+    let inbound = inbound_ports(mesh, workload);
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for pl in &t.listeners {
+        if inbound.contains_key(&pl.port) {
+            warnings.push(format!(
+                "sidecar {}: no outbound listener on port {} ({}): it is one of the workload's inbound ports",
+                workload.key,
+                pl.port,
+                pl.hosts.join(", ")
+            ));
+            continue;
+        }
+        let mut l = pl.listener.clone();
+        l.name = listener_name(&workload.address, pl.port);
+        l.address = Some(socket_address(&workload.address, pl.port));
+        out.push(l);
+    }
+    (out, warnings)
+}
+
+/// Inputs of `bind` besides the template: equal means the same output.
+pub fn bind_input(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    t.version.hash(&mut h);
+    workload.address.hash(&mut h);
+    for p in inbound_ports(mesh, workload).keys() {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// `workload`'s outbound TCP/TLS listeners (for tests and tools; the xDS
+/// cache shares the template between sidecars).
+pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
+    bind(mesh, &template(mesh, Source::of(workload)), workload).0
+}
+
+/// Everything left out of the sidecars' outbound TCP/TLS listeners, and
+/// why: a port's problem once per view (`view_key`), an inbound port per
+/// workload. Gateway proxies have no such listeners.
+pub fn warnings(mesh: &Mesh<'_>) -> Vec<String> {
+    let mut templates: BTreeMap<String, Template> = BTreeMap::new();
+    let mut ports = BTreeSet::new();
+    let mut out = Vec::new();
+    for w in mesh.registry.workloads.values() {
+        if super::gateway::is_gateway(mesh, w) {
+            continue;
+        }
+        let view = view_key(mesh, w);
+        let t = templates.entry(view.clone()).or_insert_with(|| {
+            let t = template(mesh, Source::of(w));
+            let ns = &w.key.namespace;
+            ports.extend(
+                t.warnings
+                    .iter()
+                    .map(|m| format!("sidecars in namespace {ns}: {m}")),
+            );
+            t
+        });
+        out.extend(bind(mesh, t, w).1);
+    }
+    ports.into_iter().chain(out).collect()
+}
+
+/// The `tcp_proxy` chain of one route, if it forwards anywhere.
+fn chain(
+    filter_chain_match: Option<FilterChainMatch>,
+    stat_prefix: &str,
+    clusters: &[(String, u32)],
+    logs: &[AccessLog],
+) -> Option<FilterChain> {
+    let f = l4::tcp_proxy_to(stat_prefix.to_string(), clusters, logs.to_vec())?;
+    Some(FilterChain {
+        filter_chain_match,
+        filters: vec![f],
+        ..Default::default()
+    })
+}
+
+/// `destinationSubnets` as prefix ranges; an invalid one is reported and
+/// the whole match left out (None), rather than sent to Envoy.
+fn subnets(
+    vs: &Resource,
+    subnets: &[String],
+    warnings: &mut Vec<String>,
+) -> Option<Vec<CidrRange>> {
+    let mut out = Vec::new();
+    for s in subnets {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s.as_str(), None),
+        };
+        let max = match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => 32,
+            Ok(std::net::IpAddr::V6(_)) => 128,
+            Err(_) => 0,
+        };
+        let ok = max > 0 && len.is_none_or(|l| l.parse::<u32>().is_ok_and(|l| l <= max));
+        if !ok {
+            warnings.push(format!(
+                "VirtualService {}/{}: destinationSubnets {s:?} is not an IP address or CIDR; match left out",
+                vs.namespace, vs.name
+            ));
+            return None;
+        }
+        out.push(super::authz::cidr(s));
+    }
+    Some(out)
+}
+
+/// The chains of a TCP service port: the first applicable `tcp` route of
+/// its VirtualService (see the module doc), else the service itself.
+fn tcp_chains(
+    mesh: &Mesh<'_>,
+    src: Source<'_>,
+    svc: &Service,
+    port: &ServicePort,
+    logs: &[AccessLog],
+    warnings: &mut Vec<String>,
+) -> Vec<FilterChain> {
+    let stat = outbound_cluster_name(port.number, "", &svc.hostname);
+    let mut out = Vec::new();
+    if let Some((vs, spec)) = virtual_service_for(mesh, &svc.hostname) {
+        for rule in &spec.tcp {
+            let dests = forwardable(mesh, vs, &rule.route);
+            let clusters = l4::route_clusters(mesh, vs, &dests, port.number);
+            if rule.r#match.is_empty() {
+                out.extend(chain(None, &stat, &clusters, logs));
+                return out;
+            }
+            let mut ranges = Vec::new();
+            for m in rule.r#match.iter().filter(|m| applies(src, m, port.number)) {
+                if m.destination_subnets.is_empty() {
+                    out.extend(chain(None, &stat, &clusters, logs));
+                    return out;
+                }
+                ranges.extend(subnets(vs, &m.destination_subnets, warnings).unwrap_or_default());
+            }
+            if !ranges.is_empty() {
+                let m = FilterChainMatch {
+                    prefix_ranges: ranges,
+                    ..Default::default()
+                };
+                out.extend(chain(Some(m), &stat, &clusters, logs));
+            }
+        }
+    }
+    out.extend(chain(None, &stat, &[(stat.clone(), 1)], logs));
+    out
+}
+
+/// A route's destinations except services of resolution NONE (their
+/// original destination would be this very listener: a loop).
+fn forwardable(
+    mesh: &Mesh<'_>,
+    vs: &Resource,
+    dests: &[RouteDestination],
+) -> Vec<RouteDestination> {
+    dests
+        .iter()
+        .filter(|d| {
+            let h = crate::model::host::resolve(&d.destination.host, &vs.namespace);
+            mesh.registry
+                .services
+                .get(&h)
+                .is_none_or(|s| s.resolution != Resolution::None)
+        })
+        .cloned()
+        .collect()
+}
+
+fn applies(src: Source<'_>, m: &L4MatchAttributes, port: u32) -> bool {
+    m.port.is_none_or(|p| p == port)
+        && src.admits(&m.source_labels, m.source_namespace.as_deref(), &m.gateways)
+}
+
+fn applies_tls(src: Source<'_>, m: &TlsMatchAttributes, port: u32) -> bool {
+    m.port.is_none_or(|p| p == port)
+        && src.admits(&m.source_labels, m.source_namespace.as_deref(), &m.gateways)
+}
+
+/// The chains of a TLS service port: one per applicable `tls` route match
+/// (by its `sniHosts`), else the service by its host name as SNI.
+fn tls_chains(
+    mesh: &Mesh<'_>,
+    src: Source<'_>,
+    svc: &Service,
+    port: &ServicePort,
+    logs: &[AccessLog],
+    warnings: &mut Vec<String>,
+) -> Vec<FilterChain> {
+    let stat = outbound_cluster_name(port.number, "", &svc.hostname);
+    let mut out = Vec::new();
+    let mut matched = false;
+    if let Some((vs, spec)) = virtual_service_for(mesh, &svc.hostname) {
+        for rule in &spec.tls {
+            let dests = forwardable(mesh, vs, &rule.route);
+            let clusters = l4::route_clusters(mesh, vs, &dests, port.number);
+            for m in rule
+                .r#match
+                .iter()
+                .filter(|m| applies_tls(src, m, port.number))
+            {
+                let Some(ranges) = subnets(vs, &m.destination_subnets, warnings) else {
+                    continue;
+                };
+                matched = true;
+                let server_names = if m.sni_hosts.iter().any(|h| h == "*") {
+                    Vec::new()
+                } else {
+                    m.sni_hosts.clone()
+                };
+                let fcm = FilterChainMatch {
+                    server_names,
+                    prefix_ranges: ranges,
+                    ..Default::default()
+                };
+                out.extend(chain(Some(fcm), &stat, &clusters, logs));
+            }
+        }
+    }
+    if !matched {
+        let fcm = FilterChainMatch {
+            server_names: vec![svc.hostname.clone()],
+            ..Default::default()
+        };
+        out.extend(chain(Some(fcm), &stat, &[(stat.clone(), 1)], logs));
+    }
+    out
+}
+
+/// Envoy rejects two chains that match the same connection: the first
+/// chain keeps each (destination ranges, SNI) pair, later chains lose it,
+/// and a chain left with no SNI it asked for is dropped.
+fn distinct_chains(chains: Vec<FilterChain>) -> Vec<FilterChain> {
+    let mut taken: BTreeSet<(Vec<String>, String)> = BTreeSet::new();
+    let mut out = Vec::new();
+    for mut c in chains {
+        let m = c.filter_chain_match.clone().unwrap_or_default();
+        let ranges: Vec<String> = {
+            let mut r: Vec<String> = m
+                .prefix_ranges
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.address_prefix,
+                        r.prefix_len.as_ref().map_or(0, |l| l.value)
+                    )
+                })
+                .collect();
+            r.sort();
+            r
+        };
+        if m.server_names.is_empty() {
+            if taken.insert((ranges, String::new())) {
+                out.push(c);
+            }
+            continue;
+        }
+        let names: Vec<String> = m
+            .server_names
+            .iter()
+            .filter(|n| taken.insert((ranges.clone(), n.to_string())))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        if let Some(fcm) = c.filter_chain_match.as_mut() {
+            fcm.server_names = names;
+        }
+        out.push(c);
+    }
+    out
+}
