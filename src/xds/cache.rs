@@ -161,6 +161,8 @@ pub struct XdsSnapshot {
     pub generation: u64,
     pub clusters: Arc<Layer>,
     pub endpoints: Arc<Layer>,
+    /// Locality-balanced endpoints, per client locality (`cache/locality.rs`).
+    pub locality_endpoints: locality::LocalityEndpoints,
     /// Outbound route tables, by the namespace of the proxy that uses them.
     pub routes: HashMap<String, Arc<Layer>>,
     pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
@@ -199,7 +201,7 @@ impl XdsSnapshot {
         Some(ProxyResources {
             layers: [
                 vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
-                vec![Arc::clone(&self.endpoints)],
+                self.endpoint_layers(workload),
                 vec![Arc::clone(&own.listeners)],
                 vec![routes],
                 self.secrets.get(workload).cloned().into_iter().collect(),
@@ -276,6 +278,8 @@ impl XdsSnapshot {
                 .map(|a| (a.cluster_name.clone(), a)),
         )
         .reuse(Some(&prev.endpoints));
+        let locality_endpoints =
+            locality::LocalityEndpoints::build(&prev.locality_endpoints, &mesh);
 
         let namespaces: BTreeSet<&str> = registry
             .workloads
@@ -360,6 +364,7 @@ impl XdsSnapshot {
             generation: prev.generation + 1,
             clusters,
             endpoints,
+            locality_endpoints,
             routes,
             workloads,
             secrets: prev.secrets.clone(),
@@ -373,5 +378,6 @@ impl XdsSnapshot {
 }
 
 pub mod gateway;
+pub mod locality;
 #[cfg(test)]
 mod tests;

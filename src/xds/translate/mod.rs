@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod http_policy;
 pub mod jwt;
 pub mod listeners;
+pub mod locality;
 pub mod mtls;
 pub mod routes;
 pub mod tracing;
