@@ -405,6 +405,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     };
     let mut ip = None;
     let mut service_account = None;
+    let mut locality = None;
     if let Some(dir) = &args.config_dir {
         let (_, state) =
             config::watch::load(dir, &Metrics::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -413,6 +414,7 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             Some(w) => {
                 ip = Some(w.address.clone());
                 service_account = w.service_account.clone();
+                locality = w.locality.clone();
                 let mesh = crate::xds::translate::Mesh::new(&state.snapshot, &registry);
                 let gateway = crate::xds::translate::gateway::is_gateway(&mesh, w);
                 if args.gateway && !gateway {
@@ -481,6 +483,9 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     });
     if args.gateway {
         crate::xds::bootstrap::as_gateway(&mut b);
+    }
+    if let Some(l) = &locality {
+        crate::xds::bootstrap::set_locality(&mut b, l);
     }
     let text = match args.output {
         Format::Yaml => serde_yaml_ng::to_string(&b)?,

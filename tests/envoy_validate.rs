@@ -65,6 +65,25 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
         clusters.push(json!({"name": format!("eds-check-{i}"), "type": "STATIC",
             "connect_timeout": "1s", "load_assignment": cla}));
     }
+    // Locality-balanced assignments (priorities, locality weights), per client.
+    if let Some(labels) = endpoints::client_labels(&mesh) {
+        let mut n = 0;
+        for w in registry.workloads.values() {
+            let client = pilotfish::xds::translate::locality::Client::of(
+                w.locality.as_deref(),
+                &w.labels,
+                &labels,
+            );
+            for cla in endpoints::for_client(&mesh, &client) {
+                let name = format!("eds-locality-check-{n}");
+                n += 1;
+                let mut cla = message_json(&cla);
+                cla["clusterName"] = json!(name);
+                clusters.push(json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+                    "common_lb_config": {"locality_weighted_lb_config": {}}, "load_assignment": cla}));
+            }
+        }
+    }
     let mut listeners_json = Vec::new();
     let mut inbound_names = std::collections::HashSet::new();
     let mut route_tables = vec![routes::outbound(&mesh, "default")];

@@ -87,6 +87,22 @@ pub fn as_gateway(b: &mut serde_json::Value) {
     }
 }
 
+/// Puts the workload's locality (`region/zone/subzone`) in the node, as
+/// Istio's agent does: Envoy reports it and uses it for zone-aware routing.
+/// (pilotfish shapes locality-balanced endpoints from the WorkloadEntry.)
+pub fn set_locality(b: &mut serde_json::Value, locality: &str) {
+    let mut parts = locality.splitn(3, '/');
+    let mut node_locality = serde_json::Map::new();
+    for key in ["region", "zone", "sub_zone"] {
+        if let Some(v) = parts.next().filter(|v| !v.is_empty()) {
+            node_locality.insert(key.to_string(), json!(v));
+        }
+    }
+    if !node_locality.is_empty() {
+        b["node"]["locality"] = serde_json::Value::Object(node_locality);
+    }
+}
+
 /// The bootstrap as a JSON value (render with YAML or JSON).
 pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
     let xds_is_ip = p.xds_host.parse::<std::net::IpAddr>().is_ok();
@@ -231,6 +247,19 @@ mod tests {
             d["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"
         );
+    }
+
+    #[test]
+    fn locality_goes_into_the_node() {
+        let mut b = bootstrap(&mk_params(false));
+        set_locality(&mut b, "region1/zone1/sub1");
+        assert_eq!(
+            b["node"]["locality"],
+            json!({"region": "region1", "zone": "zone1", "sub_zone": "sub1"})
+        );
+        let mut b = bootstrap(&mk_params(false));
+        set_locality(&mut b, "region2");
+        assert_eq!(b["node"]["locality"], json!({"region": "region2"}));
     }
 
     #[test]

@@ -163,6 +163,8 @@ pub struct XdsSnapshot {
     pub generation: u64,
     pub clusters: Arc<Layer>,
     pub endpoints: Arc<Layer>,
+    /// Locality-balanced endpoints, per client locality (`cache/locality.rs`).
+    pub locality_endpoints: locality::LocalityEndpoints,
     /// Outbound route tables, by the namespace of the proxy that uses them.
     pub routes: HashMap<String, Arc<Layer>>,
     /// Sidecars' outbound TCP/TLS listeners before binding, by view (the
@@ -207,7 +209,7 @@ impl XdsSnapshot {
         Some(ProxyResources {
             layers: [
                 vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
-                vec![Arc::clone(&self.endpoints)],
+                self.endpoint_layers(workload),
                 std::iter::once(Arc::clone(&own.listeners))
                     .chain(
                         self.outbound_bound
@@ -290,6 +292,8 @@ impl XdsSnapshot {
                 .map(|a| (a.cluster_name.clone(), a)),
         )
         .reuse(Some(&prev.endpoints));
+        let locality_endpoints =
+            locality::LocalityEndpoints::build(&prev.locality_endpoints, &mesh);
 
         let namespaces: BTreeSet<&str> = registry
             .workloads
@@ -376,6 +380,7 @@ impl XdsSnapshot {
             generation: prev.generation + 1,
             clusters,
             endpoints,
+            locality_endpoints,
             routes,
             outbound_listeners,
             outbound_bound,
@@ -391,6 +396,7 @@ impl XdsSnapshot {
 }
 
 pub mod gateway;
+pub mod locality;
 pub mod outbound;
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,7 @@ pub const ROOT_FILES: &[&str] = &[
     "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
     "envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "envoy/service/discovery/v3/discovery.proto",
+    "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
 ];
 
 /// Renders one encoded message of `type_url` (`type.googleapis.com/NAME`) as JSON.

@@ -86,7 +86,7 @@ impl XdsSnapshot {
         ProxyResources {
             layers: [
                 vec![Arc::clone(&self.clusters)],
-                vec![Arc::clone(&self.endpoints)],
+                self.endpoint_layers(key),
                 vec![Arc::clone(&gw.listeners)],
                 vec![Arc::clone(&gw.routes)],
                 self.secrets

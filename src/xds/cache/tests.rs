@@ -225,3 +225,66 @@ fn a_mesh_wide_request_authentication_rebuilds_every_workload() {
         assert!(!before.same_layers(&after, XdsType::Listener), "{key}");
     }
 }
+
+#[test]
+fn locality_balanced_endpoints_are_one_layer_per_client_locality() {
+    // Without locality load balancing, every proxy has the shared layer only.
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
+    let plain = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
+    assert!(plain.locality_endpoints.layers.is_empty());
+    let a = plain.resources_for(&mk_key("productpage-v1")).unwrap();
+    assert_eq!(a.layers[XdsType::Endpoint.index()].len(), 1);
+
+    // productpage and details in region1/zone1, reviews spread, ratings in
+    // region2; reviews' DestinationRule has outlier detection.
+    let mut located = WORKLOADS.to_string();
+    for (address, locality) in [
+        ("127.0.0.11", "region1/zone1"),
+        ("127.0.0.12", "region1/zone1"),
+        ("127.0.0.13", "region1/zone1"),
+        ("127.0.0.14", "region2/zone1"),
+        ("127.0.0.16", "region2/zone1"),
+    ] {
+        located = located.replace(
+            &format!("  address: {address}\n"),
+            &format!("  address: {address}\n  locality: {locality}\n"),
+        );
+    }
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-od}
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+";
+    let (snap, reg) = mk_snapshot(&[MESH, &located, dr]);
+    let first = XdsSnapshot::build(&plain, &snap, &reg, "cluster.local", false);
+    let eds = |s: &XdsSnapshot, w: &str| s.resources_for(&mk_key(w)).unwrap().layers[1].clone();
+    let (pp, details, ratings) = (
+        eds(&first, "productpage-v1"),
+        eds(&first, "details-v1"),
+        eds(&first, "ratings-v1"),
+    );
+    // The shared layer, plus one per client locality (region1/zone1,
+    // region2/zone1, and none for reviews-v3): proxies in one locality share it.
+    assert_eq!(first.locality_endpoints.layers.len(), 3);
+    assert_eq!(pp.len(), 2);
+    assert!(Arc::ptr_eq(&pp[0], &ratings[0]));
+    assert!(Arc::ptr_eq(&pp[1], &details[1]));
+    assert!(!Arc::ptr_eq(&pp[1], &ratings[1]));
+    // reviews' cluster moved out of the shared layer into the per-client ones.
+    let reviews = "outbound|9080||reviews.default.svc.cluster.local";
+    assert!(!pp[0].resources.contains_key(reviews));
+    assert!(pp[1].resources.contains_key(reviews));
+    assert!(
+        pp[0]
+            .resources
+            .contains_key("outbound|9080||ratings.default.svc.cluster.local")
+    );
+
+    // Rebuilding keeps every layer's identity.
+    let second = XdsSnapshot::build(&first, &snap, &reg, "cluster.local", false);
+    let pp2 = eds(&second, "productpage-v1");
+    assert!(Arc::ptr_eq(&pp[0], &pp2[0]) && Arc::ptr_eq(&pp[1], &pp2[1]));
+}

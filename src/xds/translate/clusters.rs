@@ -151,6 +151,9 @@ fn cluster(
     let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
     cluster_policy::apply_connection_pool(&mut c, policy.connection_pool, http2);
     cluster_policy::outlier_detection(&mut c, policy.outlier_detection);
+    if let Some(mode) = super::endpoints::locality_mode(svc, policy) {
+        super::locality::configure_cluster(&mut c, &mode);
+    }
     cluster_policy::upstream_tls(&mut c, policy.tls);
     // Mesh mTLS: ISTIO_MUTUAL when the DestinationRule asks; otherwise auto
     // mTLS toward the endpoints that run a sidecar (Istio's default).

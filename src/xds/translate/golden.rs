@@ -105,9 +105,18 @@ fn render(dir: &Path) -> String {
             .then_some("127.0.0.9:9411"),
     );
 
+    let locality_labels = endpoints::client_labels(&mesh);
     let mut workloads = Map::new();
     for (key, w) in &registry.workloads {
         let mut out = Map::new();
+        if let Some(labels) = &locality_labels {
+            // Locality-balanced endpoints, as this proxy's locality sees them.
+            let client = super::locality::Client::of(w.locality.as_deref(), &w.labels, labels);
+            out.insert(
+                "locality_endpoints".into(),
+                json_all(&endpoints::for_client(&mesh, &client)),
+            );
+        }
         if gateway::is_gateway(&mesh, w) {
             // A gateway proxy: its own listeners, route tables and credentials.
             out.insert(

@@ -184,3 +184,21 @@ pub fn hash_policy(h: &ConsistentHashLb) -> Option<HashPolicy> {
         terminal: false,
     })
 }
+
+/// Envoy's retry priority that moves retries to other priorities (other
+/// localities) once one failed: Istio's `retryRemoteLocalities`. Istio
+/// refreshes the excluded priorities every attempt + 1.
+pub fn retry_remote_localities(
+    attempts: i32,
+) -> envoy_types::pb::envoy::config::route::v3::retry_policy::RetryPriority {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryPriority, retry_priority};
+    use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+    RetryPriority {
+        name: "envoy.retry_priorities.previous_priorities".to_string(),
+        config_type: Some(retry_priority::ConfigType::TypedConfig(any(
+            &PreviousPrioritiesConfig {
+                update_frequency: attempts.max(0) + 1,
+            },
+        ))),
+    }
+}

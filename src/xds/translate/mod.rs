@@ -14,6 +14,7 @@ pub mod http_policy;
 pub mod jwt;
 pub mod l4;
 pub mod listeners;
+pub mod locality;
 pub mod mtls;
 pub mod outbound_tcp;
 pub mod routes;

@@ -466,6 +466,8 @@ fn action(
                     .and_then(|t| parse_duration(t).ok())
                     .map(duration),
                 retriable_status_codes,
+                retry_priority: (r.retry_remote_localities == Some(true))
+                    .then(|| http_policy::retry_remote_localities(r.attempts.unwrap_or(0))),
                 ..Default::default()
             })
         }
