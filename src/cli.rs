@@ -40,6 +40,10 @@ pub enum Command {
     Bootstrap(BootstrapArgs),
     /// Check Istio YAML files or directories (`-` reads stdin); exit 1 on any problem.
     Validate(ValidateArgs),
+    /// Check Istio YAML resources against each other (missing hosts, subsets,
+    /// gateways; conflicts; unreachable rules); exit 1 on any Error.
+    /// Codes: docs/analyze.md.
+    Analyze(ValidateArgs),
     /// Each connected proxy's sync state per xDS type (like istioctl proxy-status).
     ProxyStatus(AdminClientArgs),
     /// What pilotfish last sent one proxy: clusters, listeners, routes,
@@ -272,6 +276,7 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(args) => print_bootstrap(args),
         Command::Loadgen(args) => crate::loadgen::run(args),
         Command::Validate(args) => return validate(args),
+        Command::Analyze(args) => return analyze(args),
         Command::Crds(args) => print_crds(args),
         Command::RotateRoot(a) => admin::client::rotate_root(&a.admin_address, &a.step)
             .map(|roots| println!("root rotation: {} done; {roots} root(s) trusted", a.step)),
@@ -339,6 +344,68 @@ fn validate(args: ValidateArgs) -> ExitCode {
     }
 }
 
+/// `pilotfish analyze`: validation problems (IST0106) and cross-resource
+/// findings; exit 1 when any is an Error.
+fn analyze(args: ValidateArgs) -> ExitCode {
+    use config::analyze::{Code, Level, Message};
+    let mut unreadable: Vec<config::ConfigError> = Vec::new();
+    let mut resources = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    for path in &args.paths {
+        for (file, text) in read_inputs(path, &mut unreadable) {
+            let parsed = config::parse_file(&file, &text);
+            for e in parsed.errors {
+                let code = Code::SchemaValidationError;
+                messages.push(Message {
+                    level: code.level(),
+                    code: code.id(),
+                    name: code.name(),
+                    resource: e.resource.clone().unwrap_or_default(),
+                    file: e.file.clone(),
+                    document: e.document.unwrap_or_default(),
+                    path: e.path.clone().unwrap_or_default(),
+                    message: e.message.clone(),
+                });
+            }
+            resources.extend(parsed.resources);
+        }
+    }
+    for e in &unreadable {
+        eprintln!("pilotfish: error: {e}");
+    }
+    let count = resources.len();
+    messages.extend(config::analyze::analyze(&config::analyze::snapshot_of(
+        resources,
+    )));
+    match args.output {
+        ValidateFormat::Text => {
+            for m in &messages {
+                println!("{m}");
+            }
+        }
+        ValidateFormat::Json => match serde_json::to_string_pretty(&messages) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("pilotfish: error: {e}"),
+        },
+    }
+    let n = |l: Level| messages.iter().filter(|m| m.level == l).count();
+    let errors = n(Level::Error);
+    if messages.is_empty() {
+        eprintln!("no issues found when analyzing {count} resource(s)");
+    } else {
+        eprintln!(
+            "{count} resource(s) analyzed: {errors} error(s), {} warning(s), {} info",
+            n(Level::Warning),
+            n(Level::Info)
+        );
+    }
+    if errors == 0 && unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// The YAML texts named by one `validate` argument.
 fn read_inputs(
     path: &std::path::Path,
@@ -347,7 +414,15 @@ fn read_inputs(
     use std::io::Read;
     if path.as_os_str() == "-" {
         let mut text = String::new();
-        return match std::io::stdin().read_to_string(&mut text) {
+        let limit = config::store::MAX_FILE_BYTES;
+        return match std::io::stdin().take(limit + 1).read_to_string(&mut text) {
+            Ok(n) if n as u64 > limit => {
+                problems.push(config::ConfigError::file(
+                    path,
+                    format!("stdin has more than {limit} bytes; the limit is {limit}"),
+                ));
+                Vec::new()
+            }
             Ok(_) => vec![(PathBuf::from("<stdin>"), text)],
             Err(e) => {
                 problems.push(config::ConfigError::file(
@@ -374,7 +449,7 @@ fn read_inputs(
     };
     files
         .into_iter()
-        .filter_map(|f| match std::fs::read_to_string(&f) {
+        .filter_map(|f| match read_limited(&f) {
             Ok(text) => Some((f, text)),
             Err(e) => {
                 problems.push(config::ConfigError::file(&f, format!("cannot read: {e}")));
@@ -382,6 +457,18 @@ fn read_inputs(
             }
         })
         .collect()
+}
+
+/// A config file's text, refused when larger than serve mode reads.
+fn read_limited(path: &std::path::Path) -> std::io::Result<String> {
+    let limit = config::store::MAX_FILE_BYTES;
+    let len = std::fs::metadata(path)?.len();
+    if len > limit {
+        return Err(std::io::Error::other(format!(
+            "file is {len} bytes; the limit is {limit}"
+        )));
+    }
+    std::fs::read_to_string(path)
 }
 
 fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {

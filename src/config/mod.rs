@@ -1,6 +1,7 @@
 //! The Galley role: read Istio YAML, validate it, keep the last good version
 //! of every file, and publish config snapshots.
 
+pub mod analyze;
 pub mod parse;
 pub mod store;
 pub mod validate;
