@@ -168,6 +168,28 @@ pub struct ServeArgs {
     /// changes; served over SDS only to gateways whose Gateways name them.
     #[arg(long)]
     pub credentials_dir: Option<PathBuf>,
+    /// The validating admission webhook (AdmissionReview v1, `POST
+    /// /validate`, HTTPS with a certificate from pilotfish's CA), as
+    /// istiod's port 15017; `off` to not serve it.
+    #[arg(long, default_value = "127.0.0.1:15017", value_parser = webhook_address)]
+    pub webhook_address: WebhookAddress,
+    /// DNS names in the webhook's certificate: what the API server calls it
+    /// (the Service's `NAME.NAMESPACE.svc`). Repeat for more.
+    #[arg(long, default_value = "pilotfish.istio-system.svc")]
+    pub webhook_dns_name: Vec<String>,
+}
+
+/// `--webhook-address`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct WebhookAddress(pub Option<SocketAddr>);
+
+fn webhook_address(s: &str) -> Result<WebhookAddress, String> {
+    if s == "off" {
+        return Ok(WebhookAddress(None));
+    }
+    s.parse()
+        .map(|a| WebhookAddress(Some(a)))
+        .map_err(|e| format!("{e}: expected HOST:PORT or off"))
 }
 
 /// The Kubernetes API as the source of services, workloads and Istio config.
@@ -634,6 +656,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("bind admin address {}", args.admin_address))?;
     info!(xds = %xds_listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
+    let webhook_listener = match args.webhook_address.0 {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("bind webhook address {addr} (--webhook-address off to not serve it)")
+        })?),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -679,6 +707,27 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             crate::ca::MAX_WORKLOAD_TTL,
         )
         .map_err(|e| anyhow::anyhow!("xDS serving certificate: {e}"))?;
+    if let Some(listener) = webhook_listener {
+        // The webhook's certificate: pilotfish's identity plus the DNS names
+        // the API server calls it by.
+        let cert = ca
+            .issue_with_dns(
+                &server_identity(&args.ca.trust_domain)?,
+                &args.webhook_dns_name,
+                crate::ca::MAX_WORKLOAD_TTL,
+            )
+            .map_err(|e| anyhow::anyhow!("webhook serving certificate: {e}"))?;
+        info!(address = %listener.local_addr()?, names = ?args.webhook_dns_name, "admission webhook listening");
+        let shutdown = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            let key = cert.key_pem.expose().to_string();
+            if let Err(e) =
+                config::webhook::serve(listener, cert.cert_chain_pem, key, shutdown).await
+            {
+                tracing::error!(error = %e, "admission webhook stopped");
+            }
+        });
+    }
     let token_key = Arc::new(
         crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)
             .map_err(|e| anyhow::anyhow!("{e}"))?,

@@ -6,6 +6,7 @@ pub mod parse;
 pub mod store;
 pub mod validate;
 pub mod watch;
+pub mod webhook;
 
 pub use parse::{ConfigError, parse_file};
 pub use store::{ConfigState, Store};
