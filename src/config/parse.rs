@@ -123,9 +123,11 @@ pub fn parse_file(path: &Path, text: &str) -> ParsedFile {
         let value = match bounded::value(doc) {
             Ok(v) => v,
             Err(Ok(v)) => {
-                // The document broke a limit or rule; the next can be read.
+                // The document broke a limit or rule. Later documents are
+                // not read: the YAML crate cannot go on from a document it
+                // stopped reading midway.
                 out.errors.push(err(None, v.path, v.message));
-                continue;
+                break;
             }
             Err(Err(e)) => {
                 // A syntax error ends the stream: later documents can't be trusted.

@@ -1,7 +1,7 @@
 //! Checks on VirtualServices: what they name exists, one owner per host,
 //! every rule reachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Code, Message};
 use crate::model::istio::{Destination, HttpMatchRequest, L4MatchAttributes, VirtualServiceSpec};
@@ -78,6 +78,18 @@ pub fn destination_hosts(snapshot: &ConfigSnapshot, registry: &Registry) -> Vec<
 /// Any DestinationRule whose host covers the destination counts (pilotfish
 /// does not apply exportTo yet).
 pub fn destination_subsets(snapshot: &ConfigSnapshot) -> Vec<Message> {
+    // Subset names by DestinationRule host (resolved), wildcards apart.
+    let mut exact: HashMap<String, Vec<&str>> = HashMap::new();
+    let mut wildcard: Vec<(String, Vec<&str>)> = Vec::new();
+    for (dr_res, dr) in snapshot.destination_rules() {
+        let h = host::resolve(&dr.host, &dr_res.namespace);
+        let names = dr.subsets.iter().map(|s| s.name.as_str());
+        if h.starts_with('*') {
+            wildcard.push((h, names.collect()));
+        } else {
+            exact.entry(h).or_default().extend(names);
+        }
+    }
     let mut out = Vec::new();
     for (r, vs) in snapshot.virtual_services() {
         for (path, d) in destinations(vs) {
@@ -85,10 +97,10 @@ pub fn destination_subsets(snapshot: &ConfigSnapshot) -> Vec<Message> {
                 continue;
             };
             let fqdn = host::resolve(&d.host, &r.namespace);
-            let defined = snapshot.destination_rules().any(|(dr_res, dr)| {
-                host::matches(&host::resolve(&dr.host, &dr_res.namespace), &fqdn)
-                    && dr.subsets.iter().any(|s| s.name == subset)
-            });
+            let defined = exact.get(&fqdn).is_some_and(|n| n.contains(&subset))
+                || wildcard
+                    .iter()
+                    .any(|(h, n)| host::matches(h, &fqdn) && n.contains(&subset));
             if !defined {
                 out.push(Message::not_found(
                     r,

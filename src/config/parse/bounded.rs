@@ -160,9 +160,10 @@ impl Seed<'_> {
     }
 }
 
-/// Reads one document. `Err(Ok(v))` is a rule or limit the document broke
-/// (later documents can still be read); `Err(Err(e))` is the YAML crate's
-/// error (a syntax error ends the stream).
+/// Reads one document. `Err(Ok(v))` is a rule or limit the document broke;
+/// `Err(Err(e))` is the YAML crate's error. Either ends the stream: the
+/// crate panics when asked for the next document after one it stopped
+/// reading midway (found by tests/config_fuzz.rs).
 pub fn value<'de, D: Deserializer<'de>>(d: D) -> Result<Value, Result<Violation, D::Error>> {
     let state = State {
         nodes_left: Cell::new(MAX_NODES),
