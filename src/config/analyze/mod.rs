@@ -146,11 +146,11 @@ impl Message {
 
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} [{}] ({}) {}",
-            self.level, self.code, self.resource, self.file
-        )?;
+        write!(f, "{} [{}] ", self.level, self.code)?;
+        if !self.resource.is_empty() {
+            write!(f, "({}) ", self.resource)?;
+        }
+        f.write_str(&self.file)?;
         if self.document > 0 {
             write!(f, ": document {}", self.document)?;
         }
