@@ -40,6 +40,10 @@ pub enum Command {
     Bootstrap(BootstrapArgs),
     /// Check Istio YAML files or directories (`-` reads stdin); exit 1 on any problem.
     Validate(ValidateArgs),
+    /// Check Istio YAML resources against each other (missing hosts, subsets,
+    /// gateways; conflicts; unreachable rules); exit 1 on any Error.
+    /// Codes: docs/analyze.md.
+    Analyze(ValidateArgs),
     /// Each connected proxy's sync state per xDS type (like istioctl proxy-status).
     ProxyStatus(AdminClientArgs),
     /// What pilotfish last sent one proxy: clusters, listeners, routes,
@@ -168,6 +172,28 @@ pub struct ServeArgs {
     /// changes; served over SDS only to gateways whose Gateways name them.
     #[arg(long)]
     pub credentials_dir: Option<PathBuf>,
+    /// The validating admission webhook (AdmissionReview v1, `POST
+    /// /validate`, HTTPS with a certificate from pilotfish's CA), as
+    /// istiod's port 15017; `off` to not serve it.
+    #[arg(long, default_value = "127.0.0.1:15017", value_parser = webhook_address)]
+    pub webhook_address: WebhookAddress,
+    /// DNS names in the webhook's certificate: what the API server calls it
+    /// (the Service's `NAME.NAMESPACE.svc`). Repeat for more.
+    #[arg(long, default_value = "pilotfish.istio-system.svc")]
+    pub webhook_dns_name: Vec<String>,
+}
+
+/// `--webhook-address`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct WebhookAddress(pub Option<SocketAddr>);
+
+fn webhook_address(s: &str) -> Result<WebhookAddress, String> {
+    if s == "off" {
+        return Ok(WebhookAddress(None));
+    }
+    s.parse()
+        .map(|a| WebhookAddress(Some(a)))
+        .map_err(|e| format!("{e}: expected HOST:PORT or off"))
 }
 
 /// The Kubernetes API as the source of services, workloads and Istio config.
@@ -276,6 +302,7 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(args) => print_bootstrap(args),
         Command::Loadgen(args) => crate::loadgen::run(args),
         Command::Validate(args) => return validate(args),
+        Command::Analyze(args) => return analyze(args),
         Command::Crds(args) => print_crds(args),
         Command::RotateRoot(a) => admin::client::rotate_root(&a.admin_address, &a.step)
             .map(|roots| println!("root rotation: {} done; {roots} root(s) trusted", a.step)),
@@ -343,6 +370,68 @@ fn validate(args: ValidateArgs) -> ExitCode {
     }
 }
 
+/// `pilotfish analyze`: validation problems (IST0106) and cross-resource
+/// findings; exit 1 when any is an Error.
+fn analyze(args: ValidateArgs) -> ExitCode {
+    use config::analyze::{Code, Level, Message};
+    let mut unreadable: Vec<config::ConfigError> = Vec::new();
+    let mut resources = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    for path in &args.paths {
+        for (file, text) in read_inputs(path, &mut unreadable) {
+            let parsed = config::parse_file(&file, &text);
+            for e in parsed.errors {
+                let code = Code::SchemaValidationError;
+                messages.push(Message {
+                    level: code.level(),
+                    code: code.id(),
+                    name: code.name(),
+                    resource: e.resource.clone().unwrap_or_default(),
+                    file: e.file.clone(),
+                    document: e.document.unwrap_or_default(),
+                    path: e.path.clone().unwrap_or_default(),
+                    message: e.message.clone(),
+                });
+            }
+            resources.extend(parsed.resources);
+        }
+    }
+    for e in &unreadable {
+        eprintln!("pilotfish: error: {e}");
+    }
+    let count = resources.len();
+    messages.extend(config::analyze::analyze(&config::analyze::snapshot_of(
+        resources,
+    )));
+    match args.output {
+        ValidateFormat::Text => {
+            for m in &messages {
+                println!("{m}");
+            }
+        }
+        ValidateFormat::Json => match serde_json::to_string_pretty(&messages) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("pilotfish: error: {e}"),
+        },
+    }
+    let n = |l: Level| messages.iter().filter(|m| m.level == l).count();
+    let errors = n(Level::Error);
+    if messages.is_empty() {
+        eprintln!("no issues found when analyzing {count} resource(s)");
+    } else {
+        eprintln!(
+            "{count} resource(s) analyzed: {errors} error(s), {} warning(s), {} info",
+            n(Level::Warning),
+            n(Level::Info)
+        );
+    }
+    if errors == 0 && unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// The YAML texts named by one `validate` argument.
 fn read_inputs(
     path: &std::path::Path,
@@ -351,7 +440,15 @@ fn read_inputs(
     use std::io::Read;
     if path.as_os_str() == "-" {
         let mut text = String::new();
-        return match std::io::stdin().read_to_string(&mut text) {
+        let limit = config::store::MAX_FILE_BYTES;
+        return match std::io::stdin().take(limit + 1).read_to_string(&mut text) {
+            Ok(n) if n as u64 > limit => {
+                problems.push(config::ConfigError::file(
+                    path,
+                    format!("stdin has more than {limit} bytes; the limit is {limit}"),
+                ));
+                Vec::new()
+            }
             Ok(_) => vec![(PathBuf::from("<stdin>"), text)],
             Err(e) => {
                 problems.push(config::ConfigError::file(
@@ -378,7 +475,7 @@ fn read_inputs(
     };
     files
         .into_iter()
-        .filter_map(|f| match std::fs::read_to_string(&f) {
+        .filter_map(|f| match read_limited(&f) {
             Ok(text) => Some((f, text)),
             Err(e) => {
                 problems.push(config::ConfigError::file(&f, format!("cannot read: {e}")));
@@ -386,6 +483,18 @@ fn read_inputs(
             }
         })
         .collect()
+}
+
+/// A config file's text, refused when larger than serve mode reads.
+fn read_limited(path: &std::path::Path) -> std::io::Result<String> {
+    let limit = config::store::MAX_FILE_BYTES;
+    let len = std::fs::metadata(path)?.len();
+    if len > limit {
+        return Err(std::io::Error::other(format!(
+            "file is {len} bytes; the limit is {limit}"
+        )));
+    }
+    std::fs::read_to_string(path)
 }
 
 fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
@@ -556,6 +665,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("bind admin address {}", args.admin_address))?;
     info!(xds = %xds_listener.local_addr()?, admin = %admin_listener.local_addr()?, "listening");
+    let webhook_listener = match args.webhook_address.0 {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("bind webhook address {addr} (--webhook-address off to not serve it)")
+        })?),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -608,6 +723,29 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("xDS {e}"))?,
     ));
     let serving_renewal = tokio::spawn(Arc::clone(&serving).keep_fresh());
+    if let Some(listener) = webhook_listener {
+        // The webhook's certificate: pilotfish's identity plus the DNS names
+        // the API server calls it by; renewed like the xDS one.
+        let cert = crate::ca::serving::ServingCert::with_dns(
+            Arc::clone(&ca),
+            server_identity(&args.ca.trust_domain)?,
+            args.webhook_dns_name.clone(),
+            args.serving_cert_ttl,
+        )
+        .map_err(|e| anyhow::anyhow!("webhook {e}"))?;
+        let tls = Arc::new(
+            cert.server_config_alpn(&[b"h2", b"http/1.1"])
+                .map_err(|e| anyhow::anyhow!("webhook {e}"))?,
+        );
+        info!(address = %listener.local_addr()?, names = ?args.webhook_dns_name, "admission webhook listening");
+        let shutdown = stopped(stop_rx.clone());
+        tokio::spawn(Arc::clone(&cert).keep_fresh());
+        tokio::spawn(async move {
+            if let Err(e) = config::webhook::serve(listener, tls, shutdown).await {
+                tracing::error!(error = %e, "admission webhook stopped");
+            }
+        });
+    }
     let certs = crate::xds::secrets::CertBook::new(Arc::clone(&ca), args.cert_ttl);
     let rotation = admin::Rotation {
         ca: Arc::clone(&ca),

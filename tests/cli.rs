@@ -207,3 +207,142 @@ fn validate_reports_istios_warnings_without_failing() {
         "{text}"
     );
 }
+
+#[test]
+fn analyze_bookinfo_warns_about_subsets_without_workloads_and_exits_0() {
+    let ex = format!("{}/examples/bookinfo", common::ROOT);
+    let routing = |f: &str| format!("{ex}/routing/{f}");
+    let out = pilotfish(&[
+        "analyze",
+        &format!("{ex}/mesh"),
+        &routing("destination-rule-all.yaml"),
+        &routing("virtual-service-all-v1.yaml"),
+        &routing("bookinfo-gateway.yaml"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // bookinfo's mesh/ has ratings v1 and details v1 only: Istio's sample
+    // DestinationRules name subsets no workload carries.
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty(), "{text}");
+    for l in &lines {
+        assert!(
+            l.starts_with("Warning [IST0173] (DestinationRule default/"),
+            "{l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("DestinationRule default/ratings")
+                && l.contains("destination-rule-all.yaml: document 3: spec.subsets[1]")
+                && l.contains("\"v2\"")),
+        "{text}"
+    );
+    // A second VirtualService for reviews under another name: a conflict.
+    let dir = tempfile::tempdir().unwrap();
+    let second = std::fs::read_to_string(routing("virtual-service-reviews-test-v2.yaml"))
+        .unwrap()
+        .replace("name: reviews\n", "name: reviews-jason\n");
+    std::fs::write(dir.path().join("jason.yaml"), second).unwrap();
+    let out = pilotfish(&[
+        "analyze",
+        &format!("{ex}/mesh"),
+        &routing("destination-rule-all.yaml"),
+        &routing("virtual-service-all-v1.yaml"),
+        dir.path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("Error [IST0109] (VirtualService default/reviews)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn analyze_reports_every_code_on_a_broken_config() {
+    let out = pilotfish(&[
+        "analyze",
+        "-o",
+        "json",
+        &format!("{}/examples/bookinfo/mesh", common::ROOT),
+        &format!("{}/tests/analyze/broken", common::ROOT),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<(String, String, String)> = v
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+            (s("code"), s("resource"), s("path"))
+        })
+        .collect();
+    let has = |code: &str, resource: &str, path: &str| {
+        assert!(
+            found
+                .iter()
+                .any(|(c, r, p)| c == code && r == resource && p == path),
+            "no {code} {resource} {path} in {found:#?}"
+        );
+    };
+    has(
+        "IST0101",
+        "VirtualService default/reviews",
+        "spec.http[0].route[0].destination.subset",
+    );
+    has(
+        "IST0101",
+        "VirtualService default/reviews",
+        "spec.gateways[1]",
+    );
+    has(
+        "IST0101",
+        "VirtualService default/reviews-canary",
+        "spec.http[0].route[0].destination.host",
+    );
+    has(
+        "IST0101",
+        "AuthorizationPolicy default/ratings",
+        "spec.rules[0].from[0].source.namespaces[0]",
+    );
+    has(
+        "IST0106",
+        "VirtualService default/details",
+        "spec.http[0].route[0].weight",
+    );
+    has("IST0109", "VirtualService default/reviews", "spec.hosts[0]");
+    has(
+        "IST0109",
+        "VirtualService default/reviews-canary",
+        "spec.hosts[0]",
+    );
+    has(
+        "IST0113",
+        "DestinationRule default/ratings",
+        "spec.trafficPolicy.tls.mode",
+    );
+    has("IST0130", "VirtualService default/reviews", "spec.http[1]");
+    has(
+        "IST0131",
+        "VirtualService default/reviews-canary",
+        "spec.http[1].match[0]",
+    );
+    has(
+        "IST0173",
+        "DestinationRule default/reviews",
+        "spec.subsets[2]",
+    );
+    for m in &v {
+        let level = m["level"].as_str().unwrap();
+        let expected = match m["code"].as_str().unwrap() {
+            "IST0130" | "IST0173" => "Warning",
+            "IST0131" => "Info",
+            _ => "Error",
+        };
+        assert_eq!(level, expected, "{m}");
+        assert!(m["file"].as_str().unwrap().ends_with(".yaml"), "{m}");
+        assert!(m["document"].as_u64().unwrap() >= 1, "{m}");
+    }
+    assert_eq!(found.len(), 11, "{found:#?}");
+}

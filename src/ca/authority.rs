@@ -166,11 +166,23 @@ impl Ca {
     /// A new ECDSA P-256 key and a leaf certificate for `id`: its only SAN
     /// is the SPIFFE URI; valid from a minute ago (clock skew) for `ttl`.
     pub fn issue(&self, id: &Identity, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        self.issue_with_dns(id, &[], ttl)
+    }
+
+    /// As [`Ca::issue`], with DNS SANs besides the SPIFFE URI: for a server
+    /// that clients reach by host name (the admission webhook, which the
+    /// Kubernetes API server calls as `SERVICE.NAMESPACE.svc`).
+    pub fn issue_with_dns(
+        &self,
+        id: &Identity,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<WorkloadCert, CaError> {
         self.check_identity(id)?;
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(crypto("generating a key"))?;
         let chain = self.chain();
-        let leaf = chain.leaf(&key, id, ttl)?;
+        let leaf = chain.leaf(&key, id, dns_names, ttl)?;
         let mut cert_chain_pem = leaf.pem;
         for intermediate in &chain.intermediates {
             cert_chain_pem.push_str(intermediate);
@@ -200,7 +212,7 @@ impl Ca {
         let der = pem::csr(csr_pem).map_err(CaError::InvalidCsr)?;
         let public_key = csr_public_key(&der)?;
         let chain = self.chain();
-        let leaf = chain.leaf(&public_key, id, ttl)?;
+        let leaf = chain.leaf(&public_key, id, &[], ttl)?;
         tracing::debug!(identity = %id, serial = %leaf.serial_hex, "signed workload CSR");
         let mut out = Vec::with_capacity(chain.intermediates.len() + 2);
         out.push(leaf.pem);

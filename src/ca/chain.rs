@@ -47,7 +47,8 @@ pub(super) struct Leaf {
 
 impl Chain {
     /// Signs a workload leaf for `public_key`: empty subject (so the SAN is
-    /// critical), URI SAN = SPIFFE ID, CA:FALSE, digitalSignature +
+    /// critical), URI SAN = SPIFFE ID (and `dns_names`, for pilotfish's own
+    /// HTTPS serving certificates), CA:FALSE, digitalSignature +
     /// keyEncipherment, serverAuth + clientAuth, authority key identifier
     /// (so verifiers pick the right root when two share a subject during
     /// rotation).
@@ -55,6 +56,7 @@ impl Chain {
         &self,
         public_key: &impl PublicKeyData,
         id: &Identity,
+        dns_names: &[String],
         ttl: Duration,
     ) -> Result<Leaf, CaError> {
         let (not_before, not_after) = self.leaf_validity(ttl)?;
@@ -69,6 +71,16 @@ impl Chain {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns_names {
+            let dns =
+                name.clone()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| CaError::InvalidIdentity {
+                        input: name.clone(),
+                        reason: e.to_string(),
+                    })?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

@@ -29,6 +29,8 @@ const MIN_WAIT: Duration = Duration::from_secs(1);
 pub struct ServingCert {
     ca: Arc<Ca>,
     identity: Identity,
+    /// DNS SANs beside the SPIFFE ID (the webhook's Service names).
+    dns_names: Vec<String>,
     ttl: Duration,
     current: RwLock<Current>,
 }
@@ -52,10 +54,22 @@ impl ServingCert {
     /// Issues the first certificate for `identity`, valid for `ttl` (cut
     /// short by the CA to the signing chain's expiry).
     pub fn new(ca: Arc<Ca>, identity: Identity, ttl: Duration) -> Result<Arc<Self>, CaError> {
-        let current = issue(&ca, &identity, ttl)?;
+        Self::with_dns(ca, identity, Vec::new(), ttl)
+    }
+
+    /// Like `new`, with DNS names as further SANs (clients that check a
+    /// host name, like the Kubernetes API server calling the webhook).
+    pub fn with_dns(
+        ca: Arc<Ca>,
+        identity: Identity,
+        dns_names: Vec<String>,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, CaError> {
+        let current = issue(&ca, &identity, &dns_names, ttl)?;
         Ok(Arc::new(ServingCert {
             ca,
             identity,
+            dns_names,
             ttl,
             current: RwLock::new(current),
         }))
@@ -74,7 +88,7 @@ impl ServingCert {
     /// Issues a new certificate now; the next handshake uses it. Blocking
     /// (key generation and signing take about a millisecond).
     pub fn reissue(&self) -> Result<(), CaError> {
-        let next = issue(&self.ca, &self.identity, self.ttl)?;
+        let next = issue(&self.ca, &self.identity, &self.dns_names, self.ttl)?;
         tracing::info!(identity = %self.identity, serial = %next.serial_hex, "xDS serving certificate issued");
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
         Ok(())
@@ -108,13 +122,21 @@ impl ServingCert {
     /// A rustls server configuration that reads this certificate at every
     /// handshake, offering HTTP/2 only (gRPC).
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, CaError> {
+        self.server_config_alpn(&[b"h2"])
+    }
+
+    /// `server_config` offering the given ALPN protocols, in preference order.
+    pub fn server_config_alpn(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> Result<rustls::ServerConfig, CaError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| CaError::Serving(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
 
@@ -129,8 +151,17 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-fn issue(ca: &Ca, identity: &Identity, ttl: Duration) -> Result<Current, CaError> {
-    let cert = ca.issue(identity, ttl)?;
+fn issue(
+    ca: &Ca,
+    identity: &Identity,
+    dns_names: &[String],
+    ttl: Duration,
+) -> Result<Current, CaError> {
+    let cert = if dns_names.is_empty() {
+        ca.issue(identity, ttl)?
+    } else {
+        ca.issue_with_dns(identity, dns_names, ttl)?
+    };
     let chain = CertificateDer::pem_slice_iter(cert.cert_chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CaError::Serving(format!("reading the certificate back: {e}")))?;

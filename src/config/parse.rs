@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod bounded;
+
 use super::validate;
 use crate::model::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
@@ -99,6 +101,16 @@ struct Envelope {
 /// Parses every document of a YAML file.
 pub fn parse_file(path: &Path, text: &str) -> ParsedFile {
     let mut out = ParsedFile::default();
+    if let Some(line) = bounded::flow_too_deep(text) {
+        out.errors.push(ConfigError::file(
+            path,
+            format!(
+                "flow collections ([...], {{...}}) nest deeper than {} levels at line {line}; the file is not parsed",
+                bounded::MAX_DEPTH
+            ),
+        ));
+        return out;
+    }
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
         let err = |resource: Option<String>, field: Option<String>, message: String| ConfigError {
@@ -108,9 +120,16 @@ pub fn parse_file(path: &Path, text: &str) -> ParsedFile {
             path: field,
             message,
         };
-        let value = match serde_yaml_ng::Value::deserialize(doc) {
+        let value = match bounded::value(doc) {
             Ok(v) => v,
-            Err(e) => {
+            Err(Ok(v)) => {
+                // The document broke a limit or rule. Later documents are
+                // not read: the YAML crate cannot go on from a document it
+                // stopped reading midway.
+                out.errors.push(err(None, v.path, v.message));
+                break;
+            }
+            Err(Err(e)) => {
                 // A syntax error ends the stream: later documents can't be trusted.
                 out.errors.push(err(None, None, yaml_message(&e)));
                 break;

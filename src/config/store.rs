@@ -11,7 +11,7 @@ use super::parse::{ConfigError, parse_file};
 use crate::model::{ConfigSnapshot, Resource};
 
 /// Largest config file read; larger files are reported and skipped.
-const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct FileState {

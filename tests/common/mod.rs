@@ -207,6 +207,10 @@ impl Mesh {
         let child = cmd
             .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
             .args(["--admin-address", &format!("{}:15014", self.pilotfish_ip())])
+            .args([
+                "--webhook-address",
+                &format!("{}:15017", self.pilotfish_ip()),
+            ])
             .args(["--log-level", "info,pilotfish=debug"])
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
