@@ -2,14 +2,16 @@
 //!
 //! A proxy's resources of one type are the union of a few shared *layers*:
 //! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
-//! endpoints = mesh-wide, routes = per namespace, listeners = per workload.
+//! endpoints = mesh-wide, routes = per view (namespace and Sidecar; see
+//! `cache/scope.rs`, which also narrows clusters and endpoints for views that
+//! do not see everything), listeners = per workload.
 //! Gateway proxies (see `cache/gateway.rs`) swap in their own listeners (per
 //! workload) and route tables (per set of Gateways), plus their credentials.
 //! Proxies that see the same thing hold the same `Arc<Layer>`; a layer whose
 //! content did not change keeps its identity across snapshots, so a stream can
 //! skip it with a pointer comparison.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use prost::Message;
@@ -161,8 +163,9 @@ pub struct XdsSnapshot {
     pub generation: u64,
     pub clusters: Arc<Layer>,
     pub endpoints: Arc<Layer>,
-    /// Outbound route tables, by the namespace of the proxy that uses them.
-    pub routes: HashMap<String, Arc<Layer>>,
+    /// Outbound route tables, clusters and endpoints per view (namespace
+    /// and Sidecar), and each workload's view (see `cache/scope.rs`).
+    pub views: scope::Views,
     pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
     /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
     /// proxy only ever sees its own workload's certificate.
@@ -191,17 +194,13 @@ impl XdsSnapshot {
             return Some(self.gateway_resources(workload, gw));
         }
         let own = self.workloads.get(workload)?;
-        let routes = self
-            .routes
-            .get(&workload.namespace)
-            .cloned()
-            .unwrap_or_default();
+        let view = self.outbound_of(workload)?;
         Some(ProxyResources {
             layers: [
-                vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
-                vec![Arc::clone(&self.endpoints)],
+                vec![Arc::clone(&view.clusters), Arc::clone(&own.clusters)],
+                vec![Arc::clone(&view.endpoints)],
                 vec![Arc::clone(&own.listeners)],
-                vec![routes],
+                vec![Arc::clone(&view.routes)],
                 self.secrets.get(workload).cloned().into_iter().collect(),
             ],
         })
@@ -256,7 +255,7 @@ impl XdsSnapshot {
         mtls: bool,
         zipkin: Option<&str>,
     ) -> XdsSnapshot {
-        use super::translate::{Mesh, clusters, endpoints, listeners, routes};
+        use super::translate::{Mesh, clusters, endpoints, listeners};
         let mesh = Mesh::new(config, registry)
             .with_trust_domain(trust_domain)
             .with_mtls(mtls)
@@ -277,20 +276,9 @@ impl XdsSnapshot {
         )
         .reuse(Some(&prev.endpoints));
 
-        let namespaces: BTreeSet<&str> = registry
-            .workloads
-            .keys()
-            .map(|k| k.namespace.as_str())
-            .collect();
-        let routes = namespaces
-            .into_iter()
-            .map(|ns| {
-                let rc = routes::outbound(&mesh, ns);
-                let layer = Layer::encode(XdsType::Route, [(rc.name.clone(), rc)])
-                    .reuse(prev.routes.get(ns));
-                (ns.to_string(), layer)
-            })
-            .collect();
+        // Route tables, and the clusters and endpoints of views that do not
+        // see everything, per namespace and Sidecar.
+        let views = scope::build(prev, &mesh, &clusters, &endpoints);
 
         let workloads = registry
             .workloads
@@ -360,7 +348,7 @@ impl XdsSnapshot {
             generation: prev.generation + 1,
             clusters,
             endpoints,
-            routes,
+            views,
             workloads,
             secrets: prev.secrets.clone(),
             gateways: gateway::build(prev, &mesh),
@@ -373,5 +361,6 @@ impl XdsSnapshot {
 }
 
 pub mod gateway;
+pub mod scope;
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,11 @@ pub fn assignments(mesh: &Mesh<'_>) -> Vec<ClusterLoadAssignment> {
             .destination_rule(&svc.hostname, &svc.namespace)
             .map(|(_, dr)| dr.subsets.as_slice())
             .unwrap_or_default();
-        for port in &svc.ports {
+        for port in svc
+            .ports
+            .iter()
+            .filter(|p| mesh.reaches(&svc.hostname, p.number))
+        {
             out.push(assignment(mesh.mtls, svc, port, "", &BTreeMap::new()));
             for s in subsets {
                 out.push(assignment(mesh.mtls, svc, port, &s.name, &s.labels));

@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod listeners;
 pub mod mtls;
 pub mod routes;
+pub mod scope;
 pub mod tracing;
 
 #[cfg(test)]
@@ -54,6 +55,9 @@ pub struct Mesh<'a> {
     /// The Zipkin collector (`host:port`) the `zipkin` tracing provider of
     /// Telemetry resources reports to; None when not configured.
     pub zipkin: Option<&'a str>,
+    /// The view being translated for (Sidecar egress hosts, exportTo);
+    /// None: every service and rule, as if exported everywhere.
+    pub scope: Option<&'a scope::Scope<'a>>,
 }
 
 impl<'a> Mesh<'a> {
@@ -64,6 +68,7 @@ impl<'a> Mesh<'a> {
             trust_domain: DEFAULT_TRUST_DOMAIN,
             mtls: false,
             zipkin: None,
+            scope: None,
         }
     }
 
@@ -91,6 +96,10 @@ impl<'a> Mesh<'a> {
         hostname: &str,
         service_ns: &str,
     ) -> Option<(&'a Resource, &'a DestinationRuleSpec)> {
+        if let Some(scope) = self.scope {
+            // Istio's lookup from the client's namespace, exportTo applied.
+            return scope::destination_rule(self.config, hostname, service_ns, scope.namespace());
+        }
         let idx = self.config.hosts();
         let exact = idx
             .destination_rules
