@@ -250,3 +250,6 @@ impl XdsSnapshot {
         self.views.layers.get(self.views.of.get(workload)?)
     }
 }
+
+#[cfg(test)]
+mod tests;
