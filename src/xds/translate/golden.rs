@@ -157,14 +157,14 @@ fn render(dir: &Path) -> String {
         .unwrap_or_else(|e| panic!("cannot write YAML for {}: {e}", dir.display()))
 }
 
+/// One rendered view: its workloads, a Sidecar conflict, its resources.
+type View = (Vec<String>, Option<String>, Map<String, Value>);
+
 /// Every view (namespace and Sidecar) of the sidecars in the fixture: its
 /// workloads, clusters, endpoints and outbound route table.
 fn render_views(mesh: &Mesh<'_>) -> Value {
     use super::scope::{Scope, select_sidecar};
-    let mut views: std::collections::BTreeMap<
-        String,
-        (Vec<String>, Option<String>, Map<String, Value>),
-    > = Default::default();
+    let mut views: std::collections::BTreeMap<String, View> = Default::default();
     for (key, w) in &mesh.registry.workloads {
         if gateway::is_gateway(mesh, w) {
             continue;
