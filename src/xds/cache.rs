@@ -2,16 +2,18 @@
 //!
 //! A proxy's resources of one type are the union of a few shared *layers*:
 //! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
-//! endpoints = mesh-wide, routes = per namespace, listeners = per workload
-//! (plus its outbound TCP/TLS listeners, translated once per view: see
-//! `cache/outbound.rs`).
+//! endpoints = mesh-wide (plus per-client-locality layers, `cache/locality.rs`),
+//! routes = per view (namespace and Sidecar; see `cache/scope.rs`, which also
+//! narrows clusters and endpoints for views that do not see everything),
+//! listeners = per workload (plus its outbound TCP/TLS listeners, translated
+//! once per view: see `cache/outbound.rs`).
 //! Gateway proxies (see `cache/gateway.rs`) swap in their own listeners (per
 //! workload) and route tables (per set of Gateways), plus their credentials.
 //! Proxies that see the same thing hold the same `Arc<Layer>`; a layer whose
 //! content did not change keeps its identity across snapshots, so a stream can
 //! skip it with a pointer comparison.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use prost::Message;
@@ -165,8 +167,9 @@ pub struct XdsSnapshot {
     pub endpoints: Arc<Layer>,
     /// Locality-balanced endpoints, per client locality (`cache/locality.rs`).
     pub locality_endpoints: locality::LocalityEndpoints,
-    /// Outbound route tables, by the namespace of the proxy that uses them.
-    pub routes: HashMap<String, Arc<Layer>>,
+    /// Outbound route tables, clusters and endpoints per view (namespace
+    /// and Sidecar), and each workload's view (see `cache/scope.rs`).
+    pub views: scope::Views,
     /// Sidecars' outbound TCP/TLS listeners before binding, by view (the
     /// namespace, plus source-dependent match outcomes: see
     /// `translate::outbound_tcp::view_key`).
@@ -201,15 +204,11 @@ impl XdsSnapshot {
             return Some(self.gateway_resources(workload, gw));
         }
         let own = self.workloads.get(workload)?;
-        let routes = self
-            .routes
-            .get(&workload.namespace)
-            .cloned()
-            .unwrap_or_default();
+        let view = self.outbound_of(workload)?;
         Some(ProxyResources {
             layers: [
-                vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
-                self.endpoint_layers(workload),
+                vec![Arc::clone(&view.clusters), Arc::clone(&own.clusters)],
+                self.endpoint_layers(workload, &view.endpoints),
                 std::iter::once(Arc::clone(&own.listeners))
                     .chain(
                         self.outbound_bound
@@ -217,7 +216,7 @@ impl XdsSnapshot {
                             .map(|o| Arc::clone(&o.listeners)),
                     )
                     .collect(),
-                vec![routes],
+                vec![Arc::clone(&view.routes)],
                 self.secrets.get(workload).cloned().into_iter().collect(),
             ],
         })
@@ -272,7 +271,7 @@ impl XdsSnapshot {
         mtls: bool,
         zipkin: Option<&str>,
     ) -> XdsSnapshot {
-        use super::translate::{Mesh, clusters, endpoints, listeners, routes};
+        use super::translate::{Mesh, clusters, endpoints, listeners};
         let mesh = Mesh::new(config, registry)
             .with_trust_domain(trust_domain)
             .with_mtls(mtls)
@@ -295,20 +294,9 @@ impl XdsSnapshot {
         let locality_endpoints =
             locality::LocalityEndpoints::build(&prev.locality_endpoints, &mesh);
 
-        let namespaces: BTreeSet<&str> = registry
-            .workloads
-            .keys()
-            .map(|k| k.namespace.as_str())
-            .collect();
-        let routes = namespaces
-            .into_iter()
-            .map(|ns| {
-                let rc = routes::outbound(&mesh, ns);
-                let layer = Layer::encode(XdsType::Route, [(rc.name.clone(), rc)])
-                    .reuse(prev.routes.get(ns));
-                (ns.to_string(), layer)
-            })
-            .collect();
+        // Route tables, and the clusters and endpoints of views that do not
+        // see everything, per namespace and Sidecar.
+        let views = scope::build(prev, &mesh, &clusters, &endpoints);
 
         let workloads = registry
             .workloads
@@ -381,7 +369,7 @@ impl XdsSnapshot {
             clusters,
             endpoints,
             locality_endpoints,
-            routes,
+            views,
             outbound_listeners,
             outbound_bound,
             workloads,
@@ -398,5 +386,6 @@ impl XdsSnapshot {
 pub mod gateway;
 pub mod locality;
 pub mod outbound;
+pub mod scope;
 #[cfg(test)]
 mod tests;

@@ -83,10 +83,15 @@ impl XdsSnapshot {
         key: &WorkloadKey,
         gw: &GatewayLayers,
     ) -> ProxyResources {
+        // The view of the gateway's namespace (exportTo; no Sidecar).
+        let (clusters, endpoints) = match self.outbound_of(key) {
+            Some(v) => (&v.clusters, &v.endpoints),
+            None => (&self.clusters, &self.endpoints),
+        };
         ProxyResources {
             layers: [
-                vec![Arc::clone(&self.clusters)],
-                self.endpoint_layers(key),
+                vec![Arc::clone(clusters)],
+                self.endpoint_layers(key, endpoints),
                 vec![Arc::clone(&gw.listeners)],
                 vec![Arc::clone(&gw.routes)],
                 self.secrets

@@ -51,10 +51,14 @@ impl LocalityEndpoints {
 }
 
 impl XdsSnapshot {
-    /// The endpoint layers of `workload`'s proxy: the shared one, and its
-    /// client's locality-balanced one when there is any.
-    pub(super) fn endpoint_layers(&self, workload: &WorkloadKey) -> Vec<Arc<Layer>> {
-        let mut out = vec![Arc::clone(&self.endpoints)];
+    /// The endpoint layers of `workload`'s proxy: `base` (its view's shared
+    /// one), and its client's locality-balanced one when there is any.
+    pub(super) fn endpoint_layers(
+        &self,
+        workload: &WorkloadKey,
+        base: &Arc<Layer>,
+    ) -> Vec<Arc<Layer>> {
+        let mut out = vec![Arc::clone(base)];
         if self.locality_endpoints.layers.is_empty() {
             return out;
         }

@@ -31,7 +31,11 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
     for svc in mesh.registry.services.values() {
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
         let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
-        for port in &svc.ports {
+        for port in svc
+            .ports
+            .iter()
+            .filter(|p| mesh.reaches(&svc.hostname, p.number))
+        {
             let policy = EffectivePolicy::merge(top, None, port.number);
             out.push(cluster(
                 (mesh.trust_domain, mesh.mtls),

@@ -80,7 +80,11 @@ fn each_cluster<'a>(
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
         let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
         let subsets = dr.map(|(_, d)| d.subsets.as_slice()).unwrap_or_default();
-        for port in &svc.ports {
+        for port in svc
+            .ports
+            .iter()
+            .filter(|p| mesh.reaches(&svc.hostname, p.number))
+        {
             let mode_of = |p: EffectivePolicy<'a>| locality_mode(svc, &p);
             f(
                 svc,

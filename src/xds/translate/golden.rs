@@ -156,6 +156,10 @@ fn render(dir: &Path) -> String {
         Value::Array(vec![json(&routes::outbound(&mesh, CLIENT_NAMESPACE))]),
     );
     all.insert("workloads".into(), Value::Object(workloads));
+    // A line `# golden: scopes` renders each Sidecar/exportTo view too.
+    if text.lines().any(|l| l == "# golden: scopes") {
+        all.insert("views".into(), render_views(&mesh));
+    }
     let missing = gateway::reference_warnings(&mesh);
     if !missing.is_empty() {
         all.insert("gateway_reference_warnings".into(), missing.into());
@@ -169,6 +173,44 @@ fn render(dir: &Path) -> String {
     }
     serde_yaml_ng::to_string(&Value::Object(all))
         .unwrap_or_else(|e| panic!("cannot write YAML for {}: {e}", dir.display()))
+}
+
+/// One rendered view: its workloads, a Sidecar conflict, its resources.
+type View = (Vec<String>, Option<String>, Map<String, Value>);
+
+/// Every view (namespace and Sidecar) of the sidecars in the fixture: its
+/// workloads, clusters, endpoints and outbound route table.
+fn render_views(mesh: &Mesh<'_>) -> Value {
+    use super::scope::{Scope, select_sidecar};
+    let mut views: std::collections::BTreeMap<String, View> = Default::default();
+    for (key, w) in &mesh.registry.workloads {
+        if gateway::is_gateway(mesh, w) {
+            continue;
+        }
+        let choice = select_sidecar(mesh.config, &key.namespace, &w.labels);
+        let scope = Scope::new(mesh.config, mesh.registry, &key.namespace, choice.sidecar);
+        let entry = views.entry(scope.key.to_string()).or_insert_with(|| {
+            let m = mesh.with_scope(&scope);
+            let mut out = Map::new();
+            out.insert("clusters".into(), json_all(&clusters::outbound(&m)));
+            out.insert("endpoints".into(), json_all(&endpoints::assignments(&m)));
+            out.insert("routes".into(), json(&routes::outbound(&m, &key.namespace)));
+            (Vec::new(), None, out)
+        });
+        entry.0.push(key.to_string());
+        if let Some(c) = choice.conflict {
+            entry.1 = Some(c);
+        }
+    }
+    let mut out = Map::new();
+    for (name, (workloads, conflict, mut v)) in views {
+        v.insert("workloads".into(), workloads.into());
+        if let Some(c) = conflict {
+            v.insert("sidecar_conflict".into(), c.into());
+        }
+        out.insert(name, Value::Object(v));
+    }
+    Value::Object(out)
 }
 
 /// A short line diff: a few unchanged lines, then the lines between the

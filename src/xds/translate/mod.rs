@@ -18,6 +18,7 @@ pub mod locality;
 pub mod mtls;
 pub mod outbound_tcp;
 pub mod routes;
+pub mod scope;
 pub mod tracing;
 
 #[cfg(test)]
@@ -57,6 +58,9 @@ pub struct Mesh<'a> {
     /// The Zipkin collector (`host:port`) the `zipkin` tracing provider of
     /// Telemetry resources reports to; None when not configured.
     pub zipkin: Option<&'a str>,
+    /// The view being translated for (Sidecar egress hosts, exportTo);
+    /// None: every service and rule, as if exported everywhere.
+    pub scope: Option<&'a scope::Scope<'a>>,
 }
 
 impl<'a> Mesh<'a> {
@@ -67,6 +71,7 @@ impl<'a> Mesh<'a> {
             trust_domain: DEFAULT_TRUST_DOMAIN,
             mtls: false,
             zipkin: None,
+            scope: None,
         }
     }
 
@@ -94,6 +99,10 @@ impl<'a> Mesh<'a> {
         hostname: &str,
         service_ns: &str,
     ) -> Option<(&'a Resource, &'a DestinationRuleSpec)> {
+        if let Some(scope) = self.scope {
+            // Istio's lookup from the client's namespace, exportTo applied.
+            return scope::destination_rule(self.config, hostname, service_ns, scope.namespace());
+        }
         let idx = self.config.hosts();
         let exact = idx
             .destination_rules

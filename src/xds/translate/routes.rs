@@ -48,6 +48,9 @@ pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
     for svc in mesh.registry.services.values() {
         let vs = virtual_service_for(mesh, &svc.hostname);
         for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
+            if !mesh.routes_to(&svc.hostname, port.number) {
+                continue; // not imported by the Sidecar, or not exported here
+            }
             let domains: Vec<String> = host::domains(&svc.hostname, port.number, namespace)
                 .into_iter()
                 .filter(|d| used.insert(d.clone()))
@@ -92,11 +95,15 @@ pub fn virtual_service_for<'a>(
     hostname: &str,
 ) -> Option<(&'a Resource, &'a VirtualServiceSpec)> {
     let idx = mesh.config.hosts();
-    let exact = idx.virtual_services.get(hostname).and_then(|l| l.first());
+    let exact = idx
+        .virtual_services
+        .get(hostname)
+        .and_then(|l| l.iter().find(|r| mesh.imports_virtual_service(r)));
     let chosen = exact.or_else(|| {
         idx.wildcard_virtual_services
             .iter()
             .filter(|(pattern, _)| host::matches(pattern, hostname))
+            .filter(|(_, r)| mesh.imports_virtual_service(r))
             .map(|(_, r)| r)
             .min_by(|a, b| a.key().cmp(&b.key()))
     })?;
