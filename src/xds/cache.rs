@@ -16,6 +16,7 @@ use prost::Message;
 
 use super::encoded::Encoded;
 use super::types::XdsType;
+use crate::model::istio::OutboundMode;
 use crate::model::{ConfigSnapshot, Registry, WorkloadKey};
 
 /// Encoded resources of one type that a group of proxies shares.
@@ -153,6 +154,9 @@ pub struct WorkloadLayers {
     pub input: u64,
     pub clusters: Arc<Layer>,
     pub listeners: Arc<Layer>,
+    /// Its outbound route table: shared by the namespace's sidecars under
+    /// the same outbound traffic policy (one of `XdsSnapshot::routes`).
+    pub routes: Arc<Layer>,
 }
 
 /// Every encoded resource for every proxy, at one config generation.
@@ -161,8 +165,9 @@ pub struct XdsSnapshot {
     pub generation: u64,
     pub clusters: Arc<Layer>,
     pub endpoints: Arc<Layer>,
-    /// Outbound route tables, by the namespace of the proxy that uses them.
-    pub routes: HashMap<String, Arc<Layer>>,
+    /// Outbound route tables, by the namespace of the proxy that uses them
+    /// and its outbound traffic policy (ALLOW_ANY or REGISTRY_ONLY).
+    pub routes: HashMap<(String, OutboundMode), Arc<Layer>>,
     pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
     /// SDS secrets (`default` key pair, `ROOTCA` bundle), by workload: a
     /// proxy only ever sees its own workload's certificate.
@@ -191,18 +196,20 @@ impl XdsSnapshot {
             return Some(self.gateway_resources(workload, gw));
         }
         let own = self.workloads.get(workload)?;
-        let routes = self
-            .routes
-            .get(&workload.namespace)
-            .cloned()
-            .unwrap_or_default();
         Some(ProxyResources {
             layers: [
                 vec![Arc::clone(&self.clusters), Arc::clone(&own.clusters)],
                 vec![Arc::clone(&self.endpoints)],
                 vec![Arc::clone(&own.listeners)],
-                vec![routes],
-                self.secrets.get(workload).cloned().into_iter().collect(),
+                vec![Arc::clone(&own.routes)],
+                // Its certificate, and the credentials its namespace's
+                // DestinationRules name (TLS origination).
+                self.secrets
+                    .get(workload)
+                    .into_iter()
+                    .chain(self.credentials.get(workload))
+                    .cloned()
+                    .collect(),
             ],
         })
     }
@@ -244,7 +251,15 @@ impl XdsSnapshot {
         trust_domain: &str,
         mtls: bool,
     ) -> XdsSnapshot {
-        Self::build_with(prev, config, registry, trust_domain, mtls, None)
+        Self::build_with(
+            prev,
+            config,
+            registry,
+            trust_domain,
+            mtls,
+            None,
+            OutboundMode::AllowAny,
+        )
     }
 
     /// `build`, with the Zipkin collector Telemetry's `zipkin` provider uses.
@@ -255,12 +270,14 @@ impl XdsSnapshot {
         trust_domain: &str,
         mtls: bool,
         zipkin: Option<&str>,
+        outbound: OutboundMode,
     ) -> XdsSnapshot {
-        use super::translate::{Mesh, clusters, endpoints, listeners, routes};
+        use super::translate::{Mesh, clusters, egress, endpoints, listeners};
         let mesh = Mesh::new(config, registry)
             .with_trust_domain(trust_domain)
             .with_mtls(mtls)
-            .with_zipkin(zipkin);
+            .with_zipkin(zipkin)
+            .with_outbound_policy(outbound);
 
         let clusters = Layer::encode(
             XdsType::Cluster,
@@ -277,20 +294,38 @@ impl XdsSnapshot {
         )
         .reuse(Some(&prev.endpoints));
 
-        let namespaces: BTreeSet<&str> = registry
+        // One outbound route table per namespace and outbound traffic policy.
+        let modes: HashMap<&WorkloadKey, OutboundMode> = registry
             .workloads
-            .keys()
-            .map(|k| k.namespace.as_str())
+            .iter()
+            .map(|(k, w)| (k, egress::outbound_mode(&mesh, w)))
             .collect();
-        let routes = namespaces
+        let route_keys: BTreeSet<(&str, bool)> = modes
+            .iter()
+            .map(|(k, m)| (k.namespace.as_str(), *m == OutboundMode::AllowAny))
+            .collect();
+        let routes: HashMap<(String, OutboundMode), Arc<Layer>> = route_keys
             .into_iter()
-            .map(|ns| {
-                let rc = routes::outbound(&mesh, ns);
+            .map(|(ns, allow_any)| {
+                let mode = if allow_any {
+                    OutboundMode::AllowAny
+                } else {
+                    OutboundMode::RegistryOnly
+                };
+                let key = (ns.to_string(), mode);
+                let rc = egress::outbound_routes(&mesh, ns, mode);
                 let layer = Layer::encode(XdsType::Route, [(rc.name.clone(), rc)])
-                    .reuse(prev.routes.get(ns));
-                (ns.to_string(), layer)
+                    .reuse(prev.routes.get(&key));
+                (key, layer)
             })
             .collect();
+        let routes_of = |key: &WorkloadKey| -> Arc<Layer> {
+            let mode = modes.get(key).copied().unwrap_or(outbound);
+            routes
+                .get(&(key.namespace.clone(), mode))
+                .cloned()
+                .unwrap_or_default()
+        };
 
         let workloads = registry
             .workloads
@@ -332,6 +367,7 @@ impl XdsSnapshot {
                         input,
                         clusters: Arc::clone(&o.clusters),
                         listeners: Arc::clone(&o.listeners),
+                        routes: routes_of(key),
                     };
                     return (key.clone(), layers);
                 }
@@ -351,6 +387,7 @@ impl XdsSnapshot {
                             .map(|l| (l.name.clone(), l)),
                     )
                     .reuse(old.map(|o| &o.listeners)),
+                    routes: routes_of(key),
                 };
                 (key.clone(), layers)
             })

@@ -45,6 +45,8 @@ pub const ROOT_FILES: &[&str] = &[
     "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
     "envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "envoy/service/discovery/v3/discovery.proto",
+    "envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto",
+    "envoy/extensions/filters/http/dynamic_forward_proxy/v3/dynamic_forward_proxy.proto",
 ];
 
 /// Renders one encoded message of `type_url` (`type.googleapis.com/NAME`) as JSON.

@@ -27,6 +27,7 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
         .zipkin
         .and_then(super::tracing::zipkin_cluster)
         .into_iter()
+        .chain(super::egress::clusters())
         .collect();
     for svc in mesh.registry.services.values() {
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Mesh, clusters, endpoints, gateway, listeners, routes};
+use super::{Mesh, OutboundMode, clusters, egress, endpoints, gateway, listeners};
 use crate::config::parse_file;
 use crate::model::{ConfigSnapshot, Registry};
 use crate::xds::dump::message_json;
@@ -104,6 +104,12 @@ fn render(dir: &Path) -> String {
             .any(|l| l == "# golden: zipkin")
             .then_some("127.0.0.9:9411"),
     );
+    // A line `# golden: registry-only` sets the mesh-wide outbound traffic policy.
+    let mesh = mesh.with_outbound_policy(if text.lines().any(|l| l == "# golden: registry-only") {
+        OutboundMode::RegistryOnly
+    } else {
+        OutboundMode::AllowAny
+    });
 
     let mut workloads = Map::new();
     for (key, w) in &registry.workloads {
@@ -128,6 +134,17 @@ fn render(dir: &Path) -> String {
             continue;
         }
         out.insert("clusters".into(), json_all(&clusters::inbound(&mesh, w)));
+        // Its outbound traffic policy when REGISTRY_ONLY (mesh-wide or from a
+        // Sidecar resource), and the credentials it gets for TLS origination.
+        if egress::outbound_mode(&mesh, w) == OutboundMode::RegistryOnly {
+            out.insert("outbound_traffic_policy".into(), "REGISTRY_ONLY".into());
+        }
+        let names: Vec<String> = egress::sidecar_credential_names(&mesh, &key.namespace)
+            .into_iter()
+            .collect();
+        if !names.is_empty() {
+            out.insert("credentials".into(), names.into());
+        }
         out.insert(
             "listeners".into(),
             json_all(&listeners::for_workload(&mesh, w)),
@@ -139,7 +156,11 @@ fn render(dir: &Path) -> String {
     all.insert("endpoints".into(), json_all(&endpoints::assignments(&mesh)));
     all.insert(
         "routes".into(),
-        Value::Array(vec![json(&routes::outbound(&mesh, CLIENT_NAMESPACE))]),
+        Value::Array(vec![json(&egress::outbound_routes(
+            &mesh,
+            CLIENT_NAMESPACE,
+            mesh.outbound_policy,
+        ))]),
     );
     all.insert("workloads".into(), Value::Object(workloads));
     let missing = gateway::reference_warnings(&mesh);

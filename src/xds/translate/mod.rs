@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod authz;
 pub mod cluster_policy;
 pub mod clusters;
+pub mod egress;
 pub mod endpoints;
 pub mod gateway;
 pub mod http_policy;
@@ -27,6 +28,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 use crate::model::istio::DestinationRuleSpec;
+pub use crate::model::istio::OutboundMode;
 use crate::model::{ConfigSnapshot, Registry, Resource, host};
 
 /// The port every sidecar's outbound HTTP listener binds on its workload's
@@ -54,6 +56,9 @@ pub struct Mesh<'a> {
     /// The Zipkin collector (`host:port`) the `zipkin` tracing provider of
     /// Telemetry resources reports to; None when not configured.
     pub zipkin: Option<&'a str>,
+    /// Mesh-wide `outboundTrafficPolicy` (meshConfig's), which a Sidecar
+    /// resource may override per workload; Istio's default is ALLOW_ANY.
+    pub outbound_policy: OutboundMode,
 }
 
 impl<'a> Mesh<'a> {
@@ -64,6 +69,15 @@ impl<'a> Mesh<'a> {
             trust_domain: DEFAULT_TRUST_DOMAIN,
             mtls: false,
             zipkin: None,
+            outbound_policy: OutboundMode::AllowAny,
+        }
+    }
+
+    /// The mesh-wide outbound traffic policy (see `egress`).
+    pub fn with_outbound_policy(self, outbound_policy: OutboundMode) -> Self {
+        Mesh {
+            outbound_policy,
+            ..self
         }
     }
 
