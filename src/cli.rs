@@ -181,6 +181,12 @@ pub struct ServeArgs {
     /// (the Service's `NAME.NAMESPACE.svc`). Repeat for more.
     #[arg(long, default_value = "pilotfish.istio-system.svc")]
     pub webhook_dns_name: Vec<String>,
+    /// Mesh-wide outboundTrafficPolicy (meshConfig's): ALLOW_ANY forwards
+    /// requests for hosts outside the registry to where their Host header
+    /// points, REGISTRY_ONLY answers them with 502. A Sidecar resource's
+    /// `outboundTrafficPolicy` overrides it for the workloads it selects.
+    #[arg(long, default_value = "ALLOW_ANY", value_parser = outbound_policy_arg)]
+    pub outbound_traffic_policy: crate::xds::translate::OutboundMode,
 }
 
 /// `--webhook-address`: an address, or `off`.
@@ -194,6 +200,15 @@ fn webhook_address(s: &str) -> Result<WebhookAddress, String> {
     s.parse()
         .map(|a| WebhookAddress(Some(a)))
         .map_err(|e| format!("{e}: expected HOST:PORT or off"))
+}
+
+fn outbound_policy_arg(s: &str) -> Result<crate::xds::translate::OutboundMode, String> {
+    use crate::xds::translate::OutboundMode;
+    match s {
+        "ALLOW_ANY" => Ok(OutboundMode::AllowAny),
+        "REGISTRY_ONLY" => Ok(OutboundMode::RegistryOnly),
+        _ => Err(format!("{s:?}: expected ALLOW_ANY or REGISTRY_ONLY")),
+    }
 }
 
 /// The Kubernetes API as the source of services, workloads and Istio config.
@@ -765,6 +780,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         creds,
         metrics.clone(),
         args.zipkin_address.clone(),
+        args.outbound_traffic_policy,
     ));
     let telemetry = crate::telemetry::Telemetry::new(metrics.clone(), args.telemetry_max_series);
     registry.register_collector(Box::new(Arc::clone(&telemetry.sink.series)));

@@ -12,7 +12,7 @@ use pilotfish::config::parse_file;
 use pilotfish::model::{ConfigSnapshot, Registry};
 use pilotfish::xds::dump::message_json;
 use pilotfish::xds::translate::{
-    Mesh, clusters, endpoints, gateway, listeners, outbound_tcp, routes,
+    Mesh, OutboundMode, clusters, egress, endpoints, gateway, listeners, outbound_tcp,
 };
 use serde_json::{Value, json};
 
@@ -43,6 +43,12 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
             .any(|l| l == "# golden: zipkin")
             .then_some("127.0.0.9:9411"),
     );
+    // A line `# golden: registry-only` sets the mesh-wide outbound traffic policy.
+    let mesh = mesh.with_outbound_policy(if text.lines().any(|l| l == "# golden: registry-only") {
+        OutboundMode::RegistryOnly
+    } else {
+        OutboundMode::AllowAny
+    });
 
     let mut clusters: Vec<Value> = vec![json!({
         "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
@@ -86,7 +92,11 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
     }
     let mut listeners_json = Vec::new();
     let mut inbound_names = std::collections::HashSet::new();
-    let mut route_tables = vec![routes::outbound(&mesh, "default")];
+    let mut route_tables = vec![egress::outbound_routes(
+        &mesh,
+        "default",
+        mesh.outbound_policy,
+    )];
     let mut secrets = Vec::new();
     for w in registry.workloads.values() {
         if gateway::is_gateway(&mesh, w) {
@@ -122,6 +132,20 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
                 .iter()
                 .map(message_json),
         );
+        // TLS origination credentials (CA only) of its namespace's DestinationRules.
+        for name in egress::sidecar_credential_names(&mesh, &w.key.namespace) {
+            let cred = pilotfish::xds::credentials::Credential {
+                cert_pem: String::new(),
+                key_pem: pilotfish::ca::Secret::new(String::new()),
+                ca_pem: Some(std::fs::read_to_string(certs.join("ca.pem")).unwrap()),
+            };
+            for s in pilotfish::xds::credentials::secrets(&name, &cred) {
+                let s = message_json(&s);
+                if !secrets.contains(&s) {
+                    secrets.push(s);
+                }
+            }
+        }
     }
     // Each route table, inline in a listener of its own.
     for (i, rc) in route_tables.iter().enumerate() {

@@ -336,6 +336,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
         None,
         metrics.clone(),
         None,
+        crate::xds::translate::OutboundMode::AllowAny,
     ));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(server::serve(

@@ -20,6 +20,7 @@ use prost::Message;
 
 use super::encoded::Encoded;
 use super::types::XdsType;
+use crate::model::istio::OutboundMode;
 use crate::model::{ConfigSnapshot, Registry, WorkloadKey};
 
 /// Encoded resources of one type that a group of proxies shares.
@@ -217,7 +218,14 @@ impl XdsSnapshot {
                     )
                     .collect(),
                 vec![Arc::clone(&view.routes)],
-                self.secrets.get(workload).cloned().into_iter().collect(),
+                // Its certificate, and the credentials its namespace's
+                // DestinationRules name (TLS origination).
+                self.secrets
+                    .get(workload)
+                    .into_iter()
+                    .chain(self.credentials.get(workload))
+                    .cloned()
+                    .collect(),
             ],
         })
     }
@@ -259,7 +267,15 @@ impl XdsSnapshot {
         trust_domain: &str,
         mtls: bool,
     ) -> XdsSnapshot {
-        Self::build_with(prev, config, registry, trust_domain, mtls, None)
+        Self::build_with(
+            prev,
+            config,
+            registry,
+            trust_domain,
+            mtls,
+            None,
+            OutboundMode::AllowAny,
+        )
     }
 
     /// `build`, with the Zipkin collector Telemetry's `zipkin` provider uses.
@@ -270,12 +286,14 @@ impl XdsSnapshot {
         trust_domain: &str,
         mtls: bool,
         zipkin: Option<&str>,
+        outbound: OutboundMode,
     ) -> XdsSnapshot {
         use super::translate::{Mesh, clusters, endpoints, listeners};
         let mesh = Mesh::new(config, registry)
             .with_trust_domain(trust_domain)
             .with_mtls(mtls)
-            .with_zipkin(zipkin);
+            .with_zipkin(zipkin)
+            .with_outbound_policy(outbound);
 
         let clusters = Layer::encode(
             XdsType::Cluster,

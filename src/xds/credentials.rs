@@ -3,7 +3,10 @@
 //!
 //! File mode's stand-in for Kubernetes Secrets: credential `NAME` is
 //! `NAME.crt` (certificate chain, PEM) and `NAME.key` (private key, PEM) in
-//! the directory, plus `NAME.ca` (client CA bundle) for MUTUAL servers.
+//! the directory, plus `NAME.ca` (CA bundle: client CA for MUTUAL servers,
+//! server CA for TLS origination). `NAME.ca` alone is a CA-only credential
+//! (SIMPLE origination needs no key pair). Sidecars get the credentials
+//! their namespace's DestinationRules name.
 //! pilotfish only reads the directory; it is re-read on every config change
 //! and polled for changes, so renewed certificates reach Envoy without a
 //! restart. Key material is kept as [`crate::ca::Secret`] (never printed).
@@ -31,6 +34,7 @@ pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2)
 /// One credential as read from the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
+    /// Empty for a CA-only credential.
     pub cert_pem: String,
     pub key_pem: KeyText,
     pub ca_pem: Option<String>,
@@ -60,14 +64,17 @@ fn inline(text: &str) -> DataSource {
 /// The SDS secrets of one credential: the key pair, and the client CA when
 /// there is one.
 pub fn secrets(name: &str, c: &Credential) -> Vec<Secret> {
-    let mut out = vec![Secret {
-        name: credential_secret(name),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: Some(inline(&c.cert_pem)),
-            private_key: Some(inline(c.key_pem.expose())),
-            ..Default::default()
-        })),
-    }];
+    let mut out = Vec::new();
+    if !c.cert_pem.is_empty() {
+        out.push(Secret {
+            name: credential_secret(name),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(&c.cert_pem)),
+                private_key: Some(inline(c.key_pem.expose())),
+                ..Default::default()
+            })),
+        });
+    }
     if let Some(ca) = &c.ca_pem {
         out.push(Secret {
             name: credential_ca_secret(name),
@@ -94,19 +101,43 @@ pub fn read_dir(dir: &Path) -> (BTreeMap<String, Credential>, Vec<String>) {
             return (creds, errors);
         }
     };
-    let mut names: Vec<String> = entries
+    let mut names: Vec<(String, bool)> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let p = e.path();
-            (p.extension()? == "crt")
-                .then(|| p.file_stem()?.to_str().map(str::to_string))
-                .flatten()
+            let ext = p.extension()?;
+            let stem = p.file_stem()?.to_str()?.to_string();
+            if ext == "crt" {
+                Some((stem, true))
+            } else if ext == "ca" && !dir.join(format!("{stem}.crt")).exists() {
+                // A CA bundle alone: verifies servers (SIMPLE origination).
+                Some((stem, false))
+            } else {
+                None
+            }
         })
-        .filter(|n| !n.starts_with('.'))
+        .filter(|(n, _)| !n.starts_with('.'))
         .collect();
     names.sort();
-    for name in names {
+    for (name, key_pair) in names {
         let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}")));
+        if !key_pair {
+            match read("ca") {
+                Ok(ca) if ca.contains("-----BEGIN CERTIFICATE-----") => {
+                    let cred = Credential {
+                        cert_pem: String::new(),
+                        key_pem: KeyText::new(String::new()),
+                        ca_pem: Some(ca),
+                    };
+                    creds.insert(name, cred);
+                }
+                Ok(_) => errors.push(format!(
+                    "credential {name}: {name}.ca holds no PEM certificate"
+                )),
+                Err(e) => errors.push(format!("credential {name}: {name}.ca: {e}")),
+            }
+            continue;
+        }
         let cert_pem = match read("crt") {
             Ok(t) => t,
             Err(e) => {

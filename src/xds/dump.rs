@@ -46,6 +46,8 @@ pub const ROOT_FILES: &[&str] = &[
     "envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
+    "envoy/extensions/clusters/dynamic_forward_proxy/v3/cluster.proto",
+    "envoy/extensions/filters/http/dynamic_forward_proxy/v3/dynamic_forward_proxy.proto",
 ];
 
 /// Renders one encoded message of `type_url` (`type.googleapis.com/NAME`) as JSON.

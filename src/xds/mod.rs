@@ -38,6 +38,7 @@ pub async fn run_translator(
     mut creds: Option<credentials::CredentialDir>,
     metrics: Metrics,
     zipkin: Option<String>,
+    outbound: translate::OutboundMode,
 ) {
     let mut last_version = 0;
     let mut registry = Arc::new(Registry::default());
@@ -82,6 +83,7 @@ pub async fn run_translator(
                         &trust_domain,
                         mtls,
                         zipkin.as_deref(),
+                        outbound,
                     );
                     let mesh = translate::Mesh::new(&state.snapshot, &registry);
                     gateway_warnings.extend(translate::gateway::reference_warnings(&mesh));
@@ -111,13 +113,13 @@ pub async fn run_translator(
                     let missing = d.missing(wants.values().flat_map(|w| w.iter()));
                     if !missing.is_empty() && (config_changed || creds_changed) {
                         gateway_warnings.push(format!(
-                            "gateway credentials {missing:?} not in {} (NAME.crt and NAME.key; NAME.ca for MUTUAL)",
+                            "credentials {missing:?} not in {} (NAME.crt and NAME.key; NAME.ca for MUTUAL gateways and TLS origination)",
                             d.dir().display()
                         ));
                     }
                 } else if config_changed && wants.values().any(|w| !w.is_empty()) {
                     gateway_warnings.push(
-                        "Gateways name credentials (credentialName) but serve has no --credentials-dir".to_string(),
+                        "Gateways or DestinationRules name credentials (credentialName) but serve has no --credentials-dir".to_string(),
                     );
                 }
                 snap.changed_at = if config_changed {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::fs;
 use std::net::TcpStream;

@@ -104,11 +104,31 @@ impl XdsSnapshot {
         }
     }
 
-    /// The credentials each gateway proxy wants (for `CredentialDir::layers`).
+    /// The credentials each proxy wants (for `CredentialDir::layers`): a
+    /// gateway's, those its Gateways name; a sidecar's, those its own
+    /// namespace's DestinationRules name for TLS origination.
     pub fn credential_wants(&self) -> HashMap<WorkloadKey, Arc<BTreeSet<String>>> {
-        self.gateways
+        let mut out: HashMap<WorkloadKey, Arc<BTreeSet<String>>> = self
+            .gateways
             .iter()
             .map(|(k, g)| (k.clone(), Arc::clone(&g.credential_names)))
-            .collect()
+            .collect();
+        let mesh = Mesh::new(&self.config.snapshot, &self.registry);
+        let mut by_ns: HashMap<&str, Arc<BTreeSet<String>>> = HashMap::new();
+        for key in self.workloads.keys() {
+            if self.gateways.contains_key(key) {
+                continue;
+            }
+            let names = by_ns.entry(key.namespace.as_str()).or_insert_with(|| {
+                Arc::new(crate::xds::translate::egress::sidecar_credential_names(
+                    &mesh,
+                    &key.namespace,
+                ))
+            });
+            if !names.is_empty() {
+                out.insert(key.clone(), Arc::clone(names));
+            }
+        }
+        out
     }
 }

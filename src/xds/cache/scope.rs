@@ -16,7 +16,7 @@ use crate::model::registry::Service;
 use crate::model::{Registry, Resource, WorkloadKey};
 use crate::xds::encoded::Encoded;
 use crate::xds::translate::scope::{Scope, ScopeKey, select_sidecar};
-use crate::xds::translate::{Mesh, clusters, endpoints, gateway, routes};
+use crate::xds::translate::{Mesh, clusters, egress, endpoints, gateway};
 use crate::xds::types::XdsType;
 
 /// What the proxies of one view share.
@@ -129,7 +129,10 @@ pub(super) fn build(
         let scope = Scope::new(mesh.config, mesh.registry, &scope_key.namespace, sidecar);
         let scoped = mesh.with_scope(&scope);
         let old = prev.views.layers.get(&scope_key);
-        let rc = routes::outbound(&scoped, &scope_key.namespace);
+        // The catch-all follows the view's Sidecar `outboundTrafficPolicy`,
+        // else the mesh-wide one.
+        let mode = egress::mode_of(mesh, sidecar.map(|(_, s)| s));
+        let rc = egress::outbound_routes(&scoped, &scope_key.namespace, mode);
         let routes = intern(
             XdsType::Route,
             Layer::encode(XdsType::Route, [(rc.name.clone(), rc)]).reuse(old.map(|o| &o.routes)),

@@ -288,3 +288,62 @@ spec:
     let pp2 = eds(&second, "productpage-v1");
     assert!(Arc::ptr_eq(&pp[0], &pp2[0]) && Arc::ptr_eq(&pp[1], &pp2[1]));
 }
+
+#[test]
+fn route_tables_follow_each_sidecars_outbound_policy() {
+    let sidecar = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews-registry-only, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+";
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, sidecar]);
+    let s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
+    let routes = |name: &str| Arc::clone(&s.outbound_of(&mk_key(name)).unwrap().routes);
+    // reviews' three versions share the REGISTRY_ONLY table; the rest the ALLOW_ANY one.
+    assert!(Arc::ptr_eq(&routes("reviews-v1"), &routes("reviews-v3")));
+    assert!(Arc::ptr_eq(&routes("details-v1"), &routes("ratings-v1")));
+    assert!(!Arc::ptr_eq(&routes("reviews-v1"), &routes("details-v1")));
+    let served = s.resources_for(&mk_key("reviews-v2")).unwrap();
+    assert!(Arc::ptr_eq(
+        &served.layers[XdsType::Route.index()][0],
+        &routes("reviews-v2")
+    ));
+    // Without the Sidecar, the mesh-wide policy decides alone.
+    let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS]);
+    let s2 = XdsSnapshot::build(&s, &snap2, &reg2, "cluster.local", false);
+    let routes2 = |name: &str| Arc::clone(&s2.outbound_of(&mk_key(name)).unwrap().routes);
+    assert!(Arc::ptr_eq(&routes2("reviews-v1"), &routes2("details-v1")));
+    assert!(Arc::ptr_eq(&routes2("details-v1"), &routes("details-v1")));
+}
+
+#[test]
+fn sidecars_want_the_credentials_of_their_namespaces_destination_rules() {
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: external, namespace: default}
+spec:
+  host: api.example.com
+  trafficPolicy: {tls: {mode: SIMPLE, credentialName: api-ca}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: elsewhere, namespace: other}
+spec:
+  host: other.example.com
+  trafficPolicy: {tls: {mode: MUTUAL, credentialName: other-client}}
+";
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, dr]);
+    let mut s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
+    s.config = Arc::new(crate::config::ConfigState {
+        snapshot: snap.clone(),
+        ..Default::default()
+    });
+    let wants = s.credential_wants();
+    assert_eq!(
+        wants[&mk_key("productpage-v1")].iter().collect::<Vec<_>>(),
+        ["api-ca"]
+    );
+    assert!(wants.values().all(|w| !w.contains("other-client")));
+}

@@ -166,14 +166,22 @@ pub fn outlier_detection(c: &mut Cluster, od: Option<&OutlierDetection>) {
     }
 }
 
-/// Upstream TLS for SIMPLE and MUTUAL modes (certificates from files, as
-/// Istio's non-mesh TLS does). ISTIO_MUTUAL and `credentialName` need the
-/// mesh CA and SDS, which are not built yet: such clusters stay plaintext
-/// (listed under "Not done yet" in the README).
+/// Upstream TLS for SIMPLE and MUTUAL modes: certificates from files, as
+/// Istio's non-mesh TLS does, or from `credentialName` over SDS (see
+/// `egress::credential_tls`). ISTIO_MUTUAL is set up in `clusters` (mesh mTLS).
 pub fn upstream_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>) {
     let Some(tls) = tls else { return };
     let mode = tls.mode.unwrap_or_default();
-    if !matches!(mode, TlsMode::Simple | TlsMode::Mutual) || tls.credential_name.is_some() {
+    if !matches!(mode, TlsMode::Simple | TlsMode::Mutual) {
+        return;
+    }
+    if let Some(name) = &tls.credential_name {
+        // Key pair and CA over SDS instead of files.
+        let ctx = super::egress::credential_tls(tls, name);
+        c.transport_socket = Some(TransportSocket {
+            name: TLS_SOCKET.to_string(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+        });
         return;
     }
     let file = |p: &Option<String>| {

@@ -27,6 +27,7 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
         .zipkin
         .and_then(super::tracing::zipkin_cluster)
         .into_iter()
+        .chain(super::egress::clusters())
         .collect();
     for svc in mesh.registry.services.values() {
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
@@ -136,6 +137,12 @@ fn cluster(
                 DiscoveryType::LogicalDns
             };
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(t as i32));
+            // IPv4, as Istio resolves for IPv4 proxies: a name with an IPv6
+            // address too (`localhost`) must not pick one the proxy's IPv4
+            // source address cannot reach.
+            c.dns_lookup_family =
+                envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Only
+                    as i32;
             c.load_assignment = Some(dns_assignment(&name, svc, port, subset_labels));
         }
         Resolution::None => {}

@@ -590,7 +590,7 @@ fn credential_of(server: &Server) -> Option<&str> {
         .or(tls.credential_names.first().map(String::as_str))
 }
 
-fn sds(name: String) -> SdsSecretConfig {
+pub(super) fn sds(name: String) -> SdsSecretConfig {
     SdsSecretConfig {
         name,
         sds_config: Some(ads_config_source()),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Mesh, clusters, endpoints, gateway, listeners, outbound_tcp, routes};
+use super::{Mesh, OutboundMode, clusters, egress, endpoints, gateway, listeners, outbound_tcp};
 use crate::config::parse_file;
 use crate::model::{ConfigSnapshot, Registry};
 use crate::xds::dump::message_json;
@@ -104,6 +104,12 @@ fn render(dir: &Path) -> String {
             .any(|l| l == "# golden: zipkin")
             .then_some("127.0.0.9:9411"),
     );
+    // A line `# golden: registry-only` sets the mesh-wide outbound traffic policy.
+    let mesh = mesh.with_outbound_policy(if text.lines().any(|l| l == "# golden: registry-only") {
+        OutboundMode::RegistryOnly
+    } else {
+        OutboundMode::AllowAny
+    });
 
     let locality_labels = endpoints::client_labels(&mesh);
     let mut workloads = Map::new();
@@ -137,6 +143,17 @@ fn render(dir: &Path) -> String {
             continue;
         }
         out.insert("clusters".into(), json_all(&clusters::inbound(&mesh, w)));
+        // Its outbound traffic policy when REGISTRY_ONLY (mesh-wide or from a
+        // Sidecar resource), and the credentials it gets for TLS origination.
+        if egress::outbound_mode(&mesh, w) == OutboundMode::RegistryOnly {
+            out.insert("outbound_traffic_policy".into(), "REGISTRY_ONLY".into());
+        }
+        let names: Vec<String> = egress::sidecar_credential_names(&mesh, &key.namespace)
+            .into_iter()
+            .collect();
+        if !names.is_empty() {
+            out.insert("credentials".into(), names.into());
+        }
         out.insert(
             "listeners".into(),
             json_all(&listeners::for_workload(&mesh, w)),
@@ -153,7 +170,11 @@ fn render(dir: &Path) -> String {
     all.insert("endpoints".into(), json_all(&endpoints::assignments(&mesh)));
     all.insert(
         "routes".into(),
-        Value::Array(vec![json(&routes::outbound(&mesh, CLIENT_NAMESPACE))]),
+        Value::Array(vec![json(&egress::outbound_routes(
+            &mesh,
+            CLIENT_NAMESPACE,
+            mesh.outbound_policy,
+        ))]),
     );
     all.insert("workloads".into(), Value::Object(workloads));
     // A line `# golden: scopes` renders each Sidecar/exportTo view too.
@@ -194,7 +215,9 @@ fn render_views(mesh: &Mesh<'_>) -> Value {
             let mut out = Map::new();
             out.insert("clusters".into(), json_all(&clusters::outbound(&m)));
             out.insert("endpoints".into(), json_all(&endpoints::assignments(&m)));
-            out.insert("routes".into(), json(&routes::outbound(&m, &key.namespace)));
+            let mode = egress::mode_of(mesh, choice.sidecar.map(|(_, s)| s));
+            let rc = egress::outbound_routes(&m, &key.namespace, mode);
+            out.insert("routes".into(), json(&rc));
             (Vec::new(), None, out)
         });
         entry.0.push(key.to_string());

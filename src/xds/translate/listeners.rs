@@ -115,6 +115,8 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
             http_filters: vec![
                 http_filter(http_policy::FAULT_FILTER, any(&HttpFault::default())),
                 http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
+                // Resolves the Host of requests for PassthroughCluster (ALLOW_ANY).
+                super::egress::passthrough_filter(),
                 router(),
             ],
             access_log: logs(true, access_log::http(false)),

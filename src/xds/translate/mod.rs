@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod authz;
 pub mod cluster_policy;
 pub mod clusters;
+pub mod egress;
 pub mod endpoints;
 pub mod gateway;
 pub mod http_policy;
@@ -31,6 +32,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 use crate::model::istio::DestinationRuleSpec;
+pub use crate::model::istio::OutboundMode;
 use crate::model::{ConfigSnapshot, Registry, Resource, host};
 
 /// The port every sidecar's outbound HTTP listener binds on its workload's
@@ -61,6 +63,9 @@ pub struct Mesh<'a> {
     /// The view being translated for (Sidecar egress hosts, exportTo);
     /// None: every service and rule, as if exported everywhere.
     pub scope: Option<&'a scope::Scope<'a>>,
+    /// Mesh-wide `outboundTrafficPolicy` (meshConfig's), which a Sidecar
+    /// resource may override per workload; Istio's default is ALLOW_ANY.
+    pub outbound_policy: OutboundMode,
 }
 
 impl<'a> Mesh<'a> {
@@ -72,6 +77,15 @@ impl<'a> Mesh<'a> {
             mtls: false,
             zipkin: None,
             scope: None,
+            outbound_policy: OutboundMode::AllowAny,
+        }
+    }
+
+    /// The mesh-wide outbound traffic policy (see `egress`).
+    pub fn with_outbound_policy(self, outbound_policy: OutboundMode) -> Self {
+        Mesh {
+            outbound_policy,
+            ..self
         }
     }
 
