@@ -700,10 +700,18 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         ca: Arc::clone(&ca),
         roots_changed: certs.roots_changed(),
     };
-    let creds = match &args.credentials_dir {
-        Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),
-        Some(dir) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
-        None => None,
+    let creds = match (&args.credentials_dir, &kube_client) {
+        (Some(dir), _) if !dir.is_dir() => {
+            bail!("--credentials-dir {}: not a directory", dir.display())
+        }
+        (Some(dir), _) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
+        // In Kubernetes, credentialName names a Secret in the gateway's namespace.
+        (None, Some(client)) => {
+            let (tx, rx) = watch::channel(Arc::default());
+            tokio::spawn(crate::kube::secrets::run(client.clone(), tx));
+            Some(crate::xds::credentials::CredentialDir::kubernetes(rx))
+        }
+        (None, None) => None,
     };
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),

@@ -274,3 +274,174 @@ fn service_account_tokens_checked_with_token_review() {
         fake.token_reviews()
     );
 }
+
+/// A Secret as `kubectl create secret` makes it (data base64).
+fn mk_secret(ns: &str, name: &str, type_: &str, data: &[(&str, &str)]) -> Value {
+    use base64::Engine;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": type_,
+           "metadata": {"name": name, "namespace": ns}, "data": data})
+}
+
+fn mk_pair(host: &str) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    (c.cert.pem(), c.signing_key.serialize_pem())
+}
+
+/// `credentialName` from Secrets through the real watcher and `kube`
+/// client: a kubernetes.io/tls Secret, a generic one whose CA is in
+/// `NAME-cacert` (Istio's convention), scoped to the gateway's namespace;
+/// a rotated Secret is a new SDS layer, a deleted one goes missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_credentials_from_secrets() {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Arc;
+
+    use pilotfish::model::WorkloadKey;
+    use pilotfish::xds::credentials::CredentialDir;
+
+    let fake = FakeApi::start("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let client = pilotfish::kube::client(Some(&fake.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let (gw_cert, gw_key) = mk_pair("bookinfo.example.com");
+    let (other_cert, other_key) = mk_pair("other.example.com");
+    let (m_cert, m_key) = mk_pair("mtls.example.com");
+    let (ca, _) = mk_pair("client-ca");
+    let tls = "kubernetes.io/tls";
+    fake.apply(mk_secret(
+        "istio-system",
+        "gw-cert",
+        tls,
+        &[("tls.crt", &gw_cert), ("tls.key", &gw_key)],
+    ));
+    fake.apply(mk_secret(
+        "other",
+        "gw-cert",
+        tls,
+        &[("tls.crt", &other_cert), ("tls.key", &other_key)],
+    ));
+    fake.apply(mk_secret(
+        "istio-system",
+        "mtls",
+        "Opaque",
+        &[("cert", &m_cert), ("key", &m_key)],
+    ));
+    fake.apply(mk_secret(
+        "istio-system",
+        "mtls-cacert",
+        "Opaque",
+        &[("cacert", &ca)],
+    ));
+    fake.apply(mk_secret(
+        "istio-system",
+        "half",
+        "Opaque",
+        &[("cert", &m_cert)],
+    ));
+    fake.apply(mk_secret(
+        "istio-system",
+        "unrelated",
+        "Opaque",
+        &[("password", "hunter2")],
+    ));
+
+    let (tx, rx) = tokio::sync::watch::channel(Arc::default());
+    tokio::spawn(pilotfish::kube::secrets::run(client, tx));
+    let mut creds = CredentialDir::kubernetes(rx);
+    let start = Instant::now();
+    while !creds.reload() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no Secrets listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        creds.names().collect::<Vec<_>>(),
+        ["istio-system/gw-cert", "istio-system/mtls", "other/gw-cert"]
+    );
+    assert_eq!(creds.errors.len(), 1, "{:?}", creds.errors);
+    assert!(creds.errors[0].contains("istio-system/half"));
+    assert!(!format!("{:?}", creds.errors).contains("PRIVATE KEY"));
+
+    let gw = WorkloadKey {
+        namespace: "istio-system".into(),
+        name: "istio-ingressgateway-7d4f".into(),
+    };
+    let wants: HashMap<WorkloadKey, Arc<BTreeSet<String>>> = HashMap::from([(
+        gw.clone(),
+        Arc::new(BTreeSet::from([
+            "gw-cert".into(),
+            "mtls".into(),
+            "absent".into(),
+        ])),
+    )]);
+    let layers = creds.layers(&wants);
+    let names: Vec<&String> = layers[&gw].resources.keys().collect();
+    assert_eq!(
+        names,
+        [
+            "credential://gw-cert",
+            "credential://mtls",
+            "credential://mtls-cacert"
+        ]
+    );
+    let holds = |layer: &pilotfish::xds::cache::Layer, res: &str, text: &str| {
+        let body = text.lines().nth(1).unwrap();
+        layer.resources[res]
+            .sotw
+            .windows(body.len())
+            .any(|w| w == body.as_bytes())
+    };
+    // The gateway's own namespace's Secret, not the other namespace's.
+    assert!(holds(&layers[&gw], "credential://gw-cert", &gw_cert));
+    assert!(!holds(&layers[&gw], "credential://gw-cert", &other_cert));
+    assert!(holds(&layers[&gw], "credential://mtls-cacert", &ca));
+    assert_eq!(
+        creds.missing(&wants),
+        BTreeSet::from(["istio-system/absent".to_string()])
+    );
+
+    // Rotation: the renewed certificate is a new layer holding it.
+    let (new_cert, new_key) = mk_pair("bookinfo.example.com");
+    fake.apply(mk_secret(
+        "istio-system",
+        "gw-cert",
+        tls,
+        &[("tls.crt", &new_cert), ("tls.key", &new_key)],
+    ));
+    let start = Instant::now();
+    while !creds.reload() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "rotation not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rotated = creds.layers(&wants);
+    assert!(!Arc::ptr_eq(&layers[&gw], &rotated[&gw]));
+    assert!(holds(&rotated[&gw], "credential://gw-cert", &new_cert));
+
+    // Deleted: missing again.
+    assert!(fake.delete("Secret", "istio-system", "gw-cert"));
+    let start = Instant::now();
+    while !creds.reload() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "deletion not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    creds.layers(&wants);
+    assert!(creds.missing(&wants).contains("istio-system/gw-cert"));
+}

@@ -213,6 +213,7 @@ fn rbac_grants_exactly_what_the_code_uses() {
             "ClusterRole/pilotfish",
             "Role/pilotfish-leader-election",
             "ClusterRole/pilotfish-tokenreview",
+            "ClusterRole/pilotfish-secrets",
             "Role/pilotfish-ca",
             "Role/pilotfish-bootstrap",
             "Role/pilotfish-root-cert"
@@ -224,6 +225,11 @@ fn rbac_grants_exactly_what_the_code_uses() {
         serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-tokenreview")["rules"])
             .unwrap(),
         json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}])
+    );
+    // Credentials: list and watch Secrets (what a watcher does), no get.
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-secrets")["rules"]).unwrap(),
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}])
     );
     // The CA: the two CA Secrets and the root ConfigMap by name (create
     // cannot be limited by name), in pilotfish's namespace only.
