@@ -159,6 +159,10 @@ pub struct ServeArgs {
     /// replica allowed to write (pilotfish's own namespace).
     #[arg(long, default_value = "istio-system")]
     pub leader_election_namespace: String,
+    /// With --kubernetes: the audience proxies' ServiceAccount tokens must
+    /// carry (checked with the TokenReview API), Istio's `istio-ca` by default.
+    #[arg(long, default_value = "istio-ca")]
+    pub xds_token_audience: String,
     /// With --kubernetes: this replica's name in the Lease, unique among
     /// replicas (the pod name). Default: the host name.
     #[arg(long, requires = "kubernetes")]
@@ -297,6 +301,20 @@ pub struct BootstrapArgs {
     /// container in an image without a shell).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// With --kubernetes: the namespace where pilotfish runs; the CA root
+    /// is read from its `istio-ca-root-cert` ConfigMap (unless --ca-dir).
+    #[arg(long, default_value = "istio-system", requires = "kubernetes")]
+    pub ca_namespace: String,
+    /// The proxy's credential is this file's contents (the pod's projected
+    /// ServiceAccount token, e.g. /var/run/secrets/tokens/istio-token),
+    /// re-read by Envoy when it is replaced, instead of a token pilotfish
+    /// signs. pilotfish checks it with the TokenReview API.
+    #[arg(long, conflicts_with = "plaintext")]
+    pub token_file: Option<PathBuf>,
+    /// With --token-file: where to write the small SDS file that points
+    /// Envoy at the token (default: xds-token-sds.json beside --out).
+    #[arg(long, requires = "token_file")]
+    pub token_sds_file: Option<PathBuf>,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -560,38 +578,83 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
             ),
         }
     }
+    let mut kube_root = None;
     if args.kube.kubernetes {
-        let pod = tokio::runtime::Builder::new_current_thread()
+        let want_root = args.ca.ca_dir.is_none() && !args.plaintext;
+        let (pod, root) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start the async runtime")?
             .block_on(async {
                 let client = crate::kube::client(args.kube.kubeconfig.as_deref()).await?;
-                crate::kube::pod_identity(client, &workload.namespace, &workload.name).await
+                let pod =
+                    crate::kube::pod_identity(client.clone(), &workload.namespace, &workload.name)
+                        .await?;
+                let root = match want_root {
+                    true => {
+                        Some(crate::kube::ca_secret::read_root(client, &args.ca_namespace).await?)
+                    }
+                    false => None,
+                };
+                Ok::<_, crate::kube::KubeError>((pod, root))
             })?;
         ip = Some(pod.ip);
         service_account = Some(pod.service_account);
+        kube_root = root;
     }
+    let token_file = match &args.token_file {
+        None => None,
+        Some(path) => {
+            let sds_path = match (&args.token_sds_file, &args.out) {
+                (Some(p), _) => p.clone(),
+                (None, Some(out)) => out
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("xds-token-sds.json"),
+                (None, None) => bail!(
+                    "--token-file needs --out or --token-sds-file (where the SDS file pointing Envoy at the token goes)"
+                ),
+            };
+            let t = crate::xds::bootstrap::TokenFile {
+                path: path.display().to_string(),
+                sds_path: sds_path.display().to_string(),
+            };
+            let sds = serde_json::to_string_pretty(&crate::xds::bootstrap::token_sds(&t))?;
+            std::fs::write(&sds_path, sds + "\n")
+                .with_context(|| format!("writing {}", sds_path.display()))?;
+            Some(t)
+        }
+    };
     let (xds_host, xds_port) = split_host_port(&args.xds_address, "--xds-address")?;
     let (admin_host, admin_port) = split_host_port(&args.admin_address, "--admin-address")?;
     let security = if args.plaintext {
         None
     } else {
-        let ca = open_ca(&args.ca)?;
-        let key = crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)?;
-        let token = key.sign(
-            crate::ca::token::Claims {
-                namespace: workload.namespace.clone(),
-                service_account: service_account.unwrap_or_else(|| "default".into()),
-                workload: workload.name.clone(),
-                exp: 0,
-            },
-            args.token_ttl,
-        );
+        let roots_pem = match kube_root {
+            Some(r) => r,
+            None => open_ca(&args.ca)?.roots_pem(),
+        };
+        // A token file needs no key: the API server vouches for it.
+        let token = match &token_file {
+            Some(_) => String::new(),
+            None => {
+                let key = crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)?;
+                key.sign(
+                    crate::ca::token::Claims {
+                        namespace: workload.namespace.clone(),
+                        service_account: service_account.unwrap_or_else(|| "default".into()),
+                        workload: workload.name.clone(),
+                        exp: 0,
+                    },
+                    args.token_ttl,
+                )
+            }
+        };
         Some(crate::xds::bootstrap::XdsSecurity {
-            roots_pem: ca.roots_pem(),
+            roots_pem,
             server_identity: server_identity(&args.ca.trust_domain)?.spiffe_uri(),
             token,
+            token_file,
         })
     };
     let mut b = bootstrap(&BootstrapParams {
@@ -692,6 +755,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let mut kube_client = None;
+    let mut leader = None;
     match source.follow {
         Follow::Files(dir, store) => {
             tokio::spawn(config::watch::run(
@@ -713,16 +778,49 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
                 config_tx,
                 metrics.clone(),
             ));
-            spawn_leader_election(client, &args, &metrics);
+            leader = Some(spawn_leader_election(
+                client.clone(),
+                &args,
+                &metrics,
+                stopped(stop_rx.clone()),
+            ));
+            kube_client = Some(client);
         }
     }
-    let ca = open_ca(&args.ca)?;
+    let ca = match (&kube_client, &leader, &args.ca.ca_dir) {
+        // In Kubernetes the root lives in a Secret every replica shares.
+        (Some(client), Some((is_leader, _)), None) => crate::kube::ca_secret::load(
+            client.clone(),
+            &args.leader_election_namespace,
+            &args.ca.trust_domain,
+            is_leader.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+        _ => open_ca(&args.ca)?,
+    };
+    if let (Some(client), Some((is_leader, _))) = (&kube_client, &leader) {
+        tokio::spawn(crate::kube::ca_secret::publish_root(
+            client.clone(),
+            args.leader_election_namespace.clone(),
+            ca.roots_pem(),
+            is_leader.clone(),
+        ));
+    }
     metrics.record_ca_expiry(&ca);
     info!(trust_domain = %args.ca.trust_domain, cert_ttl = ?args.cert_ttl, plugged = args.ca.ca_dir.is_some(), "certificate authority ready");
     let token_key = Arc::new(
         crate::ca::token::TokenKey::load_or_create(&args.ca.state_dir)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    let mut auth = crate::ca::auth::Authenticator::new(token_key);
+    if let Some(client) = &kube_client {
+        // Proxies in pods present their ServiceAccount token.
+        auth = auth.with_reviewer(Arc::new(crate::kube::tokenreview::TokenReviewer::new(
+            client.clone(),
+            args.xds_token_audience.clone(),
+        )));
+    }
     let ca = Arc::new(ca);
     // pilotfish's own serving certificate for the xDS port, renewed at
     // half its lifetime and re-issued when a root rotation finishes.
@@ -768,10 +866,18 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         serving: Some(Arc::clone(&serving)),
         metrics: metrics.clone(),
     };
-    let creds = match &args.credentials_dir {
-        Some(dir) if !dir.is_dir() => bail!("--credentials-dir {}: not a directory", dir.display()),
-        Some(dir) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
-        None => None,
+    let creds = match (&args.credentials_dir, &kube_client) {
+        (Some(dir), _) if !dir.is_dir() => {
+            bail!("--credentials-dir {}: not a directory", dir.display())
+        }
+        (Some(dir), _) => Some(crate::xds::credentials::CredentialDir::new(dir.clone())),
+        // In Kubernetes, credentialName names a Secret in the gateway's namespace.
+        (None, Some(client)) => {
+            let (tx, rx) = watch::channel(Arc::default());
+            tokio::spawn(crate::kube::secrets::run(client.clone(), tx));
+            Some(crate::xds::credentials::CredentialDir::kubernetes(rx))
+        }
+        (None, None) => None,
     };
     tokio::spawn(crate::xds::run_translator(
         config_rx.clone(),
@@ -793,7 +899,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         snapshots: xds_rx.clone(),
         metrics: metrics.clone(),
         syncs: syncs.clone(),
-        auth: Some(token_key),
+        auth: Some(auth),
     };
     if let Some(addr) = args.plaintext_xds_address {
         let listener =
@@ -848,6 +954,10 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     serving_renewal.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        // The Lease is released first: another replica starts writing sooner.
+        if let Some((_, election)) = leader {
+            let _ = election.await;
+        }
         let _ = ads.await;
         let _ = admin.await;
     })
@@ -855,9 +965,15 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Campaigns for the Lease; `pilotfish_leader` says whether this replica
-/// holds it. Nothing writes to the API yet, so nothing else reads it.
-fn spawn_leader_election(client: ::kube::Client, args: &ServeArgs, metrics: &Metrics) {
+/// Campaigns for the Lease until `shutdown` (then releases it); returns
+/// whether this replica holds it, which every writer checks right before
+/// writing, and the election task. `pilotfish_leader` shows it too.
+fn spawn_leader_election(
+    client: ::kube::Client,
+    args: &ServeArgs,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let identity = args.leader_election_identity.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -865,7 +981,8 @@ fn spawn_leader_election(client: ::kube::Client, args: &ServeArgs, metrics: &Met
     });
     let opts = crate::kube::leader::Options::new(&args.leader_election_namespace, &identity);
     let (tx, mut rx) = watch::channel(false);
-    tokio::spawn(crate::kube::leader::run(client, opts, tx));
+    let is_leader = rx.clone();
+    let election = tokio::spawn(crate::kube::leader::run_until(client, opts, tx, shutdown));
     let gauge = metrics.leader.clone();
     tokio::spawn(async move {
         loop {
@@ -875,6 +992,7 @@ fn spawn_leader_election(client: ::kube::Client, args: &ServeArgs, metrics: &Met
             }
         }
     });
+    (is_leader, election)
 }
 
 /// Where `serve` reads config from: the first state, and what keeps it current.

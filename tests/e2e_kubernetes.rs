@@ -260,6 +260,11 @@ fn bootstrap_names_a_pod_backed_workload_by_its_pod() {
     let mut pod = mk_pod(0, "reviews-v1", "reviews", "v1", 13);
     pod["status"]["podIP"] = json!("10.244.1.7");
     fake.apply(pod);
+    // The root pilotfish publishes (no pilotfish runs in this test).
+    let root = "-----BEGIN CERTIFICATE-----\nMIIBroot\n-----END CERTIFICATE-----\n";
+    fake.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio-ca-root-cert", "namespace": "istio-system"},
+        "data": {"root-cert.pem": root}}));
     let mut pending = mk_pod(0, "reviews-v2", "reviews", "v2", 14);
     pending["status"] = json!({"phase": "Pending"});
     fake.apply(pending);
@@ -292,6 +297,8 @@ fn bootstrap_names_a_pod_backed_workload_by_its_pod() {
         b["node"]["id"],
         "sidecar~10.244.1.7~reviews-v1-5d8f9.default~default.svc.cluster.local"
     );
+    // The xDS cluster trusts the root from the ConfigMap.
+    assert!(b.to_string().contains("MIIBroot"));
 
     for (workload, expected) in [
         ("nope", "Pod default/nope: not found"),

@@ -212,9 +212,42 @@ fn rbac_grants_exactly_what_the_code_uses() {
         [
             "ClusterRole/pilotfish",
             "Role/pilotfish-leader-election",
-            "Role/pilotfish-bootstrap"
+            "ClusterRole/pilotfish-tokenreview",
+            "ClusterRole/pilotfish-secrets",
+            "Role/pilotfish-ca",
+            "Role/pilotfish-bootstrap",
+            "Role/pilotfish-root-cert"
         ],
         "a new Role needs a check here"
+    );
+    // TokenReview: create, nothing else.
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-tokenreview")["rules"])
+            .unwrap(),
+        json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}])
+    );
+    // Credentials: list and watch Secrets (what a watcher does), no get.
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-secrets")["rules"]).unwrap(),
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}])
+    );
+    // The CA: the two CA Secrets and the root ConfigMap by name (create
+    // cannot be limited by name), in pilotfish's namespace only.
+    use pilotfish::kube::ca_secret::{CA_SECRET, CACERTS_SECRET, ROOT_CONFIGMAP};
+    let ca = find(&docs, "Role", "pilotfish-ca");
+    assert_eq!(ca["metadata"]["namespace"], "istio-system");
+    assert_eq!(
+        serde_json::to_value(&ca["rules"]).unwrap(),
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP], "verbs": ["get", "update"]},
+        ])
+    );
+    // The example's bootstrap reads the public root, nothing more.
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "Role", "pilotfish-root-cert")["rules"]).unwrap(),
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP], "verbs": ["get"]}])
     );
     // The example's sidecar bootstrap reads its own pod, nothing more.
     let boot = find(&docs, "Role", "pilotfish-bootstrap");
@@ -274,8 +307,15 @@ fn the_example_init_container_writes_a_bootstrap_envoy_accepts() {
         },
         "status": {"phase": "Running", "podIP": "10.244.1.7"},
     }));
+    // What pilotfish publishes, and the pod's projected token.
+    api.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio-ca-root-cert", "namespace": "istio-system"},
+        "data": {"root-cert.pem": pilotfish::ca::Ca::ephemeral("cluster.local").unwrap().roots_pem()}}));
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("bootstrap.yaml");
+    let token_file = dir.path().join("tokens/istio-token");
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    std::fs::write(&token_file, "header.payload.signature").unwrap();
     let args: Vec<String> = strs(&init["args"])
         .into_iter()
         .map(|a| {
@@ -287,6 +327,10 @@ fn the_example_init_container_writes_a_bootstrap_envoy_accepts() {
                     format!("--state-dir={}", dir.path().join("state").display())
                 }
                 Some(("--out", _)) => format!("--out={}", out_file.display()),
+                Some(("--token-file", t)) => {
+                    assert_eq!(t, "/var/run/secrets/tokens/istio-token");
+                    format!("--token-file={}", token_file.display())
+                }
                 _ => a,
             }
         })
@@ -311,6 +355,15 @@ fn the_example_init_container_writes_a_bootstrap_envoy_accepts() {
         "{text}"
     );
     assert!(text.contains("pilotfish.istio-system.svc"), "{text}");
+    // The credential is the token file, through the SDS file beside the bootstrap.
+    assert!(text.contains("credential_injector"), "{text}");
+    assert!(dir.path().join("xds-token-sds.json").exists());
+    // The Envoy container mounts the projected token where the bootstrap says.
+    let mounts = serde_json::to_value(&pod_spec["containers"][1]["volumeMounts"]).unwrap();
+    assert!(
+        mounts.to_string().contains("/var/run/secrets/tokens"),
+        "{mounts}"
+    );
     // The sidecar container reads it from the shared emptyDir.
     let envoy_args = strs(&pod_spec["containers"][1]["args"]);
     assert!(envoy_args.contains(&"/etc/envoy/bootstrap.yaml".to_string()));

@@ -95,6 +95,63 @@ impl Ca {
     pub fn from_cacerts(dir: &Path, trust_domain: &str) -> Result<Ca, CaError> {
         check_trust_domain(trust_domain)?;
         let files = store::read_cacerts(dir)?;
+        Ca::from_cacerts_files(dir, files, trust_domain)
+    }
+
+    /// The same from the four files' contents (Istio's `cacerts` Secret);
+    /// `source` names where they came from in errors and logs.
+    pub fn from_cacerts_pem(
+        source: &str,
+        ca_cert: String,
+        ca_key: Secret,
+        root_cert: String,
+        cert_chain: String,
+        trust_domain: &str,
+    ) -> Result<Ca, CaError> {
+        check_trust_domain(trust_domain)?;
+        let files = store::CacertsFiles {
+            ca_cert,
+            ca_key,
+            root_cert,
+            cert_chain,
+        };
+        Ca::from_cacerts_files(Path::new(source), files, trust_domain)
+    }
+
+    /// A self-signed root given as PEM (istiod's `istio-ca-secret`), checked
+    /// as a state dir's root is; it does not rotate.
+    pub fn from_root_pem(
+        source: &str,
+        cert_pem: String,
+        key_pem: Secret,
+        trust_domain: &str,
+    ) -> Result<Ca, CaError> {
+        check_trust_domain(trust_domain)?;
+        let files = store::StateFiles {
+            cert_pem,
+            key_pem,
+            old_cert_pem: None,
+        };
+        let state = state_from_dir(Path::new(source), files)?;
+        Ok(Ca::new(
+            trust_domain,
+            Origin::Cacerts(PathBuf::from(source)),
+            state,
+        ))
+    }
+
+    /// A new self-signed root (certificate and key, PEM), for a caller that
+    /// keeps it somewhere else than a state dir (a Kubernetes Secret).
+    pub fn new_root_pem() -> Result<(String, Secret), CaError> {
+        let (cert_pem, key) = new_root()?;
+        Ok((cert_pem, Secret::new(key.serialize_pem())))
+    }
+
+    fn from_cacerts_files(
+        dir: &Path,
+        files: store::CacertsFiles,
+        trust_domain: &str,
+    ) -> Result<Ca, CaError> {
         let chain = chain_from_cacerts(dir, &files)?;
         let bundle = pem::certs(&files.root_cert)
             .map_err(|p| invalid(dir, ROOT_CERT, p))?
@@ -283,7 +340,7 @@ impl Ca {
             Origin::StateDir(dir) => Ok(dir),
             Origin::Cacerts(dir) => Err(CaError::Rotation(format!(
                 "this CA is plugged in from {}; rotate it by replacing the cacerts files \
-                 (put the old and new roots in root-cert.pem while workloads move over)",
+                 or Secret (put the old and new roots in root-cert.pem while workloads move over)",
                 dir.display()
             ))),
             Origin::Ephemeral => Err(CaError::Rotation(

@@ -4,12 +4,13 @@
 //! credential (the xDS token) names, whatever the CSR asks for.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use super::token::{Claims, TokenKey};
+use super::auth::Authenticator;
+use super::token::Claims;
 use super::{Ca, Identity};
 use crate::metrics::Metrics;
 
@@ -43,7 +44,7 @@ pub struct CaService {
     pub max_ttl: Duration,
     /// Verifies callers' credentials; None on an unauthenticated port, where
     /// the API is not served at all.
-    pub auth: Arc<TokenKey>,
+    pub auth: Authenticator,
     pub metrics: Metrics,
 }
 
@@ -98,17 +99,9 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for Unary {
     type Future = std::future::Ready<Result<Response<IstioCertificateResponse>, Status>>;
 
     fn call(&mut self, request: Request<IstioCertificateRequest>) -> Self::Future {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let claims = match self.0.auth.verify_header(header, SystemTime::now()) {
-            Ok(c) => c,
-            Err(e) => {
-                self.0.metrics.auth_failures.inc();
-                warn!(error = %e, "CA request refused");
-                return std::future::ready(Err(Status::unauthenticated(e.to_string())));
-            }
+        // Checked (and put there) by `call` below before the body is read.
+        let Some(claims) = request.extensions().get::<Claims>().cloned() else {
+            return std::future::ready(Err(Status::unauthenticated("no credential")));
         };
         let result = self
             .0
@@ -137,6 +130,21 @@ impl tower::Service<http::Request<tonic::body::Body>> for CaService {
             if method != METHOD {
                 return Ok(Status::unimplemented(format!("unknown method {method}")).into_http());
             }
+            let mut req = req;
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match svc.auth.verify_header(header).await {
+                Ok(claims) => {
+                    req.extensions_mut().insert(claims);
+                }
+                Err(e) => {
+                    svc.metrics.auth_failures.inc();
+                    warn!(error = %e, "CA request refused");
+                    return Ok(Status::unauthenticated(e.to_string()).into_http());
+                }
+            }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
                 IstioCertificateResponse,
                 IstioCertificateRequest,
@@ -149,6 +157,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for CaService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::token::TokenKey;
+    use std::time::SystemTime;
 
     /// pilotfish's CA API served in-process, and a bearer token for
     /// `default/productpage-v1` (service account bookinfo-productpage).
@@ -168,7 +178,7 @@ mod tests {
             ca: Arc::new(Ca::ephemeral("cluster.local").unwrap()),
             trust_domain: "cluster.local".into(),
             max_ttl: Duration::from_secs(3600),
-            auth: Arc::clone(&key),
+            auth: Authenticator::new(Arc::clone(&key)),
             metrics: Metrics::default(),
         };
         let metrics = svc.metrics.clone();

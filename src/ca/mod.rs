@@ -18,6 +18,7 @@
 //! Key material never reaches a log line or an error message: private keys
 //! travel as [`Secret`], whose `Debug` and `Display` print `<redacted>`.
 
+pub mod auth;
 mod authority;
 mod chain;
 pub mod grpc;

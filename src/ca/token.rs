@@ -22,13 +22,29 @@ const KEY_BYTES: usize = 32;
 pub struct Claims {
     pub namespace: String,
     pub service_account: String,
+    /// The workload (pod); empty for a ServiceAccount token that names no
+    /// pod: then any workload running as `service_account` (see [`Claims::allows`]).
     pub workload: String,
     /// Expiry, Unix seconds.
     pub exp: u64,
 }
 
+impl Claims {
+    /// Whether a proxy holding these claims may be `workload`, whose
+    /// service account is `workload_sa` (None: unknown workload).
+    pub fn allows(&self, workload: &crate::model::WorkloadKey, workload_sa: Option<&str>) -> bool {
+        if self.namespace != workload.namespace {
+            return false;
+        }
+        if self.workload.is_empty() {
+            return workload_sa == Some(self.service_account.as_str());
+        }
+        self.workload == workload.name
+    }
+}
+
 /// Why a token was refused (shown to the refused proxy and logged).
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum TokenError {
     #[error(
         "no credential: the bootstrap must send `authorization: Bearer <token>` (pilotfish bootstrap adds it)"
@@ -40,6 +56,12 @@ pub enum TokenError {
     BadSignature,
     #[error("credential expired; regenerate the bootstrap")]
     Expired,
+    #[error("ServiceAccount token rejected by the API server: {0}")]
+    Rejected(String),
+    #[error("ServiceAccount token not checked: TokenReview failed: {0}")]
+    Review(String),
+    #[error("the token is not a ServiceAccount's (user {0:?})")]
+    NotServiceAccount(String),
     #[error("token key {path}: {message}")]
     Key { path: String, message: String },
 }

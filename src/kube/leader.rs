@@ -1,7 +1,8 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, as client-go's
 //! leaderelection package does it: every replica serves, and only the holder
-//! of the Lease may write (CA creation, status, webhook patches: nothing
-//! writes yet). [`run`] publishes "am I the holder" on a watch channel.
+//! of the Lease may write (CA Secret creation, the root ConfigMap, status).
+//! [`run`] publishes "am I the holder" on a watch channel; writers check it
+//! right before each write.
 //!
 //! * A replica takes the Lease when it does not exist (create), when nobody
 //!   holds it, or when its holder has not renewed it for `lease_duration`;
@@ -89,12 +90,41 @@ struct Elector {
 /// Campaigns for the Lease until `tx` has no receivers; `tx` carries whether
 /// this replica holds it.
 pub async fn run(client: ::kube::Client, opts: Options, tx: watch::Sender<bool>) {
+    run_until(client, opts, tx, std::future::pending()).await
+}
+
+/// [`run`] until `shutdown` completes; then, if this replica holds the Lease,
+/// it says so first (`tx` false: writers stop) and releases the Lease (empty
+/// holder, as client-go's `ReleaseOnCancel`), so another replica takes over
+/// within its retry period instead of waiting out the lease.
+pub async fn run_until(
+    client: ::kube::Client,
+    opts: Options,
+    tx: watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
     let api = Api::namespaced(client, &opts.namespace);
     let mut e = Elector {
         api,
         opts,
         observed: None,
     };
+    let stopping = tokio::select! {
+        _ = campaign(&mut e, &tx) => false,
+        _ = &mut shutdown => true,
+    };
+    if stopping && tx.send_replace(false) {
+        let release = tokio::time::timeout(e.opts.renew_deadline, e.release());
+        match release.await {
+            Ok(Ok(())) => info!(identity = %e.opts.identity, "leader election: released the Lease"),
+            Ok(Err(err)) => warn!(error = %err, "leader election: releasing the Lease failed"),
+            Err(_) => warn!("leader election: releasing the Lease timed out"),
+        }
+    }
+}
+
+async fn campaign(e: &mut Elector, tx: &watch::Sender<bool>) {
     let (lease, me) = (
         format!("{}/{}", e.opts.namespace, e.opts.name),
         e.opts.identity.clone(),
@@ -150,6 +180,39 @@ pub async fn run(client: ::kube::Client, opts: Options, tx: watch::Sender<bool>)
 }
 
 impl Elector {
+    /// Gives the Lease up if this replica still holds it.
+    async fn release(&mut self) -> Result<(), AttemptError> {
+        let name = self.opts.name.clone();
+        let api_err = |e| AttemptError::Api(name.clone(), e);
+        let Some(mut current) = self.api.get_opt(&self.opts.name).await.map_err(api_err)? else {
+            return Ok(());
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.opts.identity.as_str()) {
+            return Ok(());
+        }
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        current.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: spec.lease_transitions,
+            ..LeaseSpec::default()
+        });
+        match self
+            .api
+            .replace(&self.opts.name, &PostParams::default(), &current)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(::kube::Error::Api(s)) if s.code == 409 => {
+                Err(AttemptError::Conflict(self.opts.name.clone()))
+            }
+            Err(e) => Err(api_err(e)),
+        }
+    }
+
     async fn try_acquire_or_renew(&mut self) -> Result<(), AttemptError> {
         let name = self.opts.name.clone();
         let api_err = |e| AttemptError::Api(name.clone(), e);

@@ -20,10 +20,13 @@
 //!
 //! The translator cannot tell the sources apart: both publish `ConfigState`s.
 
+pub mod ca_secret;
 pub mod convert;
 pub mod index;
 pub mod leader;
+pub mod secrets;
 pub mod source;
+pub mod tokenreview;
 
 use std::path::Path;
 
@@ -44,6 +47,8 @@ pub enum KubeError {
     Infer(#[from] ::kube::config::InferConfigError),
     #[error("Kubernetes client: {0}")]
     Client(#[source] ::kube::Error),
+    #[error("certificate authority in Kubernetes: {0}")]
+    Ca(String),
     #[error("Pod {namespace}/{name}: {message}")]
     Pod {
         namespace: String,

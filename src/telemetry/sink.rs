@@ -24,7 +24,6 @@ use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamM
 use envoy_types::pb::io::prometheus::client::MetricFamily;
 use serde::Serialize;
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
@@ -32,7 +31,8 @@ use super::labels::{
     Attributes, MeshView, Reporter, apply_http, apply_tcp, http_sample, tcp_sample,
 };
 use super::series::SeriesStore;
-use crate::ca::token::{Claims, TokenKey};
+use crate::ca::auth::{Authenticated, Authenticator};
+use crate::ca::token::Claims;
 use crate::metrics::Metrics;
 use crate::model::WorkloadKey;
 use crate::xds::server::workload_of;
@@ -61,8 +61,10 @@ fn proxy_of(node: Option<&Node>, claims: Option<&Claims>) -> Result<WorkloadKey,
     let key = workload_of(node).ok_or_else(|| {
         Status::invalid_argument("the node names no workload (set NAMESPACE and WORKLOAD_NAME)")
     })?;
+    // A ServiceAccount token without a pod (empty workload) reports for
+    // workloads of its namespace: telemetry labels, not an identity.
     if let Some(c) = claims
-        && (c.namespace != key.namespace || c.workload != key.name)
+        && (c.namespace != key.namespace || (!c.workload.is_empty() && c.workload != key.name))
     {
         return Err(Status::permission_denied(format!(
             "the credential is for workload {}/{}, not {key}",
@@ -243,46 +245,17 @@ impl MetricsService for Sink {
     }
 }
 
-/// Checks the `authorization` credential (when `auth` is set) and hands the
-/// claims to the service; the same tokens as ADS.
-#[derive(Clone)]
-pub struct Authenticate {
-    auth: Option<Arc<TokenKey>>,
-    metrics: Metrics,
-}
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(key) = &self.auth else {
-            return Ok(req);
-        };
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        match key.verify_header(header, SystemTime::now()) {
-            Ok(claims) => {
-                req.extensions_mut().insert(claims);
-                Ok(req)
-            }
-            Err(e) => {
-                warn!(error = %e, "telemetry stream refused");
-                self.metrics.auth_failures.inc();
-                Err(Status::unauthenticated(e.to_string()))
-            }
-        }
-    }
-}
-
 /// Both sink services, for the gRPC server that also serves ADS.
-pub fn routes(sink: Sink, auth: Option<Arc<TokenKey>>) -> tonic::service::Routes {
-    let interceptor = Authenticate {
-        auth,
-        metrics: sink.metrics.clone(),
-    };
+pub fn routes(sink: Sink, auth: Option<Authenticator>) -> tonic::service::Routes {
+    let metrics = sink.metrics.clone();
     let als =
         AccessLogServiceServer::new(sink.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let ms = MetricsServiceServer::new(sink).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::service::Routes::new(InterceptedService::new(als, interceptor.clone()))
-        .add_service(InterceptedService::new(ms, interceptor))
+    tonic::service::Routes::new(Authenticated::new(
+        als,
+        auth.clone(),
+        metrics.clone(),
+        "access-log stream",
+    ))
+    .add_service(Authenticated::new(ms, auth, metrics, "metrics stream"))
 }

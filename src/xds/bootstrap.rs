@@ -62,8 +62,87 @@ pub struct XdsSecurity {
     pub roots_pem: String,
     /// pilotfish's SPIFFE identity, checked in its certificate.
     pub server_identity: String,
-    /// Bearer token naming this workload (see `ca::token`).
+    /// Bearer token naming this workload (see `ca::token`); unused when
+    /// `token_file` is set.
     pub token: String,
+    /// Send the token in this file instead (a pod's projected ServiceAccount
+    /// token), re-read when it is replaced.
+    pub token_file: Option<TokenFile>,
+}
+
+/// A credential Envoy reads from a file (Kubernetes mode).
+///
+/// Envoy's own gRPC client has no way to read call metadata from a file
+/// (`initial_metadata` is static; `GoogleGrpc` call credentials need
+/// Envoy's Google gRPC client and an STS server or plugins), so the
+/// pilotfish clusters carry an upstream `credential_injector` filter whose
+/// generic credential is an SDS secret from a local file: Envoy adds
+/// `authorization: Bearer <file contents>` to every request it sends to
+/// pilotfish (ADS, access logs, metrics), and re-reads the token when the
+/// kubelet swaps it (a move in the watched directory).
+#[derive(Clone, Debug)]
+pub struct TokenFile {
+    /// The token, e.g. `/var/run/secrets/tokens/istio-token`.
+    pub path: String,
+    /// Where the SDS document pointing at `path` is written (Envoy reads a
+    /// file-based SDS source from a file of its own).
+    pub sds_path: String,
+}
+
+/// Name of the generic secret holding the token file's contents.
+pub const TOKEN_SECRET: &str = "xds-token";
+
+/// The SDS document (a DiscoveryResponse as Envoy reads it from a file)
+/// that makes `token_file` the `xds-token` generic secret.
+pub fn token_sds(t: &TokenFile) -> serde_json::Value {
+    json!({"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": TOKEN_SECRET,
+        "generic_secret": {"secret": {"filename": t.path}},
+    }]})
+}
+
+/// The upstream filter that adds the credential to a request to pilotfish.
+fn credential_filter(sec: &XdsSecurity, bearer: &str) -> serde_json::Value {
+    let Some(t) = &sec.token_file else {
+        return json!({
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"append": {
+                    "header": {"key": "authorization", "value": bearer},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }}]},
+            },
+        });
+    };
+    let dir = std::path::Path::new(&t.path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| ".".into());
+    json!({
+        "name": "envoy.filters.http.credential_injector",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+            "overwrite": true,
+            "credential": {
+                "name": "envoy.http.injected_credentials.generic",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                    "header_value_prefix": "Bearer ",
+                    "credential": {
+                        "name": TOKEN_SECRET,
+                        "sds_config": {"path_config_source": {
+                            "path": t.sds_path,
+                            // The kubelet swaps the token with a symlink
+                            // move in its directory.
+                            "watched_directory": {"path": dir},
+                        }},
+                    },
+                },
+            },
+        },
+    })
 }
 
 /// Istio's node id format: `sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local`.
@@ -162,8 +241,10 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
     }
     if let Some(sec) = &p.security {
         let bearer = format!("Bearer {}", sec.token);
-        b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] =
-            json!([{"key": "authorization", "value": bearer}]);
+        if sec.token_file.is_none() {
+            b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] =
+                json!([{"key": "authorization", "value": bearer}]);
+        }
         let tls = json!({
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
@@ -185,18 +266,10 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
         }
         // Access-log and metrics streams are configured in LDS and shared by
         // many proxies, so they cannot carry this proxy's credential: the
-        // telemetry cluster adds it to every request it sends to pilotfish.
-        b["static_resources"]["clusters"][1]["typed_extension_protocol_options"][HTTP_OPTIONS]["http_filters"] = json!([
-            {
-                "name": "envoy.filters.http.header_mutation",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                    "mutations": {"request_mutations": [{"append": {
-                        "header": {"key": "authorization", "value": bearer},
-                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                    }}]},
-                },
-            },
+        // telemetry cluster adds it to every request it sends to pilotfish
+        // (and so does the xDS cluster when the token is read from a file).
+        let filters = json!([
+            credential_filter(sec, &bearer),
             {
                 "name": "envoy.filters.http.upstream_codec",
                 "typed_config": {
@@ -204,6 +277,11 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
                 },
             },
         ]);
+        let clusters = if sec.token_file.is_some() { 0..2 } else { 1..2 };
+        for c in clusters {
+            b["static_resources"]["clusters"][c]["typed_extension_protocol_options"]
+                [HTTP_OPTIONS]["http_filters"] = filters.clone();
+        }
     }
     b
 }
@@ -229,6 +307,7 @@ mod tests {
                 roots_pem: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
                 server_identity: "spiffe://cluster.local/ns/istio-system/sa/pilotfish".into(),
                 token: "abc.def".into(),
+                token_file: None,
             }),
         }
     }
@@ -286,5 +365,40 @@ mod tests {
             .unwrap();
         let msg = prost_reflect::DynamicMessage::deserialize(desc, b).unwrap();
         assert!(msg.has_field_by_name("node"));
+    }
+
+    #[test]
+    fn a_token_file_is_injected_into_every_request_to_pilotfish() {
+        let mut p = mk_params(false);
+        if let Some(s) = p.security.as_mut() {
+            s.token_file = Some(TokenFile {
+                path: "/var/run/secrets/tokens/istio-token".into(),
+                sds_path: "/etc/pilotfish/xds-token-sds.json".into(),
+            });
+        }
+        let b = bootstrap(&p);
+        let text = b.to_string();
+        assert!(!text.contains("abc.def"), "no signed token: {text}");
+        assert!(
+            b["dynamic_resources"]["ads_config"]["grpc_services"][0]
+                .get("initial_metadata")
+                .is_none()
+        );
+        for c in 0..2 {
+            let f = &b["static_resources"]["clusters"][c]["typed_extension_protocol_options"]
+                [HTTP_OPTIONS]["http_filters"][0];
+            assert_eq!(f["name"], "envoy.filters.http.credential_injector");
+            let cred = &f["typed_config"]["credential"]["typed_config"]["credential"];
+            assert_eq!(cred["name"], TOKEN_SECRET);
+            assert_eq!(
+                cred["sds_config"]["path_config_source"]["watched_directory"]["path"],
+                "/var/run/secrets/tokens"
+            );
+        }
+        let sds = token_sds(p.security.as_ref().unwrap().token_file.as_ref().unwrap());
+        assert_eq!(
+            sds["resources"][0]["generic_secret"]["secret"]["filename"],
+            "/var/run/secrets/tokens/istio-token"
+        );
     }
 }

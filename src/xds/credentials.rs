@@ -40,18 +40,90 @@ pub struct Credential {
     pub ca_pem: Option<String>,
 }
 
-/// The credentials directory and what was last read from it.
+/// Kubernetes Secrets that may be credentials, by (namespace, name): only
+/// the keys a credential uses (see [`CREDENTIAL_KEYS`]).
+pub type SecretStore = BTreeMap<(String, String), Arc<BTreeMap<String, Vec<u8>>>>;
+
+/// The Secret keys Istio reads a credential from: `kubernetes.io/tls`
+/// (`tls.crt`, `tls.key`, `ca.crt`) and generic (`cert`, `key`, `cacert`).
+pub const CREDENTIAL_KEYS: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
+
+/// Where credentials come from.
+#[derive(Debug)]
+enum Source {
+    /// `NAME.crt`, `NAME.key`, `NAME.ca` files.
+    Dir(PathBuf),
+    /// Secrets in the gateway workload's namespace, as Istio reads them.
+    Kubernetes(tokio::sync::watch::Receiver<Arc<SecretStore>>),
+}
+
+/// The credentials directory (or Secrets) and what was last read from it.
 #[derive(Debug)]
 pub struct CredentialDir {
-    dir: PathBuf,
+    source: Source,
+    /// By name (directory) or `namespace/name` (Secrets).
     creds: BTreeMap<String, Credential>,
     /// Problems of the last read (file, what is wrong), never key bytes.
     pub errors: Vec<String>,
-    /// Layers by the set of names they hold, kept while their content is
-    /// unchanged so streams skip them.
-    layers: HashMap<BTreeSet<String>, Arc<Layer>>,
+    /// Layers by the namespace ("" for a directory) and set of names they
+    /// hold, kept while their content is unchanged so streams skip them.
+    layers: HashMap<(String, BTreeSet<String>), Arc<Layer>>,
     /// The directory changed since `layers` were made.
     stale: bool,
+}
+
+fn text_of(data: &BTreeMap<String, Vec<u8>>, keys: &[&str]) -> Option<String> {
+    keys.iter()
+        .find_map(|k| data.get(*k))
+        .and_then(|b| String::from_utf8(b.clone()).ok())
+}
+
+/// Credentials from Secrets, as Istio reads `credentialName`: the key pair
+/// from `tls.crt`/`tls.key` or `cert`/`key`; the client CA from `ca.crt` or
+/// `cacert` in the same Secret, else from Secret `NAME-cacert`. Keyed
+/// `namespace/name`; problems name the Secret and key, never the bytes.
+pub fn from_secrets(store: &SecretStore) -> (BTreeMap<String, Credential>, Vec<String>) {
+    let mut creds = BTreeMap::new();
+    let mut errors = Vec::new();
+    for ((ns, name), data) in store {
+        let cert = text_of(data, &["tls.crt", "cert"]);
+        let key = text_of(data, &["tls.key", "key"]);
+        let (cert_pem, key_pem) = match (cert, key) {
+            (Some(c), Some(k)) => (c, k),
+            // A CA-only Secret (`NAME-cacert`) or not a credential at all.
+            (None, None) => continue,
+            _ => {
+                errors.push(format!(
+                    "Secret {ns}/{name}: needs both a certificate (tls.crt or cert) and a key (tls.key or key)"
+                ));
+                continue;
+            }
+        };
+        if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            errors.push(format!("Secret {ns}/{name}: the certificate is not PEM"));
+            continue;
+        }
+        if !key_pem.contains("PRIVATE KEY-----") {
+            errors.push(format!(
+                "Secret {ns}/{name}: the key is not a PEM private key"
+            ));
+            continue;
+        }
+        let ca_pem = text_of(data, &["ca.crt", "cacert"]).or_else(|| {
+            store
+                .get(&(ns.clone(), format!("{name}-cacert")))
+                .and_then(|d| text_of(d, &["cacert", "ca.crt"]))
+        });
+        creds.insert(
+            format!("{ns}/{name}"),
+            Credential {
+                cert_pem,
+                key_pem: KeyText::new(key_pem),
+                ca_pem,
+            },
+        );
+    }
+    (creds, errors)
 }
 
 fn inline(text: &str) -> DataSource {
@@ -187,8 +259,17 @@ pub fn read_dir(dir: &Path) -> (BTreeMap<String, Credential>, Vec<String>) {
 impl CredentialDir {
     /// A directory not read yet (call [`CredentialDir::reload`]).
     pub fn new(dir: PathBuf) -> Self {
+        CredentialDir::with_source(Source::Dir(dir))
+    }
+
+    /// Credentials from the Secrets a Kubernetes watcher publishes.
+    pub fn kubernetes(secrets: tokio::sync::watch::Receiver<Arc<SecretStore>>) -> Self {
+        CredentialDir::with_source(Source::Kubernetes(secrets))
+    }
+
+    fn with_source(source: Source) -> Self {
         CredentialDir {
-            dir,
+            source,
             creds: BTreeMap::new(),
             errors: Vec::new(),
             layers: HashMap::new(),
@@ -196,13 +277,28 @@ impl CredentialDir {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the credentials come from, for messages.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Dir(d) => d.display().to_string(),
+            Source::Kubernetes(_) => "Kubernetes Secrets".to_string(),
+        }
     }
 
-    /// Re-reads the directory; true when any credential (or problem) changed.
+    /// The key a gateway in `namespace` finds credential `name` under.
+    fn key(&self, namespace: &str, name: &str) -> String {
+        match &self.source {
+            Source::Dir(_) => name.to_string(),
+            Source::Kubernetes(_) => format!("{namespace}/{name}"),
+        }
+    }
+
+    /// Re-reads the source; true when any credential (or problem) changed.
     pub fn reload(&mut self) -> bool {
-        let (creds, errors) = read_dir(&self.dir);
+        let (creds, errors) = match &mut self.source {
+            Source::Dir(dir) => read_dir(dir),
+            Source::Kubernetes(rx) => from_secrets(&rx.borrow_and_update()),
+        };
         let changed = creds != self.creds || errors != self.errors;
         if changed {
             self.creds = creds;
@@ -225,28 +321,35 @@ impl CredentialDir {
         wants: &HashMap<WorkloadKey, Arc<BTreeSet<String>>>,
     ) -> HashMap<WorkloadKey, Arc<Layer>> {
         let mut out = HashMap::new();
-        let mut kept: HashMap<BTreeSet<String>, Arc<Layer>> = HashMap::new();
+        let mut kept: HashMap<(String, BTreeSet<String>), Arc<Layer>> = HashMap::new();
         for (key, names) in wants {
             if names.is_empty() {
                 continue;
             }
-            let layer = match kept.get(&**names) {
+            let ns = match self.source {
+                Source::Dir(_) => String::new(),
+                Source::Kubernetes(_) => key.namespace.clone(),
+            };
+            let cache_key = (ns, (**names).clone());
+            let layer = match kept.get(&cache_key) {
                 Some(l) => Arc::clone(l),
                 None => {
-                    let old = self.layers.get(&**names);
+                    let old = self.layers.get(&cache_key);
                     let layer = match old {
                         Some(l) if !self.stale => Arc::clone(l),
                         _ => {
                             let items = names
                                 .iter()
-                                .filter_map(|n| self.creds.get(n).map(|c| (n, c)))
+                                .filter_map(|n| {
+                                    self.creds.get(&self.key(&key.namespace, n)).map(|c| (n, c))
+                                })
                                 .flat_map(|(n, c)| secrets(n, c))
                                 .map(|s| (s.name.clone(), s));
                             // Same content as before keeps the old layer's identity.
                             Layer::encode(XdsType::Secret, items).reuse(old)
                         }
                     };
-                    kept.insert((**names).clone(), Arc::clone(&layer));
+                    kept.insert(cache_key, Arc::clone(&layer));
                     layer
                 }
             };
@@ -257,12 +360,14 @@ impl CredentialDir {
         out
     }
 
-    /// Names wanted by some gateway but absent from the directory.
-    pub fn missing<'a>(&self, wants: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
+    /// Names wanted by some gateway but absent from the source
+    /// (`namespace/name` for Secrets).
+    pub fn missing(&self, wants: &HashMap<WorkloadKey, Arc<BTreeSet<String>>>) -> BTreeSet<String> {
         wants
-            .into_iter()
-            .filter(|n| !self.creds.contains_key(*n))
-            .cloned()
+            .iter()
+            .flat_map(|(k, names)| names.iter().map(move |n| (k, n)))
+            .map(|(k, n)| self.key(&k.namespace, n))
+            .filter(|n| !self.creds.contains_key(n))
             .collect()
     }
 }
@@ -325,10 +430,7 @@ mod tests {
         assert_eq!(names, ["credential://a"]);
         let names: Vec<&String> = layers[&mk_key("gw3")].resources.keys().collect();
         assert_eq!(names, ["credential://b", "credential://b-cacert"]);
-        assert_eq!(
-            d.missing(wants[&mk_key("gw3")].iter()),
-            BTreeSet::from(["zz".to_string()])
-        );
+        assert_eq!(d.missing(&wants), BTreeSet::from(["zz".to_string()]));
         // The key reaches Envoy (inline in the secret) and nowhere else.
         let enc = &layers[&mk_key("gw1")].resources["credential://a"];
         assert!(enc.sotw.windows(key_a.len()).any(|w| w == key_a.as_bytes()));

@@ -53,7 +53,7 @@ pub async fn run_translator(
         // A handful of small files: read in place.
         let creds_changed = creds.as_mut().is_some_and(|c| c.reload());
         if creds_changed && let Some(c) = &creds {
-            info!(dir = %c.dir().display(), credentials = ?c.names().collect::<Vec<_>>(), "gateway credentials read");
+            info!(source = %c.describe(), credentials = ?c.names().collect::<Vec<_>>(), "gateway credentials read");
             for e in &c.errors {
                 warn!(error = %e, "gateway credential not usable");
             }
@@ -110,11 +110,11 @@ pub async fn run_translator(
                 let wants = snap.credential_wants();
                 if let Some(d) = dir.as_mut() {
                     snap.credentials = d.layers(&wants);
-                    let missing = d.missing(wants.values().flat_map(|w| w.iter()));
+                    let missing = d.missing(&wants);
                     if !missing.is_empty() && (config_changed || creds_changed) {
                         gateway_warnings.push(format!(
-                            "credentials {missing:?} not in {} (NAME.crt and NAME.key; NAME.ca for MUTUAL gateways and TLS origination)",
-                            d.dir().display()
+                            "credentials {missing:?} not in {} (files NAME.crt and NAME.key, NAME.ca for MUTUAL gateways and TLS origination; Secrets tls.crt/tls.key or cert/key, ca.crt/cacert or NAME-cacert)",
+                            d.describe()
                         ));
                     }
                 } else if config_changed && wants.values().any(|w| !w.is_empty()) {

@@ -230,6 +230,17 @@ impl Mesh {
         });
     }
 
+    /// SIGTERM, as Kubernetes stops a pod (an orderly shutdown); waits for
+    /// pilotfish to exit.
+    pub fn terminate_pilotfish(&mut self) {
+        if let Some(mut c) = self.pilotfish.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     pub fn stop_pilotfish(&mut self) {
         if let Some(mut c) = self.pilotfish.take() {
             let _ = c.kill();

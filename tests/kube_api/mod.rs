@@ -142,8 +142,43 @@ pub const LEASE: ApiKind = ApiKind {
     namespaced: true,
 };
 
+/// Served and stored, not watched by the config source: Secrets (the CA,
+/// gateway credentials) and ConfigMaps (the published root).
+pub const SECRET: ApiKind = ApiKind {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    namespaced: true,
+};
+pub const CONFIGMAP: ApiKind = ApiKind {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    namespaced: true,
+};
+/// Gateways, for credentialName tests (not in KINDS: other tests run
+/// with the CRD absent).
+pub const GATEWAY: ApiKind = ApiKind {
+    group: "networking.istio.io",
+    version: "v1",
+    kind: "Gateway",
+    plural: "gateways",
+    namespaced: true,
+};
+
 fn served() -> impl Iterator<Item = &'static ApiKind> {
-    KINDS.iter().chain(std::iter::once(&LEASE))
+    KINDS.iter().chain([&LEASE, &SECRET, &CONFIGMAP, &GATEWAY])
+}
+
+/// A ServiceAccount token the fake's TokenReview knows.
+#[derive(Clone, Debug)]
+struct IssuedToken {
+    namespace: String,
+    service_account: String,
+    pod: Option<String>,
+    audiences: Vec<String>,
 }
 
 fn kind_by_name(kind: &str) -> ApiKind {
@@ -176,6 +211,10 @@ struct Store {
     blocked_tokens: HashSet<String>,
     /// Successful creates and replaces, per kind.
     writes: HashMap<&'static str, usize>,
+    tokens: HashMap<String, IssuedToken>,
+    token_reviews: usize,
+    /// Writes per (kind, client token): who wrote what.
+    writers: HashMap<(&'static str, String), usize>,
 }
 
 /// What open watch streams are told to do besides delivering changes.
@@ -428,6 +467,48 @@ impl FakeApi {
         }
     }
 
+    /// Makes `token` a ServiceAccount token of `namespace/service_account`
+    /// (bound to `pod` if given) valid for `audiences`, as the kubelet's
+    /// projected tokens are; TokenReview answers for it until revoked.
+    pub fn issue_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        pod: Option<&str>,
+        audiences: &[&str],
+    ) {
+        self.shared.lock().tokens.insert(
+            token.to_string(),
+            IssuedToken {
+                namespace: namespace.to_string(),
+                service_account: service_account.to_string(),
+                pod: pod.map(str::to_string),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            },
+        );
+    }
+
+    /// TokenReview no longer authenticates `token` (expired, or its pod deleted).
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.lock().tokens.remove(token);
+    }
+
+    /// TokenReviews answered so far.
+    pub fn token_reviews(&self) -> usize {
+        self.shared.lock().token_reviews
+    }
+
+    /// Successful creates and replaces of `kind` by the client presenting `token`.
+    pub fn writes_by(&self, kind: &str, token: &str) -> usize {
+        self.shared
+            .lock()
+            .writers
+            .get(&(kind_by_name(kind).kind, token.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Successful creates and replaces of this kind.
     pub fn writes(&self, kind: &str) -> usize {
         self.shared.lock().writes.get(kind).copied().unwrap_or(0)
@@ -562,6 +643,9 @@ async fn handle(
             "this client is cut off by the test",
         );
     }
+    if method == Method::POST && uri.path() == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        return token_review(&shared, &body);
+    }
     let Some((kind, ns, name)) = route(uri.path()) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -571,8 +655,8 @@ async fn handle(
     };
     match method {
         Method::GET => {}
-        Method::POST if name.is_none() => return write(&shared, kind, ns, None, &body),
-        Method::PUT if name.is_some() => return write(&shared, kind, ns, name, &body),
+        Method::POST if name.is_none() => return write(&shared, kind, ns, None, &body, token),
+        Method::PUT if name.is_some() => return write(&shared, kind, ns, name, &body, token),
         _ => {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -670,6 +754,54 @@ async fn handle(
         .unwrap()
 }
 
+/// `authentication.k8s.io/v1` TokenReview: authenticated for an issued
+/// token whose audiences intersect the requested ones (as the API server
+/// answers, with the pod in `user.extra`), refused otherwise.
+fn token_review(shared: &Shared, body: &[u8]) -> Response {
+    let review: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut store = shared.lock();
+    store.token_reviews += 1;
+    let status = match store.tokens.get(token) {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some(t) => {
+            let common: Vec<&String> = t.audiences.iter().filter(|a| wanted.contains(a)).collect();
+            if !wanted.is_empty() && common.is_empty() {
+                json!({"authenticated": false, "error": format!(
+                    "invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}",
+                    t.audiences, wanted)})
+            } else {
+                let mut user = json!({
+                    "username": format!("system:serviceaccount:{}:{}", t.namespace, t.service_account),
+                    "uid": "sa-uid",
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", t.namespace)],
+                });
+                if let Some(pod) = &t.pod {
+                    user["extra"] = json!({"authentication.kubernetes.io/pod-name": [pod]});
+                }
+                json!({"authenticated": true, "user": user, "audiences": common})
+            }
+        }
+    };
+    let answer = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "metadata": {"creationTimestamp": null},
+        "spec": review["spec"], "status": status,
+    });
+    (StatusCode::CREATED, axum::Json(answer)).into_response()
+}
+
 /// Create (`name` None) or replace, with the API server's conflict rules.
 fn write(
     shared: &Shared,
@@ -677,6 +809,7 @@ fn write(
     ns: Option<String>,
     name: Option<String>,
     body: &[u8],
+    client: &str,
 ) -> Response {
     let mut object: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -751,6 +884,10 @@ fn write(
         .or_default()
         .insert(key, object.clone());
     *store.writes.entry(kind.kind).or_default() += 1;
+    *store
+        .writers
+        .entry((kind.kind, client.to_string()))
+        .or_default() += 1;
     let event = if old_rv.is_some() {
         "MODIFIED"
     } else {

@@ -31,7 +31,7 @@ use self::body::AdsBody;
 use self::status::SyncRegistry;
 use self::stream::Incoming;
 use super::cache::XdsSnapshot;
-use crate::ca::token::TokenKey;
+use crate::ca::auth::Authenticator;
 use crate::metrics::Metrics;
 
 const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -49,7 +49,7 @@ pub struct AdsShared {
     pub metrics: Metrics,
     pub syncs: SyncRegistry,
     /// Verifies proxy credentials; None on an unauthenticated (plaintext) port.
-    pub auth: Option<Arc<TokenKey>>,
+    pub auth: Option<Authenticator>,
 }
 
 /// The tower service that tonic's server routes ADS calls to.
@@ -71,20 +71,27 @@ impl NamedService for AdsService {
 impl tower::Service<http::Request<Body>> for AdsService {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        Box::pin(self.clone().start(req))
+    }
+}
+
+impl AdsService {
+    /// Checks the credential, then spawns the stream's task.
+    async fn start(self, req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
         let delta = match method {
             "StreamAggregatedResources" => false,
             "DeltaAggregatedResources" => true,
             _ => {
                 let status = tonic::Status::unimplemented(format!("unknown method {method}"));
-                return std::future::ready(Ok(status.into_http()));
+                return Ok(status.into_http());
             }
         };
         let ext = req.extensions();
@@ -107,13 +114,13 @@ impl tower::Service<http::Request<Body>> for AdsService {
                     .headers()
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
-                match key.verify_header(header, std::time::SystemTime::now()) {
+                match key.verify_header(header).await {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "xDS connection refused");
                         self.shared.metrics.auth_failures.inc();
                         let status = tonic::Status::unauthenticated(e.to_string());
-                        return std::future::ready(Ok(status.into_http()));
+                        return Ok(status.into_http());
                     }
                 }
             }
@@ -145,7 +152,7 @@ impl tower::Service<http::Request<Body>> for AdsService {
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .body(Body::new(AdsBody::new(rx)))
             .unwrap_or_else(|_| tonic::Status::internal("response").into_http());
-        std::future::ready(Ok(response))
+        Ok(response)
     }
 }
 

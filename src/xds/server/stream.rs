@@ -163,15 +163,22 @@ pub async fn run(
         return;
     };
     // An authenticated proxy may only be the workload its credential names.
+    let workload_sa = shared
+        .snapshots
+        .borrow()
+        .registry
+        .workloads
+        .get(&workload)
+        .and_then(|w| w.service_account.clone());
     if let Some(c) = &claims
-        && (c.namespace != workload.namespace || c.workload != workload.name)
+        && !c.allows(&workload, workload_sa.as_deref())
     {
         warn!(node = %node.id, %workload, credential = %format!("{}/{}", c.namespace, c.workload), "proxy claims another workload than its credential; refused");
         shared.metrics.auth_failures.inc();
         let _ = tx
             .send(Out::End(tonic::Status::permission_denied(format!(
-                "the credential is for workload {}/{}, not {workload}",
-                c.namespace, c.workload
+                "the credential is for workload {}/{} (service account {}), not {workload}",
+                c.namespace, c.workload, c.service_account
             ))))
             .await;
         return;
