@@ -253,3 +253,37 @@ spec:
     );
     assert!(retried >= 10, "retries counted by Envoy: {retried}");
 }
+
+#[test]
+fn source_labels_route_only_the_clients_they_match() {
+    let mesh = mk_mesh(&["destination-rule-all.yaml", "virtual-service-all-v1.yaml"]);
+    // Calls to ratings from reviews v2 are aborted; from anyone else they pass.
+    mesh.write(
+        "ratings-from-reviews-v2.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - match:
+    - sourceLabels: {app: reviews, version: v2}
+    fault:
+      abort: {httpStatus: 418, percentage: {value: 100}}
+    route: [{destination: {host: ratings, subset: v1}}]
+  - route: [{destination: {host: ratings, subset: v1}}]
+",
+    );
+    let status = |via: u8| {
+        mesh.via_sidecar(via, "http://ratings:9080/ratings/0", &[])
+            .status
+    };
+    wait_until("reviews-v2's sidecar to apply its rule", || {
+        status(14) == 418
+    });
+    for _ in 0..5 {
+        assert_eq!(status(14), 418, "reviews-v2 matches sourceLabels");
+        assert_eq!(status(15), 200, "reviews-v3 does not");
+        assert_eq!(status(11), 200, "productpage does not");
+    }
+}

@@ -78,6 +78,24 @@ type Translated = (
     BTreeMap<String, Arc<Encoded>>,
 );
 
+/// Which of `selectors` (HTTP `sourceLabels`) `labels` satisfies, as a
+/// hash; 0 when none does.
+fn source_outcome(
+    selectors: &[&BTreeMap<String, String>],
+    labels: &BTreeMap<String, String>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    let mut any = false;
+    for (i, sel) in selectors.iter().enumerate() {
+        if sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            i.hash(&mut h);
+            any = true;
+        }
+    }
+    if any { h.finish().max(1) } else { 0 }
+}
+
 pub(super) fn build(
     prev: &XdsSnapshot,
     mesh: &Mesh<'_>,
@@ -86,6 +104,18 @@ pub(super) fn build(
 ) -> Views {
     let mut views = Views::default();
     let mut sidecars: BTreeMap<ScopeKey, Option<(&Resource, &SidecarSpec)>> = BTreeMap::new();
+    // HTTP `sourceLabels` of mesh VirtualServices: proxies satisfying the
+    // same ones share a route table (none anywhere: one per namespace and
+    // Sidecar, as without them).
+    let selectors: Vec<&BTreeMap<String, String>> = mesh
+        .config
+        .virtual_services()
+        .flat_map(|(_, vs)| vs.http.iter())
+        .flat_map(|r| r.r#match.iter())
+        .map(|m| &m.source_labels)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut clients: HashMap<ScopeKey, &BTreeMap<String, String>> = HashMap::new();
     for (key, w) in &mesh.registry.workloads {
         // Sidecar resources apply to sidecars, not to gateway proxies.
         let choice = if gateway::is_gateway(mesh, w) {
@@ -101,7 +131,9 @@ pub(super) fn build(
             sidecar: choice
                 .sidecar
                 .map(|(r, _)| format!("{}/{}", r.namespace, r.name)),
+            source: source_outcome(&selectors, &w.labels),
         };
+        clients.entry(scope_key.clone()).or_insert(&w.labels);
         sidecars.insert(scope_key.clone(), choice.sidecar);
         views.of.insert(key.clone(), scope_key);
     }
@@ -128,11 +160,18 @@ pub(super) fn build(
     for (scope_key, sidecar) in sidecars {
         let scope = Scope::new(mesh.config, mesh.registry, &scope_key.namespace, sidecar);
         let scoped = mesh.with_scope(&scope);
+        // The route table also depends on the clients' labels when some
+        // `sourceLabels` match holds for them (every client of the view
+        // satisfies the same ones).
+        let routed = match scope_key.source {
+            0 => scoped,
+            _ => scoped.with_source_labels(clients.get(&scope_key).copied()),
+        };
         let old = prev.views.layers.get(&scope_key);
         // The catch-all follows the view's Sidecar `outboundTrafficPolicy`,
         // else the mesh-wide one.
         let mode = egress::mode_of(mesh, sidecar.map(|(_, s)| s));
-        let rc = egress::outbound_routes(&scoped, &scope_key.namespace, mode);
+        let rc = egress::outbound_routes(&routed, &scope_key.namespace, mode);
         let routes = intern(
             XdsType::Route,
             Layer::encode(XdsType::Route, [(rc.name.clone(), rc)]).reuse(old.map(|o| &o.routes)),

@@ -63,6 +63,10 @@ pub struct Mesh<'a> {
     /// The view being translated for (Sidecar egress hosts, exportTo);
     /// None: every service and rule, as if exported everywhere.
     pub scope: Option<&'a scope::Scope<'a>>,
+    /// The client workloads' labels when translating for proxies that share
+    /// the outcome of every `sourceLabels` match (see `cache/scope.rs`);
+    /// None: such matches never apply.
+    pub source_labels: Option<&'a std::collections::BTreeMap<String, String>>,
     /// Mesh-wide `outboundTrafficPolicy` (meshConfig's), which a Sidecar
     /// resource may override per workload; Istio's default is ALLOW_ANY.
     pub outbound_policy: OutboundMode,
@@ -77,7 +81,19 @@ impl<'a> Mesh<'a> {
             mtls: false,
             zipkin: None,
             scope: None,
+            source_labels: None,
             outbound_policy: OutboundMode::AllowAny,
+        }
+    }
+
+    /// Translation for client proxies carrying `labels` (HTTP `sourceLabels`).
+    pub fn with_source_labels(
+        self,
+        source_labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    ) -> Self {
+        Mesh {
+            source_labels,
+            ..self
         }
     }
 

@@ -1,7 +1,7 @@
 //! Routes (RDS): the outbound route table a sidecar's outbound listener uses,
 //! with VirtualService HTTP routing applied.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -144,10 +144,11 @@ fn default_retry_policy() -> RetryPolicy {
 /// A VirtualService's HTTP routes for one service port. Each `match` of an
 /// HTTP route becomes one Envoy route (they are ORed); matches for another
 /// port or only for gateways are left out.
-/// Route tables are shared by every proxy of a namespace, so a match on
-/// `sourceNamespace` is decided here, and a match on `sourceLabels` (which
-/// would need a table per workload) never matches yet rather than matching
-/// every source.
+/// Route tables are shared by the proxies of a view, so a match on
+/// `sourceNamespace` is decided here, and one on `sourceLabels` against
+/// `mesh.source_labels` (the labels of the view's clients: views are split
+/// by the outcome of these matches); without them it never matches rather
+/// than matching every source.
 pub fn http_routes(
     mesh: &Mesh<'_>,
     vs: &Resource,
@@ -166,7 +167,7 @@ pub fn http_routes(
                 .r#match
                 .iter()
                 .filter(|m| m.port.is_none_or(|p| p == port.number))
-                .filter(|m| m.source_labels.is_empty())
+                .filter(|m| source_labels_match(mesh, &m.source_labels))
                 .filter(|m| m.source_namespace.as_ref().is_none_or(|ns| ns == client_ns))
                 .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
                 .map(Some)
@@ -547,4 +548,13 @@ fn action(
         }
     }
     Action::Route(action)
+}
+
+/// Whether the client satisfies a match's `sourceLabels`: none asked, or
+/// every one present on the client's workload.
+pub fn source_labels_match(mesh: &Mesh<'_>, wanted: &BTreeMap<String, String>) -> bool {
+    wanted.is_empty()
+        || mesh
+            .source_labels
+            .is_some_and(|l| wanted.iter().all(|(k, v)| l.get(k) == Some(v)))
 }

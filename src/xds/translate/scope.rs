@@ -110,14 +110,21 @@ fn choose<'a>(candidates: Vec<(&'a Resource, &'a SidecarSpec)>, why: &str) -> Si
 pub struct ScopeKey {
     pub namespace: String,
     pub sidecar: Option<String>,
+    /// Which HTTP `sourceLabels` matches the view's clients satisfy (a
+    /// hash; 0: none), so proxies routed differently get their own table.
+    pub source: u64,
 }
 
 impl std::fmt::Display for ScopeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.sidecar {
-            Some(s) => write!(f, "{} (Sidecar {s})", self.namespace),
-            None => write!(f, "{} (no Sidecar)", self.namespace),
+            Some(s) => write!(f, "{} (Sidecar {s})", self.namespace)?,
+            None => write!(f, "{} (no Sidecar)", self.namespace)?,
         }
+        if self.source != 0 {
+            write!(f, " (sourceLabels {:016x})", self.source)?;
+        }
+        Ok(())
     }
 }
 
@@ -299,6 +306,7 @@ impl<'a> Scope<'a> {
             key: ScopeKey {
                 namespace: namespace.to_string(),
                 sidecar: sidecar.map(|(r, _)| format!("{}/{}", r.namespace, r.name)),
+                source: 0,
             },
             routed,
             reachable,

@@ -274,3 +274,53 @@ spec:
         "{without:?} vs {with:?}"
     );
 }
+
+#[test]
+fn source_labels_split_route_tables_only_for_the_clients_they_match() {
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - sourceLabels: {app: productpage}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+";
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, vs]);
+    let xds = build(&snap, &reg, &XdsSnapshot::default());
+    let routes = |w: &str| {
+        let r = xds.resources_for(&mk_key("default", w)).unwrap();
+        Arc::clone(&r.layers[XdsType::Route.index()][0])
+    };
+    let table = |w: &str| {
+        let layer = routes(w);
+        let enc = layer.resources.get("outbound").unwrap();
+        use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+        use prost::Message;
+        let resp = DiscoveryResponse::decode(enc.sotw.as_ref()).unwrap();
+        let rc = RouteConfiguration::decode(resp.resources[0].value.as_slice()).unwrap();
+        let vh = rc
+            .virtual_hosts
+            .into_iter()
+            .find(|v| v.name == "reviews.default.svc.cluster.local:9080")
+            .unwrap();
+        format!("{:?}", vh.routes)
+    };
+    // productpage satisfies the sourceLabels rule: its table routes to v2
+    // first; every other workload's table only has the v1 rule.
+    assert!(table("productpage-v1").contains("outbound|9080|v2|reviews"));
+    assert!(!table("details-v1").contains("outbound|9080|v2|reviews"));
+    assert!(table("details-v1").contains("outbound|9080|v1|reviews"));
+    assert!(!Arc::ptr_eq(
+        &routes("productpage-v1"),
+        &routes("details-v1")
+    ));
+    // Workloads with the same outcome still share one encoded table.
+    assert!(Arc::ptr_eq(&routes("details-v1"), &routes("ratings-v1")));
+    assert!(Arc::ptr_eq(&routes("reviews-v1"), &routes("ratings-v1")));
+}
