@@ -381,6 +381,10 @@ fn root_rotation_under_traffic() {
         .is_some()
     );
 
+    // Validity is in whole seconds: let the new root be minted in a later
+    // second than the old one, so the gauge can be seen to move.
+    std::thread::sleep(Duration::from_millis(1100));
+
     // Step 1: a new root signs; both are trusted; everyone is re-issued.
     assert!(rotate("begin").contains("2 root(s)"));
     // The gauge follows the new signing root (minted seconds later).

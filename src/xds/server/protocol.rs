@@ -74,6 +74,10 @@ pub struct Request<'a, N = String> {
     pub unsubscribe: &'a [N],
     /// Delta only: what the client already has (reconnect).
     pub initial_versions: Option<&'a HashMap<String, String>>,
+    /// SotW: the caller saw that this request's names are byte for byte
+    /// the last accepted request's (of this type), and left `subscribe`
+    /// empty: the subscription stands as it is.
+    pub same_names: bool,
 }
 
 #[derive(Debug, Default)]
@@ -254,7 +258,7 @@ impl StreamProtocol {
                 st.sent.remove(name);
                 st.initial.remove(name);
             }
-        } else {
+        } else if !req.same_names {
             let wildcard = req.subscribe.iter().any(|n| n.as_ref() == b"*")
                 || (t.is_wildcard_type() && req.subscribe.is_empty());
             if wildcard != st.wildcard {
@@ -282,16 +286,16 @@ impl StreamProtocol {
                 st.names = names;
             }
             st.wildcard = wildcard;
-            if ack == Ack::Initial {
-                // A request without a nonce asks for the current state.
-                push = true;
-                st.sent.clear();
-                st.sent_all.clear();
-                st.sent_layers.clear();
-                st.sent_version = None;
-                st.synced = None;
-                st.fresh.clear();
-            }
+        }
+        if !delta && ack == Ack::Initial {
+            // A request without a nonce asks for the current state.
+            push = true;
+            st.sent.clear();
+            st.sent_all.clear();
+            st.sent_layers.clear();
+            st.sent_version = None;
+            st.synced = None;
+            st.fresh.clear();
         }
         (ack, push)
     }

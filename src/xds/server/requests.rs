@@ -27,11 +27,22 @@ struct State<B> {
     max: usize,
 }
 
+/// A request message read from one whole gRPC message's bytes.
+pub trait WireDecode: Sized {
+    fn from_wire(bytes: Bytes) -> Result<Self, String>;
+}
+
+impl<M: Message + Default> WireDecode for M {
+    fn from_wire(bytes: Bytes) -> Result<Self, String> {
+        M::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// The messages of a gRPC request body, one by one; ends at end of stream or
 /// after the first error.
 pub fn decode<M, B>(body: B, max: usize) -> BoxStream<'static, Result<M, tonic::Status>>
 where
-    M: Message + Default + 'static,
+    M: WireDecode + 'static,
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
@@ -61,7 +72,7 @@ where
 
 async fn next<M, B>(st: &mut State<B>) -> Result<Option<M>, tonic::Status>
 where
-    M: Message + Default,
+    M: WireDecode,
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
@@ -105,9 +116,7 @@ fn append<B>(st: &mut State<B>, data: Bytes) {
 }
 
 /// Decodes one message if a whole one has arrived.
-fn take_message<M: Message + Default>(
-    st: &mut State<impl Sized>,
-) -> Result<Option<M>, tonic::Status> {
+fn take_message<M: WireDecode>(st: &mut State<impl Sized>) -> Result<Option<M>, tonic::Status> {
     // Gathered bytes become the pending bytes once a whole message is there.
     let available: &[u8] = match &st.gather {
         Some(g) => g,
@@ -140,7 +149,7 @@ fn take_message<M: Message + Default>(
         // Let go of the chunk (or gathered buffer) the message came in.
         st.pending = Bytes::new();
     }
-    M::decode(msg)
+    M::from_wire(msg)
         .map(Some)
         .map_err(|e| tonic::Status::internal(format!("undecodable request: {e}")))
 }

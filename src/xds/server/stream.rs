@@ -33,53 +33,170 @@ pub struct Incoming {
     subscribe: Vec<Bytes>,
     unsubscribe: Vec<Bytes>,
     initial: Option<HashMap<String, String>>,
+    /// SotW: `resource_names` as they came (every entry, keys and lengths
+    /// included), and its hash. Envoy repeats its whole subscription in
+    /// every ACK, thousands of EDS names: when the bytes are the last
+    /// request's, the names are never split, checked or hashed one by one.
+    names: Option<(Bytes, u64)>,
 }
 
-/// `envoy.service.discovery.v3.DiscoveryRequest` as read off the wire, with
-/// `resource_names` (a `repeated string`, same wire type as `bytes`) kept as
-/// slices of the received buffer: Envoy repeats its whole subscription in
-/// every SotW ACK, thousands of EDS names, and allocating a `String` for
-/// each was a sixth of pilotfish's CPU in a fan-out. `resource_locators`
-/// (field 7) is skipped as an unknown field.
-#[derive(Clone, PartialEq, prost::Message)]
+/// `envoy.service.discovery.v3.DiscoveryRequest`, read by hand from the
+/// wire: `resource_names` (field 3) stays one slice of the received buffer
+/// when its entries are contiguous, as every encoder writes them; other
+/// fields as prost reads them; `resource_locators` (7) and unknown fields
+/// are skipped.
+#[derive(Debug, Default)]
 pub struct SotwRequest {
-    #[prost(string, tag = "1")]
     pub version_info: String,
-    #[prost(message, optional, tag = "2")]
     pub node: Option<Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
     pub type_url: String,
-    #[prost(string, tag = "5")]
     pub response_nonce: String,
-    #[prost(message, optional, tag = "6")]
     pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
+    /// The field-3 entries, contiguous, and how many.
+    pub names_span: Bytes,
+    /// The names one by one, when field 3 was not contiguous.
+    pub names_split: Option<Vec<Bytes>>,
+}
+
+impl super::requests::WireDecode for SotwRequest {
+    fn from_wire(whole: Bytes) -> Result<Self, String> {
+        use bytes::Buf;
+        use prost::Message;
+        use prost::encoding::decode_varint;
+        let text = |b: Bytes| {
+            String::from_utf8(b.to_vec()).map_err(|_| "a string field is not UTF-8".to_string())
+        };
+        let de = |e: prost::DecodeError| e.to_string();
+        let mut out = SotwRequest::default();
+        let mut buf = whole.clone();
+        let total = whole.len();
+        let mut span: Option<(usize, usize)> = None;
+        let mut contiguous = true;
+        while buf.has_remaining() {
+            let start = total - buf.remaining();
+            let key = decode_varint(&mut buf).map_err(de)?;
+            let (tag, wire_type) = (key >> 3, key & 7);
+            let skip = match wire_type {
+                0 => {
+                    decode_varint(&mut buf).map_err(de)?;
+                    0
+                }
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let len = decode_varint(&mut buf).map_err(de)? as usize;
+                    if len > buf.remaining() {
+                        return Err("field longer than the message".to_string());
+                    }
+                    let field = buf.split_to(len);
+                    match tag {
+                        1 => out.version_info = text(field)?,
+                        2 => out.node = Some(Node::decode(field).map_err(de)?),
+                        3 => {
+                            let end = total - buf.remaining();
+                            match &mut span {
+                                None => span = Some((start, end)),
+                                Some((_, e)) if *e == start => *e = end,
+                                Some(_) => contiguous = false,
+                            }
+                        }
+                        4 => out.type_url = text(field)?,
+                        5 => out.response_nonce = text(field)?,
+                        6 => out.error_detail = Some(Message::decode(field).map_err(de)?),
+                        _ => {}
+                    }
+                    0
+                }
+                _ => return Err("unexpected wire type".to_string()),
+            };
+            if skip > buf.remaining() {
+                return Err("truncated field".to_string());
+            }
+            buf.advance(skip);
+        }
+        if let Some((s, e)) = span {
+            if contiguous {
+                out.names_span = whole.slice(s..e);
+            } else {
+                // Names interleaved with other fields: take them one by one.
+                let mut names = Vec::new();
+                let mut buf = whole.clone();
+                while buf.has_remaining() {
+                    let key = decode_varint(&mut buf).map_err(de)?;
+                    match key & 7 {
+                        0 => {
+                            decode_varint(&mut buf).map_err(de)?;
+                        }
+                        1 => buf.advance(8.min(buf.remaining())),
+                        5 => buf.advance(4.min(buf.remaining())),
+                        _ => {
+                            let len = (decode_varint(&mut buf).map_err(de)? as usize)
+                                .min(buf.remaining());
+                            let field = buf.split_to(len);
+                            if key >> 3 == 3 {
+                                names.push(field);
+                            }
+                        }
+                    }
+                }
+                out.names_split = Some(names);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The names in a span of `resource_names` entries, each checked as UTF-8.
+fn split_names(mut span: Bytes) -> Result<Vec<Bytes>, String> {
+    use bytes::Buf;
+    let mut names = Vec::new();
+    while span.has_remaining() {
+        let key = prost::encoding::decode_varint(&mut span).map_err(|e| e.to_string())?;
+        let len = prost::encoding::decode_varint(&mut span).map_err(|e| e.to_string())? as usize;
+        if key != (3 << 3 | 2) || len > span.remaining() {
+            return Err("malformed resource_names".to_string());
+        }
+        let name = span.split_to(len);
+        if std::str::from_utf8(&name).is_err() {
+            return Err(format!(
+                "resource name {:?} is not UTF-8",
+                String::from_utf8_lossy(&name)
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 impl Incoming {
     /// Fails, as decoding a `DiscoveryRequest` would, when a resource name
-    /// is not UTF-8.
+    /// is not UTF-8 (names in one span are checked when first split).
     pub fn from_sotw(r: SotwRequest) -> Result<Self, tonic::Status> {
-        if let Some(bad) = r
-            .resource_names
-            .iter()
-            .find(|n| std::str::from_utf8(n).is_err())
-        {
-            return Err(tonic::Status::invalid_argument(format!(
-                "undecodable request: resource name {:?} is not UTF-8",
-                String::from_utf8_lossy(bad)
-            )));
-        }
+        let (subscribe, names) = match r.names_split {
+            Some(split) => {
+                if let Some(bad) = split.iter().find(|n| std::str::from_utf8(n).is_err()) {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "undecodable request: resource name {:?} is not UTF-8",
+                        String::from_utf8_lossy(bad)
+                    )));
+                }
+                (split, None)
+            }
+            None => {
+                let hash = xxhash_rust::xxh3::xxh3_64(&r.names_span);
+                (Vec::new(), Some((r.names_span, hash)))
+            }
+        };
         Ok(Incoming {
             node: r.node,
             type_url: r.type_url,
             nonce: r.response_nonce,
             version: r.version_info,
             error: r.error_detail.map(|e| e.message),
-            subscribe: r.resource_names,
+            subscribe,
             unsubscribe: Vec::new(),
             initial: None,
+            names,
         })
     }
 
@@ -101,6 +218,7 @@ impl Incoming {
                 .map(Bytes::from)
                 .collect(),
             initial: Some(r.initial_resource_versions),
+            names: None,
         }
     }
 }
@@ -206,6 +324,7 @@ pub async fn run(
         resources: None,
         warned_unknown: false,
         pending: [None; XdsType::COUNT],
+        names_hash: [None; XdsType::COUNT],
     };
     let mut snapshots = shared.snapshots.clone();
     snapshots.mark_changed();
@@ -258,14 +377,29 @@ struct Stream<'a> {
     /// Per type: when the change behind the latest unacknowledged push was
     /// first seen (for `pilot_proxy_convergence_time`).
     pending: [Option<std::time::Instant>; XdsType::COUNT],
+    /// SotW, per type: the hash of the `resource_names` bytes of the last
+    /// request that was not stale.
+    names_hash: [Option<u64>; XdsType::COUNT],
 }
 
 impl Stream<'_> {
-    async fn handle(&mut self, req: Incoming) -> Result<(), Closed> {
+    async fn handle(&mut self, mut req: Incoming) -> Result<(), Closed> {
         let Some(t) = XdsType::from_type_url(&req.type_url) else {
             warn!(type_url = %req.type_url, "request for a type pilotfish does not serve; ignored");
             return Ok(());
         };
+        // SotW: names byte for byte as last time need no look at all.
+        let names_hash = req.names.as_ref().map(|(_, h)| *h);
+        let same_names = names_hash.is_some() && self.names_hash[t.index()] == names_hash;
+        if !same_names && let Some((span, _)) = req.names.take() {
+            match split_names(span) {
+                Ok(names) => req.subscribe = names,
+                Err(e) => {
+                    warn!(node = %self.conn.node_id, error = %e, "undecodable request; closing the stream");
+                    return Err(Closed);
+                }
+            }
+        }
         let mut built = true;
         if self.resources.is_none() {
             let snapshot = Arc::clone(&self.shared.snapshots.borrow());
@@ -281,8 +415,13 @@ impl Stream<'_> {
                 subscribe: &req.subscribe,
                 unsubscribe: &req.unsubscribe,
                 initial_versions: req.initial.as_ref(),
+                same_names,
             };
             let (ack, push_now) = proto.on_request_with(t, &r, self.resources.as_ref());
+            if ack != Ack::Stale {
+                // The subscription these names give is now in force.
+                self.names_hash[t.index()] = names_hash;
+            }
             match &ack {
                 Ack::Nack(nack) => {
                     self.pending[t.index()] = None;
@@ -367,13 +506,13 @@ impl Stream<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::requests::WireDecode;
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use prost::Message;
 
-    #[test]
-    fn sotw_request_reads_what_envoy_encodes() {
-        let full = DiscoveryRequest {
+    fn full() -> DiscoveryRequest {
+        DiscoveryRequest {
             version_info: "v7".into(),
             node: Some(Node {
                 id: "sidecar~127.0.0.11~productpage-v1.default~default.svc.cluster.local".into(),
@@ -391,29 +530,66 @@ mod tests {
                 details: vec![],
             }),
             resource_locators: vec![Default::default()],
-        };
+        }
+    }
+
+    #[test]
+    fn sotw_request_reads_what_envoy_encodes() {
+        let full = full();
         let wire = Bytes::from(full.encode_to_vec());
-        let lite = SotwRequest::decode(wire.clone()).unwrap();
-        let inc = Incoming::from_sotw(lite).unwrap();
+        let inc = Incoming::from_sotw(SotwRequest::from_wire(wire.clone()).unwrap()).unwrap();
         assert_eq!(inc.version, "v7");
         assert_eq!(inc.nonce, "12");
         assert_eq!(inc.type_url, full.type_url);
         assert_eq!(inc.node, full.node);
         assert_eq!(inc.error.as_deref(), Some("bad"));
-        let names: Vec<&[u8]> = inc.subscribe.iter().map(|b| b.as_ref()).collect();
-        assert_eq!(names, [full.resource_names[0].as_bytes(), b"b"]);
-        // The names are slices of the received buffer, not copies.
+        // The names stay one slice of the received buffer until needed.
+        let (span, hash) = inc.names.clone().unwrap();
         let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
-        assert!(range.contains(&(inc.subscribe[0].as_ptr() as usize)));
+        assert!(range.contains(&(span.as_ptr() as usize)));
+        let names = split_names(span).unwrap();
+        let names: Vec<&[u8]> = names.iter().map(|b| b.as_ref()).collect();
+        assert_eq!(names, [full.resource_names[0].as_bytes(), b"b"]);
+        // The same names in another ACK (new nonce and version) hash the same;
+        // one name more does not.
+        let mut ack = full.clone();
+        ack.response_nonce = "13".into();
+        ack.version_info = "v8".into();
+        let again = SotwRequest::from_wire(Bytes::from(ack.encode_to_vec())).unwrap();
+        assert_eq!(Incoming::from_sotw(again).unwrap().names.unwrap().1, hash);
+        ack.resource_names.push("c".into());
+        let more = SotwRequest::from_wire(Bytes::from(ack.encode_to_vec())).unwrap();
+        assert_ne!(Incoming::from_sotw(more).unwrap().names.unwrap().1, hash);
     }
 
     #[test]
-    fn a_name_that_is_not_utf8_is_refused() {
-        let lite = SotwRequest {
-            resource_names: vec![Bytes::from_static(b"ok"), Bytes::from_static(&[0xff, 0xfe])],
-            ..Default::default()
-        };
-        let err = Incoming::from_sotw(lite).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    fn interleaved_names_are_read_one_by_one() {
+        // Field 3 twice with field 4 between (legal protobuf, unusual).
+        let mut wire = Vec::new();
+        prost::encoding::string::encode(3, &"a".to_string(), &mut wire);
+        prost::encoding::string::encode(4, &"t".to_string(), &mut wire);
+        prost::encoding::string::encode(3, &"b".to_string(), &mut wire);
+        let r = SotwRequest::from_wire(Bytes::from(wire)).unwrap();
+        let inc = Incoming::from_sotw(r).unwrap();
+        assert!(inc.names.is_none());
+        assert_eq!(
+            inc.subscribe,
+            [Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert_eq!(inc.type_url, "t");
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        // A name that is not UTF-8: refused when split.
+        let mut wire = Vec::new();
+        prost::encoding::bytes::encode(3, &vec![0xffu8, 0xfe], &mut wire);
+        let r = SotwRequest::from_wire(Bytes::from(wire)).unwrap();
+        let (span, _) = Incoming::from_sotw(r).unwrap().names.unwrap();
+        assert!(split_names(span).unwrap_err().contains("not UTF-8"));
+        // Truncated: a length beyond the message.
+        assert!(SotwRequest::from_wire(Bytes::from_static(&[0x1a, 0x05, b'a'])).is_err());
+        // A wire type that does not exist.
+        assert!(SotwRequest::from_wire(Bytes::from_static(&[0x1f])).is_err());
     }
 }
