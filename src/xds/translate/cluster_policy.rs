@@ -204,18 +204,7 @@ pub fn upstream_tls(c: &mut Cluster, tls: Option<&ClientTlsSettings>) {
         common.validation_context_type = Some(ValidationContextType::ValidationContext(
             CertificateValidationContext {
                 trusted_ca: file(&tls.ca_certificates),
-                match_typed_subject_alt_names: tls
-                    .subject_alt_names
-                    .iter()
-                    .map(|san| SubjectAltNameMatcher {
-                        san_type: SanType::Dns as i32,
-                        matcher: Some(StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(san.clone())),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
+                match_typed_subject_alt_names: dns_san_matchers(&tls.subject_alt_names),
                 crl: file(&tls.ca_crl),
                 ..Default::default()
             },
@@ -262,4 +251,19 @@ pub fn load_balancer(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
         Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
         _ => LbPolicy::LeastRequest,
     } as i32;
+}
+
+/// DestinationRule `subjectAltNames`: each an exact DNS SAN the server's
+/// certificate must carry.
+pub fn dns_san_matchers(sans: &[String]) -> Vec<SubjectAltNameMatcher> {
+    sans.iter()
+        .map(|san| SubjectAltNameMatcher {
+            san_type: SanType::Dns as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(san.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
 }

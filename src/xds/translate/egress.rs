@@ -29,14 +29,12 @@ use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
     common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
-    subject_alt_name_matcher::SanType,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 
 use super::gateway::{credential_ca_secret, credential_secret, sds};
-use super::{CONNECT_TIMEOUT_SECS, Mesh, any, cluster_policy, duration, mtls, routes};
+use super::{CONNECT_TIMEOUT_SECS, Mesh, any, cluster_policy, duration, routes};
 use crate::model::istio::{ClientTlsSettings, OutboundMode, SidecarSpec, TlsMode, TrafficPolicy};
 use crate::model::registry::Workload;
 
@@ -57,36 +55,12 @@ const DNS_CACHE: &str = "passthrough_dns_cache";
 /// The outbound traffic policy of `workload`'s sidecar: the `mode` of the
 /// Sidecar resource that applies to it, else the mesh-wide one.
 ///
-/// The Sidecar is chosen simply, as Istio does: one in the workload's
-/// namespace whose `workloadSelector` matches it, else the namespace's one
-/// without a selector, else the root namespace's (`istio-system`) one
-/// without a selector; the first by name at each step.
+/// The Sidecar is the one `scope::select_sidecar` picks for the workload,
+/// as for its view's route table (`cache/scope.rs`).
 pub fn outbound_mode(mesh: &Mesh<'_>, workload: &Workload) -> OutboundMode {
-    let ns = &workload.key.namespace;
-    let sidecars: Vec<_> = mesh.config.sidecars().collect();
-    let selected = sidecars
-        .iter()
-        .filter(|(r, _)| &r.namespace == ns)
-        .find(|(_, s)| {
-            s.workload_selector.as_ref().is_some_and(|sel| {
-                !sel.labels.is_empty()
-                    && sel
-                        .labels
-                        .iter()
-                        .all(|(k, v)| workload.labels.get(k) == Some(v))
-            })
-        })
-        .or_else(|| {
-            sidecars
-                .iter()
-                .find(|(r, s)| &r.namespace == ns && s.workload_selector.is_none())
-        })
-        .or_else(|| {
-            sidecars
-                .iter()
-                .find(|(r, s)| r.namespace == mtls::ROOT_NAMESPACE && s.workload_selector.is_none())
-        });
-    mode_of(mesh, selected.map(|(_, s)| *s))
+    let choice =
+        super::scope::select_sidecar(mesh.config, &workload.key.namespace, &workload.labels);
+    mode_of(mesh, choice.sidecar.map(|(_, s)| s))
 }
 
 /// The outbound traffic policy under `sidecar` (the one selected for a
@@ -210,18 +184,9 @@ pub fn credential_tls(tls: &ClientTlsSettings, name: &str) -> UpstreamTlsContext
         common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
             CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
-                    match_typed_subject_alt_names: tls
-                        .subject_alt_names
-                        .iter()
-                        .map(|san| SubjectAltNameMatcher {
-                            san_type: SanType::Dns as i32,
-                            matcher: Some(StringMatcher {
-                                match_pattern: Some(MatchPattern::Exact(san.clone())),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
+                    match_typed_subject_alt_names: cluster_policy::dns_san_matchers(
+                        &tls.subject_alt_names,
+                    ),
                     ..Default::default()
                 }),
                 validation_context_sds_secret_config: Some(sds(credential_ca_secret(name))),
