@@ -204,12 +204,19 @@ if [ "$FLOOR" = 1 ]; then
     --lds-bytes "$(jqr .sync_bytes_per_proxy.lds "$rep")" --rds-bytes "$(jqr .sync_bytes_per_proxy.rds "$rep")"
   floor_sync=$(jqr '.all_synced_ms // "n/a"' "$work/floor.json" 2>/dev/null || echo n/a)
   floor_sync_p99=$(jqr '.sync.p99_ms // "n/a"' "$work/floor.json" 2>/dev/null || echo n/a)
-  # One EDS push the size of pilotfish's endpoint-change response, to every proxy.
+  # One EDS push the size of pilotfish's endpoint-change response, to every
+  # proxy, each subscribed to as many EDS names as with pilotfish (so its
+  # ACKs are as large); counted once the proxies are synced.
   eds_push=$(jq -r '[.changes[] | select(.change.kind == "endpoint") | select(.traffic.responses > 0) | .traffic.bytes / .traffic.responses] | if length > 0 then (add / length | floor) else 1000 end' "$rep")
   echo "floor: fan-out of a $eds_push-byte EDS push..." >&2
-  floor_run_args=(--duration $((15 + PROXIES / 200)))
-  run_floor --clusters 1 --listeners 1 --routes 1 --cds-bytes 500 --eds-bytes "$eds_push" \
-    --lds-bytes 500 --rds-bytes 500 --push-every 1 --push-types eds
+  sync_s=$(awk -v ms="$floor_sync" 'BEGIN { if (ms + 0 > 0) printf "%d", ms / 1000; else print 60 }')
+  floor_run_args=(--duration $((sync_s * 2 + 15 + PROXIES / 200)))
+  run_floor --clusters "$(round "$(jqr .resources_per_proxy.cds "$rep")")" \
+    --listeners "$(round "$(jqr .resources_per_proxy.lds "$rep")")" \
+    --routes "$(round "$(jqr .resources_per_proxy.rds "$rep")")" \
+    --cds-bytes "$(jqr .sync_bytes_per_proxy.cds "$rep")" --eds-bytes "$(jqr .sync_bytes_per_proxy.eds "$rep")" \
+    --lds-bytes "$(jqr .sync_bytes_per_proxy.lds "$rep")" --rds-bytes "$(jqr .sync_bytes_per_proxy.rds "$rep")" \
+    --push-every 1 --push-types eds --push-bytes "$eds_push"
   floor_spread=$(jqr '.floor.spread_p50_ms // "n/a"' "$work/floor.json" 2>/dev/null || echo n/a)
   floor_p99=$(jqr '.floor.latency.p99_ms // "n/a"' "$work/floor.json" 2>/dev/null || echo n/a)
   pf_spread=$(per_kind endpoint .spread_ms)
@@ -237,7 +244,7 @@ Command: \`S=$S E=$E R=$R K=$K PROXIES=$PROXIES MODE=$MODE CONNECT_RATE=$CONNECT
 | VirtualService change: converged (RDS ACKed) | $(converged virtualservice) | all |
 | VirtualService change → RDS ACKed, p50 / p99 / max (median of $CHANGES changes, incl. debounce) | $(per_kind virtualservice .latency.p50_ms) / $(per_kind virtualservice .latency.p99_ms) / $(per_kind virtualservice .latency.max_ms) ms | p99 ≤ 250 ms |
 | endpoint change fan-out (last − first proxy ACK), median | $pf_spread ms | |
-| floor: same EDS push to $PROXIES streams, fan-out (last − first), median | $floor_spread ms (p99 latency $floor_p99 ms) | |
+| floor: same EDS push to $PROXIES streams with as many EDS names each, fan-out (last − first), median | $floor_spread ms (p99 latency $floor_p99 ms) | |
 | fan-out ÷ floor | $ratio | ≤ 1.5 |
 | floor: initial sync of all proxies, same CDS/EDS/LDS/RDS sizes (no SDS) | $floor_sync ms (per proxy p99 $floor_sync_p99 ms) | |
 | config per proxy at sync: CDS / EDS / LDS / RDS / SDS | $(kib "$(jqr .sync_bytes_per_proxy.cds "$rep")") / $(kib "$(jqr .sync_bytes_per_proxy.eds "$rep")") / $(kib "$(jqr .sync_bytes_per_proxy.lds "$rep")") / $(kib "$(jqr .sync_bytes_per_proxy.rds "$rep")") / $(kib "$(jqr .sync_bytes_per_proxy.sds "$rep")") | |

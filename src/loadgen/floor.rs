@@ -125,6 +125,14 @@ pub struct FloorArgs {
     /// Resources are zero-filled blobs that do not decode as their type.
     #[arg(long)]
     pub opaque: bool,
+    /// Timed EDS and RDS pushes carry only the type's first resource, padded
+    /// to about this many bytes, as pilotfish pushes only what changed (a
+    /// response of these types need not repeat the others). The streams
+    /// keep subscribing to every resource, so their ACKs are as large as
+    /// with pilotfish. CDS and LDS pushes stay whole (their responses are
+    /// the full set). Default: every push is the whole response.
+    #[arg(long)]
+    pub push_bytes: Option<usize>,
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -135,6 +143,9 @@ pub struct FloorArgs {
 struct Built {
     sotw: [Vec<Any>; N],
     delta: [Vec<Resource>; N],
+    /// What timed pushes carry (see `--push-bytes`).
+    push_sotw: [Vec<Any>; N],
+    push_delta: [Vec<Resource>; N],
 }
 
 /// A timed push: its number and when it was sent (unix micros).
@@ -241,6 +252,8 @@ fn build(args: &FloorArgs) -> Built {
     let mut built = Built {
         sotw: Default::default(),
         delta: Default::default(),
+        push_sotw: Default::default(),
+        push_delta: Default::default(),
     };
     for t in TYPES {
         let list = std::mem::take(&mut items[ix(t)]);
@@ -264,8 +277,53 @@ fn build(args: &FloorArgs) -> Built {
             });
             built.sotw[ix(t)].push(any);
         }
+        let partial = matches!(t, XdsType::Endpoint | XdsType::Route);
+        match (args.push_bytes, built.delta[ix(t)].first()) {
+            (Some(target), Some(first)) if partial && !args.opaque => {
+                let mut r = first.clone();
+                let value = std::mem::take(&mut r.resource.as_mut().expect("built above").value);
+                let unpadded = strip_pad(value);
+                let any = Any {
+                    type_url: t.type_url().to_string(),
+                    value: pad(unpadded, target),
+                };
+                r.version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any.value));
+                r.resource = Some(any.clone());
+                built.push_sotw[ix(t)] = vec![any];
+                built.push_delta[ix(t)] = vec![r];
+            }
+            _ => {
+                built.push_sotw[ix(t)] = built.sotw[ix(t)].clone();
+                built.push_delta[ix(t)] = built.delta[ix(t)].clone();
+            }
+        }
     }
     built
+}
+
+/// `value` without the padding [`pad`] appended (the message's own fields
+/// come first).
+fn strip_pad(value: Vec<u8>) -> Vec<u8> {
+    let mut buf = value.as_slice();
+    let mut end = 0;
+    while !buf.is_empty() {
+        let before = buf.len();
+        let Ok(key) = prost::encoding::decode_varint(&mut buf) else {
+            break;
+        };
+        if (key >> 3) as u32 == PAD_FIELD {
+            return value[..end].to_vec();
+        }
+        let ctx = prost::encoding::DecodeContext::default();
+        let Ok(wt) = WireType::try_from(key & 7) else {
+            break;
+        };
+        if prost::encoding::skip_field(wt, (key >> 3) as u32, &mut buf, ctx).is_err() {
+            break;
+        }
+        end += before - buf.len();
+    }
+    value
 }
 
 fn unix_micros() -> u64 {
@@ -297,11 +355,16 @@ impl AggregatedDiscoveryService for Floor {
         tokio::spawn(async move {
             let mut names: [Option<Vec<String>>; N] = Default::default();
             let mut nonce = 0u64;
-            let respond = |t: XdsType, version: String, nonce: &mut u64| {
+            let respond = |t: XdsType, version: String, nonce: &mut u64, push: bool| {
                 *nonce += 1;
+                let built = if push {
+                    &this.built.push_sotw
+                } else {
+                    &this.built.sotw
+                };
                 DiscoveryResponse {
                     version_info: version,
-                    resources: this.built.sotw[ix(t)].clone(),
+                    resources: built[ix(t)].clone(),
                     type_url: t.type_url().to_string(),
                     nonce: nonce.to_string(),
                     ..Default::default()
@@ -315,7 +378,7 @@ impl AggregatedDiscoveryService for Floor {
                         let slot = &mut names[ix(t)];
                         if req.response_nonce.is_empty() || slot.as_ref() != Some(&req.resource_names) {
                             *slot = Some(req.resource_names);
-                            let r = respond(t, INITIAL_VERSION.into(), &mut nonce);
+                            let r = respond(t, INITIAL_VERSION.into(), &mut nonce, false);
                             if tx.send(Ok(r)).await.is_err() { break; }
                         }
                     }
@@ -323,7 +386,7 @@ impl AggregatedDiscoveryService for Floor {
                         Ok(p) => {
                             for t in TYPES {
                                 if names[ix(t)].is_some() && this.push_types[ix(t)] {
-                                    let r = respond(t, push_version(&p), &mut nonce);
+                                    let r = respond(t, push_version(&p), &mut nonce, true);
                                     if tx.send(Ok(r)).await.is_err() { return; }
                                 }
                             }
@@ -348,11 +411,16 @@ impl AggregatedDiscoveryService for Floor {
         tokio::spawn(async move {
             let mut requested = [false; N];
             let mut nonce = 0u64;
-            let respond = |t: XdsType, version: String, nonce: &mut u64| {
+            let respond = |t: XdsType, version: String, nonce: &mut u64, push: bool| {
                 *nonce += 1;
+                let built = if push {
+                    &this.built.push_delta
+                } else {
+                    &this.built.delta
+                };
                 DeltaDiscoveryResponse {
                     system_version_info: version,
-                    resources: this.built.delta[ix(t)].clone(),
+                    resources: built[ix(t)].clone(),
                     type_url: t.type_url().to_string(),
                     nonce: nonce.to_string(),
                     ..Default::default()
@@ -365,7 +433,7 @@ impl AggregatedDiscoveryService for Floor {
                         let Some(t) = XdsType::from_type_url(&req.type_url) else { continue };
                         if req.response_nonce.is_empty() || !req.resource_names_subscribe.is_empty() {
                             requested[ix(t)] = true;
-                            let r = respond(t, INITIAL_VERSION.into(), &mut nonce);
+                            let r = respond(t, INITIAL_VERSION.into(), &mut nonce, false);
                             if tx.send(Ok(r)).await.is_err() { break; }
                         }
                     }
@@ -373,7 +441,7 @@ impl AggregatedDiscoveryService for Floor {
                         Ok(p) => {
                             for t in TYPES {
                                 if requested[ix(t)] && this.push_types[ix(t)] {
-                                    let r = respond(t, push_version(&p), &mut nonce);
+                                    let r = respond(t, push_version(&p), &mut nonce, true);
                                     if tx.send(Ok(r)).await.is_err() { return; }
                                 }
                             }
@@ -470,4 +538,67 @@ pub async fn run(args: FloorArgs) -> Result<()> {
         }
     };
     serve(listener, args, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_bytes_makes_timed_eds_pushes_one_resource_of_that_size() {
+        let args = FloorArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cds_bytes: 30_000,
+            eds_bytes: 20_000,
+            lds_bytes: 1_000,
+            rds_bytes: 5_000,
+            clusters: 100,
+            listeners: 1,
+            routes: 1,
+            push_every: Some(1.0),
+            push_types: vec![TypeArg::Eds],
+            push_bytes: Some(700),
+            opaque: false,
+            duration: None,
+        };
+        let b = build(&args);
+        let eds = ix(XdsType::Endpoint);
+        // The initial answer: every assignment, padded to share the bytes.
+        assert_eq!(b.sotw[eds].len(), 100);
+        assert!(b.sotw[eds].iter().all(|a| a.value.len() <= 200));
+        // A timed push: the first assignment alone, about 700 bytes, still
+        // a ClusterLoadAssignment for the name the proxies subscribe to.
+        let [push] = b.push_sotw[eds].as_slice() else {
+            panic!("one resource")
+        };
+        assert!(
+            (690..=700).contains(&push.value.len()),
+            "{}",
+            push.value.len()
+        );
+        let cla = ClusterLoadAssignment::decode(push.value.as_slice()).unwrap();
+        assert_eq!(cla.cluster_name, "floor-c-0");
+        assert_eq!(b.push_delta[eds][0].name, "floor-c-0");
+        assert_ne!(b.push_delta[eds][0].version, b.delta[eds][0].version);
+        // CDS pushes stay whole: a SotW CDS response is the full set.
+        let cds = ix(XdsType::Cluster);
+        assert_eq!(b.push_sotw[cds], b.sotw[cds]);
+        // Without the flag every push is the whole response.
+        let b = build(&FloorArgs {
+            push_bytes: None,
+            ..args
+        });
+        assert_eq!(b.push_sotw[eds], b.sotw[eds]);
+    }
+
+    #[test]
+    fn strip_pad_finds_the_message_under_its_padding() {
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(strip_pad(pad(cla.clone(), 500)), cla);
+        assert_eq!(strip_pad(cla.clone()), cla);
+    }
 }

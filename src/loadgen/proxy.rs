@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -39,8 +40,8 @@ use tonic::transport::Endpoint;
 
 use super::scenario::WorkloadRef;
 use super::wire::{
-    DecodeCache, LiteCodec, LiteDeltaResponse, LiteResponse, N, ResourceInfo, SetInfo, Sized, ix,
-    slot,
+    DecodeCache, LiteCodec, LiteDeltaResponse, LiteResponse, N, ResourceInfo, SetInfo, Sized,
+    SotwRequestOut, encode_names, ix, slot,
 };
 use crate::model::WorkloadKey;
 use crate::xds::bootstrap::{BootstrapParams, bootstrap};
@@ -296,6 +297,8 @@ struct TypeState {
     acked: bool,
     /// Named types: the names asked for, sorted.
     names: Arc<[Arc<str>]>,
+    /// SotW: `names` encoded as a request's `resource_names`.
+    names_wire: Bytes,
     /// SotW roots: what the last response holds and leads to.
     set: Option<Arc<SetInfo>>,
     /// Delta: what the proxy holds, name -> (version, what it leads to).
@@ -317,12 +320,12 @@ struct Proxy<'a> {
 
 /// The request stream's sender, either variant.
 enum Tx {
-    Sotw(mpsc::Sender<DiscoveryRequest>),
+    Sotw(mpsc::Sender<SotwRequestOut>),
     Delta(mpsc::Sender<DeltaDiscoveryRequest>),
 }
 
 impl Tx {
-    async fn sotw(&self, req: DiscoveryRequest) -> Result<(), ()> {
+    async fn sotw(&self, req: SotwRequestOut) -> Result<(), ()> {
         match self {
             Tx::Sotw(tx) => tx.send(req).await.map_err(|_| ()),
             Tx::Delta(_) => Err(()),
@@ -436,7 +439,7 @@ impl<'a> Proxy<'a> {
         } else {
             let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
             let tx = Tx::Sotw(tx);
-            let codec = LiteCodec::<DiscoveryRequest, LiteResponse>::default();
+            let codec = LiteCodec::<SotwRequestOut, LiteResponse>::default();
             let path = http::uri::PathAndQuery::from_static(SOTW_PATH);
             match self.open_all(&tx).await {
                 Err(()) => Ended::closed(0),
@@ -525,7 +528,7 @@ impl<'a> Proxy<'a> {
         st.requested = true;
         match tx {
             Tx::Sotw(_) => {
-                let req = DiscoveryRequest {
+                let req = SotwRequestOut {
                     node,
                     ..self.sotw_request(t)
                 };
@@ -550,11 +553,11 @@ impl<'a> Proxy<'a> {
 
     /// A SotW request (or ACK) of type `t` as Envoy sends it: the last
     /// version and nonce, and the full list of names.
-    fn sotw_request(&self, t: XdsType) -> DiscoveryRequest {
+    fn sotw_request(&self, t: XdsType) -> SotwRequestOut {
         let st = &self.types[ix(t)];
-        DiscoveryRequest {
+        SotwRequestOut {
             version_info: st.version.clone(),
-            resource_names: st.names.iter().map(|n| n.to_string()).collect(),
+            names: st.names_wire.clone(),
             type_url: t.type_url().to_string(),
             response_nonce: st.nonce.clone(),
             ..Default::default()
@@ -609,6 +612,7 @@ impl<'a> Proxy<'a> {
             let wanted = self.wanted(*d);
             let ds = &mut self.types[ix(*d)];
             if !same_names(&ds.names, &wanted) {
+                ds.names_wire = encode_names(wanted.iter().map(|n| &**n));
                 ds.names = wanted;
                 if !ds.names.is_empty() || ds.requested {
                     ds.requested = true;
@@ -747,7 +751,10 @@ impl<'a> Proxy<'a> {
                 }
             }
         }
+        // Floor pushes count once the proxy is synced: during its initial
+        // sync a push waits behind the large first responses.
         if let Some((seq, micros)) = floor
+            && self.synced
             && seq > self.last_floor_push
             && self.stats.floor_pushes.len() < MAX_FLOOR_PUSHES
         {

@@ -250,6 +250,53 @@ fn node_is_the_one_pilotfish_bootstrap_writes() {
 }
 
 #[test]
+fn sotw_request_with_encoded_names_is_the_request_envoy_sends() {
+    use super::wire::{SotwRequestOut, encode_names};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    let names = ["outbound|9080||reviews.default.svc.cluster.local", "b", ""];
+    let node = node_for(
+        &WorkloadRef {
+            namespace: "default".into(),
+            name: "reviews-v1".into(),
+            address: None,
+        },
+        false,
+    );
+    let out = SotwRequestOut {
+        version_info: "v3".into(),
+        node: Some(node.clone()),
+        names: encode_names(names),
+        type_url: XdsType::Endpoint.type_url().into(),
+        response_nonce: "7".into(),
+    };
+    let full = DiscoveryRequest {
+        version_info: "v3".into(),
+        node: Some(node),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        type_url: XdsType::Endpoint.type_url().into(),
+        response_nonce: "7".into(),
+        ..Default::default()
+    };
+    let wire = out.encode_to_vec();
+    assert_eq!(wire.len(), out.encoded_len());
+    assert_eq!(DiscoveryRequest::decode(wire.as_slice()).unwrap(), full);
+    assert_eq!(wire, full.encode_to_vec());
+    // An initial wildcard request: no names, no version, no nonce.
+    let empty = SotwRequestOut {
+        type_url: XdsType::Cluster.type_url().into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        empty.encode_to_vec(),
+        DiscoveryRequest {
+            type_url: XdsType::Cluster.type_url().into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    );
+}
+
+#[test]
 fn decode_cache_finds_what_resources_lead_to() {
     let cache = DecodeCache::default();
     let eds = Cluster {
@@ -443,6 +490,7 @@ fn mk_floor_args(opaque: bool) -> FloorArgs {
         routes: 1,
         push_every: Some(0.2),
         push_types: vec![TypeArg::Eds, TypeArg::Cds],
+        push_bytes: None,
         opaque,
         duration: None,
     }

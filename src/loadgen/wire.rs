@@ -57,6 +57,82 @@ pub struct LiteResponse {
     pub nonce: String,
 }
 
+/// `envoy.service.discovery.v3.DiscoveryRequest` as a simulated Envoy sends
+/// it, with `resource_names` (field 3) already encoded: a SotW ACK repeats
+/// the whole subscription (thousands of EDS names), and building and
+/// encoding those strings anew for every ACK of every proxy would charge
+/// the loadgen's cost to the control plane it shares the machine with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SotwRequestOut {
+    pub version_info: String,
+    pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    /// The field-3 entries, as [`encode_names`] writes them.
+    pub names: Bytes,
+    pub type_url: String,
+    pub response_nonce: String,
+}
+
+/// `names` as `resource_names` (field 3) entries of a `DiscoveryRequest`.
+pub fn encode_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Bytes {
+    let mut out = Vec::new();
+    for n in names {
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(n.len() as u64, &mut out);
+        out.extend_from_slice(n.as_bytes());
+    }
+    Bytes::from(out)
+}
+
+impl Message for SotwRequestOut {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        use prost::encoding::{message, string};
+        if !self.version_info.is_empty() {
+            string::encode(1, &self.version_info, buf);
+        }
+        if let Some(node) = &self.node {
+            message::encode(2, node, buf);
+        }
+        buf.put_slice(&self.names);
+        if !self.type_url.is_empty() {
+            string::encode(4, &self.type_url, buf);
+        }
+        if !self.response_nonce.is_empty() {
+            string::encode(5, &self.response_nonce, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever encoded; decoding keeps nothing.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{message, string};
+        let s = |tag, v: &String| {
+            if v.is_empty() {
+                0
+            } else {
+                string::encoded_len(tag, v)
+            }
+        };
+        s(1, &self.version_info)
+            + self.node.as_ref().map_or(0, |n| message::encoded_len(2, n))
+            + self.names.len()
+            + s(4, &self.type_url)
+            + s(5, &self.response_nonce)
+    }
+
+    fn clear(&mut self) {
+        *self = SotwRequestOut::default();
+    }
+}
+
 /// `envoy.service.discovery.v3.Resource`.
 #[derive(Clone, PartialEq, Message)]
 pub struct LiteResource {
