@@ -7,6 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 
+use common::pki::Pki;
 use common::{Mesh, next_net, wait_until};
 
 /// 127.N blocks used by this test binary.
@@ -51,6 +52,50 @@ fn start_http_app(addr: &str) {
     });
 }
 
+/// GET `path` over TLS (trusting only `ca_pem`, checking `name`) from
+/// `addr`: the raw HTTP response. (rustls directly: the tests' reqwest has
+/// no TLS backend.)
+fn tls_get(ca_pem: &str, name: &str, addr: &str, path: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), server).map_err(|e| e.to_string())?;
+    let sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // Envoy may close without close_notify after `Connection: close`.
+    if let Err(e) = tls.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
 /// The listeners Envoy on `host` serves with (not those draining), from
 /// its admin `/config_dump`.
 fn active_listeners(mesh: &Mesh, host: u8) -> Vec<serde_json::Value> {
@@ -84,20 +129,43 @@ fn sidecar_ingress_listener_forwards_to_the_default_endpoint() {
     });
     assert_eq!(call(&mesh).status, 503);
 
+    // A server certificate for the TLS ingress listener, from files.
+    let pki = Pki::new("ratings test CA");
+    let (cert, key) = pki.issue(&["ratings.example.com"]);
+    let cert_path = mesh.dir.path().join("ratings.pem");
+    let key_path = mesh.dir.path().join("ratings-key.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
     mesh.write(
         "sidecar-ratings.yaml",
-        "apiVersion: networking.istio.io/v1
+        &format!(
+            "apiVersion: networking.istio.io/v1
 kind: Sidecar
-metadata: {name: ratings, namespace: default}
+metadata: {{name: ratings, namespace: default}}
 spec:
   workloadSelector:
-    labels: {app: ratings}
+    labels: {{app: ratings}}
   ingress:
-  - port: {number: 9080, protocol: HTTP, name: http}
+  - port: {{number: 9080, protocol: HTTP, name: http}}
     defaultEndpoint: 0.0.0.0:8080
-  - port: {number: 9081, protocol: TCP, name: tcp}
+  - port: {{number: 9081, protocol: TCP, name: tcp}}
     defaultEndpoint: 0.0.0.0:8080
+  - port: {{number: 9443, protocol: HTTPS, name: https}}
+    defaultEndpoint: 0.0.0.0:8080
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+---
+# The listener's own TLS applies where mesh mTLS is off for its port.
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: ratings, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  portLevelMtls:
+    \"9443\": {{mode: DISABLE}}
 ",
+            cert_path.display(),
+            key_path.display()
+        ),
     );
     wait_until("ratings' inbound cluster to go to the app on 8080", || {
         mesh.envoy_admin(16, "/clusters")
@@ -113,6 +181,18 @@ spec:
     // plaintext (PERMISSIVE) and forwards the bytes to the same app.
     let direct = mesh.get_text(&format!("http://127.{net}.0.16:9081/anything"));
     assert_eq!(direct, APP_BODY);
+
+    // The HTTPS ingress listener terminates TLS with the Sidecar's
+    // certificate and serves the app over HTTP.
+    let tls = tls_get(
+        &pki.ca_pem,
+        "ratings.example.com",
+        &format!("127.{net}.0.16:9443"),
+        "/ratings/0",
+    )
+    .expect("TLS to the ingress listener");
+    assert!(tls.starts_with("HTTP/1.1 200"), "{tls}");
+    assert!(tls.ends_with(APP_BODY), "{tls}");
 
     // Envoy's config: both listeners on ratings' address, named as Istio
     // names them, each to its `inbound|PORT||` cluster.
