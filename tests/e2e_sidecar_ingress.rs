@@ -136,10 +136,8 @@ fn sidecar_ingress_listener_forwards_to_the_default_endpoint() {
     let key_path = mesh.dir.path().join("ratings-key.pem");
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    mesh.write(
-        "sidecar-ratings.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1
+    let sidecar = format!(
+        "apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: ratings, namespace: default}}
 spec:
@@ -163,13 +161,16 @@ spec:
   portLevelMtls:
     \"9443\": {{mode: DISABLE}}
 ",
-            cert_path.display(),
-            key_path.display()
-        ),
+        cert_path.display(),
+        key_path.display()
     );
-    wait_until("ratings' inbound cluster to go to the app on 8080", || {
+    mesh.write("sidecar-ratings.yaml", &sidecar);
+    wait_until("ratings' ingress clusters and listeners", || {
         mesh.envoy_admin(16, "/clusters")
             .contains(&format!("inbound|9080||::127.{net}.1.16:8080::"))
+            && active_listeners(&mesh, 16)
+                .iter()
+                .any(|l| l["name"] == format!("127.{net}.0.16_9443").as_str())
     });
     // Mesh traffic (mTLS from productpage's sidecar) reaches the app.
     for _ in 0..3 {
@@ -216,6 +217,30 @@ spec:
         clusters.contains(&format!("inbound|9081||::127.{net}.1.16:8080::")),
         "{clusters}"
     );
+
+    // A bad defaultEndpoint: the error names file, resource and field; the
+    // last good Sidecar keeps serving.
+    mesh.write(
+        "sidecar-ratings.yaml",
+        &sidecar.replacen("0.0.0.0:8080", "10.1.2.3:8080", 1),
+    );
+    wait_until("the defaultEndpoint error to be reported", || {
+        mesh.get_text(&mesh.admin_url("/debug/config_errors"))
+            .contains("defaultEndpoint")
+    });
+    let errors = mesh.get_json(&mesh.admin_url("/debug/config_errors"));
+    let e = &errors["errors"][0];
+    assert!(
+        e["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("sidecar-ratings.yaml")),
+        "{errors}"
+    );
+    assert_eq!(e["resource"], "Sidecar default/ratings", "{errors}");
+    assert_eq!(e["path"], "spec.ingress[0].defaultEndpoint", "{errors}");
+    for _ in 0..3 {
+        assert_eq!(call(&mesh).body, APP_BODY);
+    }
 
     // Without the Sidecar, the service-derived listener (to 9080) is back.
     mesh.remove("sidecar-ratings.yaml");
