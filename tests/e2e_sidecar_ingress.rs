@@ -143,9 +143,11 @@ metadata: {{name: ratings, namespace: default}}
 spec:
   workloadSelector:
     labels: {{app: ratings}}
+  inboundConnectionPool: {{tcp: {{maxConnections: 50}}}}
   ingress:
   - port: {{number: 9080, protocol: HTTP, name: http}}
     defaultEndpoint: 0.0.0.0:8080
+    connectionPool: {{tcp: {{maxConnections: 7}}}}
   - port: {{number: 9081, protocol: TCP, name: tcp}}
     defaultEndpoint: 0.0.0.0:8080
   - port: {{number: 9443, protocol: HTTPS, name: https}}
@@ -217,6 +219,11 @@ spec:
         clusters.contains(&format!("inbound|9081||::127.{net}.1.16:8080::")),
         "{clusters}"
     );
+    // Connection pools: the ingress listener's own, else the Sidecar's.
+    for (cluster, max) in [("inbound|9080||", 7), ("inbound|9081||", 50)] {
+        let line = format!("{cluster}::default_priority::max_connections::{max}\n");
+        assert!(clusters.contains(&line), "{line} in {clusters}");
+    }
 
     // A bad defaultEndpoint: the error names file, resource and field; the
     // last good Sidecar keeps serving.
