@@ -51,9 +51,11 @@ pub struct InboundPort<'a> {
     pub connection_pool: Option<&'a ConnectionPoolSettings>,
 }
 
-/// The Sidecar of a (non-gateway) workload when it says anything about the
-/// inbound side (ingress listeners or an inbound connection pool); None
-/// without any such Sidecar in the mesh, without looking further.
+/// The Sidecar `scope::select_sidecar` picks for `workload`; None at once
+/// when no Sidecar in the mesh says anything about the inbound side
+/// (ingress listeners, an inbound connection pool), so proxies pay nothing
+/// for Sidecars that only scope egress. (Gateway proxies have their own
+/// listeners and never use these.)
 pub fn sidecar_for<'a>(mesh: &Mesh<'a>, workload: &Workload) -> Option<&'a SidecarSpec> {
     let any = mesh
         .config

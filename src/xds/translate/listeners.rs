@@ -1,6 +1,7 @@
 //! Listeners (LDS) of one sidecar, without iptables (Istio's captureMode NONE):
-//! inbound listeners bind the workload's own address on each port it serves
-//! and forward to the app; one outbound HTTP listener binds the workload's
+//! inbound listeners (`inbound::ports`: the ports it serves, or a Sidecar's
+//! `ingress` list) bind the workload's own address and forward to the app;
+//! one outbound HTTP listener binds the workload's
 //! address on `OUTBOUND_PORT` and routes by Host header over RDS.
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
