@@ -342,9 +342,11 @@ impl XdsSnapshot {
                     crate::xds::translate::authz::hash_inputs(&mesh, w, &mut h);
                     // The server side of mTLS per port (PeerAuthentication).
                     mesh.mtls.hash(&mut h);
+                    // A Sidecar's ingress listeners and inbound connection pool.
+                    crate::xds::translate::inbound::hash_inputs(&mesh, w, &mut h);
                     if mesh.mtls {
-                        for port in clusters::inbound_ports(&mesh, w).keys() {
-                            crate::xds::translate::mtls::peer_mode(&mesh, w, *port).hash(&mut h);
+                        for port in crate::xds::translate::inbound::port_numbers(&mesh, w, false) {
+                            crate::xds::translate::mtls::peer_mode(&mesh, w, port).hash(&mut h);
                         }
                     }
                     h.finish()

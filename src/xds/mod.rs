@@ -91,6 +91,7 @@ pub async fn run_translator(
                         gateway_warnings.extend(translate::gateway::warnings(&mesh, w));
                     }
                     gateway_warnings.extend(translate::outbound_tcp::warnings(&mesh));
+                    gateway_warnings.extend(translate::inbound::warnings(&mesh));
                     (snap, registry)
                 } else {
                     let mut snap = (*prev).clone();

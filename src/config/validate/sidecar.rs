@@ -121,6 +121,14 @@ fn ingress(
             "sidecar: ports on IP bound listeners must be unique",
         );
     }
+    if listener.capture_mode == Some(CaptureMode::Iptables) {
+        f.warn(
+            format!("{path}.captureMode"),
+            format!(
+                "pilotfish does not capture traffic: no listener is made for ingress port {number} with captureMode IPTABLES"
+            ),
+        );
+    }
     if let Some(endpoint) = listener
         .default_endpoint
         .as_deref()

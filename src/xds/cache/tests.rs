@@ -347,3 +347,51 @@ spec:
     );
     assert!(wants.values().all(|w| !w.contains("other-client")));
 }
+
+/// A Sidecar with `ingress` for ratings, forwarding its port to `endpoint`.
+fn mk_ratings_ingress(endpoint: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: ratings}}\nspec:\n  workloadSelector: {{labels: {{app: ratings}}}}\n  ingress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    defaultEndpoint: {endpoint}\n"
+    )
+}
+
+#[test]
+fn an_ingress_sidecar_rebuilds_only_the_workloads_it_selects() {
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS]);
+    let first = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", true);
+    let ingress = mk_ratings_ingress("127.0.0.1:8080");
+    let (snap2, reg2) = mk_snapshot(&[MESH, WORKLOADS, &ingress]);
+    let second = XdsSnapshot::build(&first, &snap2, &reg2, "cluster.local", true);
+    // Proxies the Sidecar does not select keep every layer.
+    let before = first.resources_for(&mk_key("reviews-v1")).unwrap();
+    let after = second.resources_for(&mk_key("reviews-v1")).unwrap();
+    for t in XdsType::PUSH_ORDER {
+        assert!(
+            before.same_layers(&after, t),
+            "{t:?} rebuilt for reviews-v1"
+        );
+    }
+    // ratings' inbound cluster now goes to the defaultEndpoint.
+    let inbound =
+        |s: &XdsSnapshot| Arc::clone(&s.workloads.get(&mk_key("ratings-v1")).unwrap().clusters);
+    assert!(!Arc::ptr_eq(&inbound(&first), &inbound(&second)));
+    let mesh = crate::xds::translate::Mesh::new(&snap2, &reg2).with_mtls(true);
+    let ratings = reg2.workloads.get(&mk_key("ratings-v1")).unwrap();
+    let expected = crate::xds::translate::clusters::inbound(&mesh, ratings);
+    let expected = Encoded::new(XdsType::Cluster.type_url(), "inbound|9080||", &expected[0]);
+    assert_eq!(
+        inbound(&second).resources["inbound|9080||"].version,
+        expected.version
+    );
+
+    // Another defaultEndpoint: a new cluster, the same listener.
+    let moved = mk_ratings_ingress("127.0.0.1:8081");
+    let (snap3, reg3) = mk_snapshot(&[MESH, WORKLOADS, &moved]);
+    let third = XdsSnapshot::build(&second, &snap3, &reg3, "cluster.local", true);
+    assert!(!Arc::ptr_eq(&inbound(&second), &inbound(&third)));
+    let lds = |s: &XdsSnapshot| {
+        let l = &s.workloads.get(&mk_key("ratings-v1")).unwrap().listeners;
+        l.resources.get("127.0.0.16_9080").unwrap().version.clone()
+    };
+    assert_eq!(lds(&second), lds(&third));
+}

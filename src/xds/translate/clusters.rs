@@ -269,12 +269,20 @@ pub fn inbound_ports<'a>(mesh: &Mesh<'a>, workload: &Workload) -> BTreeMap<u32, 
     ports
 }
 
-/// Inbound clusters of one workload: each served port, to the local app.
+/// Inbound clusters of one workload: one per inbound listener
+/// (`inbound::ports`), to the local app (or where a Sidecar ingress
+/// listener's `defaultEndpoint` says).
 pub fn inbound(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
-    inbound_ports(mesh, workload)
+    super::inbound::ports(mesh, workload)
         .into_iter()
-        .map(|(port, protocol)| {
-            let name = inbound_cluster_name(port);
+        .map(|p| {
+            let name = inbound_cluster_name(p.port);
+            let endpoint = match &p.target {
+                super::inbound::Target::Socket { address, port } => {
+                    lb_endpoint(address, *port, None)
+                }
+                super::inbound::Target::Pipe(path) => lb_endpoint(path, 0, None),
+            };
             let mut c = Cluster {
                 name: name.clone(),
                 connect_timeout: Some(PbDuration {
@@ -287,15 +295,19 @@ pub fn inbound(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
                 load_assignment: Some(ClusterLoadAssignment {
                     cluster_name: name,
                     endpoints: vec![LocalityLbEndpoints {
-                        lb_endpoints: vec![lb_endpoint(&workload.app_address, port, None)],
+                        lb_endpoints: vec![endpoint],
                         ..Default::default()
                     }],
                     ..Default::default()
                 }),
                 ..Default::default()
             };
-            if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
-                set_http2(&mut c);
+            let http2 = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc);
+            match p.connection_pool {
+                // A Sidecar's inbound connection pool, as Istio applies it.
+                Some(pool) => cluster_policy::apply_connection_pool(&mut c, Some(pool), http2),
+                None if http2 => set_http2(&mut c),
+                None => {}
             }
             c
         })

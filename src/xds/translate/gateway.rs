@@ -617,7 +617,7 @@ fn tls_protocol(p: Option<TlsProtocol>) -> i32 {
 
 /// The TLS a terminating server offers: its certificate (SDS by
 /// `credentialName`, else its files), and for MUTUAL the client CA.
-fn downstream_tls(server: &Server) -> TransportSocket {
+pub(super) fn downstream_tls(server: &Server) -> TransportSocket {
     let tls = server.tls.clone().unwrap_or_default();
     let mode = tls.mode.unwrap_or_default();
     let mut common = CommonTlsContext {

@@ -189,6 +189,10 @@ fn render(dir: &Path) -> String {
     if !outbound.is_empty() {
         all.insert("outbound_tcp_warnings".into(), outbound.into());
     }
+    let inbound = super::inbound::warnings(&mesh);
+    if !inbound.is_empty() {
+        all.insert("inbound_warnings".into(), inbound.into());
+    }
     if !registry.warnings.is_empty() {
         all.insert("warnings".into(), registry.warnings.clone().into());
     }

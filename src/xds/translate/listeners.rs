@@ -1,6 +1,7 @@
 //! Listeners (LDS) of one sidecar, without iptables (Istio's captureMode NONE):
-//! inbound listeners bind the workload's own address on each port it serves
-//! and forward to the app; one outbound HTTP listener binds the workload's
+//! inbound listeners (`inbound::ports`: the ports it serves, or a Sidecar's
+//! `ingress` list) bind the workload's own address and forward to the app;
+//! one outbound HTTP listener binds the workload's
 //! address on `OUTBOUND_PORT` and routes by Host header over RDS.
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
@@ -18,13 +19,12 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier, tcp_proxy::TcpAccessLogOptions,
 };
 
-use super::clusters::inbound_ports;
 use super::{
     Mesh, OUTBOUND_PORT, OUTBOUND_ROUTE, ads_config_source, any, duration, inbound_cluster_name,
     socket_address,
 };
-use super::{access_log, authz, http_policy, mtls, tracing};
-use crate::model::registry::Workload;
+use super::{access_log, authz, http_policy, inbound, mtls, tracing};
+use crate::model::registry::{Protocol, Workload};
 use crate::model::security::MtlsMode;
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 
@@ -52,12 +52,22 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
     };
     // AuthorizationPolicy and RequestAuthentication on the inbound side.
     let security = authz::Inbound::for_workload(mesh, workload);
-    let mut out: Vec<Listener> = inbound_ports(mesh, workload)
+    let mut out: Vec<Listener> = inbound::ports(mesh, workload)
         .into_iter()
-        .filter(|(port, _)| *port != OUTBOUND_PORT)
-        .map(|(port, protocol)| {
-            let cluster = inbound_cluster_name(port);
-            let stat_prefix = format!("inbound_{}", listener_name(&workload.address, port));
+        .map(|p| {
+            let cluster = inbound_cluster_name(p.port);
+            let stat_prefix = format!("inbound_{}", listener_name(&p.bind, p.port));
+            let peer = mesh.mtls.then(|| mtls::peer_mode(mesh, workload, p.port));
+            // A Sidecar ingress listener's own TLS, as Istio: only where mesh
+            // mTLS is off for the port; the protocol is then what TLS carries.
+            let tls = p
+                .tls
+                .filter(|_| matches!(peer, None | Some(MtlsMode::Disable)));
+            let protocol = match (tls, p.protocol) {
+                (Some(_), Protocol::Https) => Protocol::Http,
+                (Some(_), Protocol::Tls) => Protocol::Tcp,
+                (_, protocol) => protocol,
+            };
             let filter = if protocol.is_http() {
                 hcm_filter(HttpConnectionManager {
                     stat_prefix,
@@ -87,14 +97,18 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                     }))),
                 }
             };
-            let mut l = listener(&workload.address, port, filter);
+            let mut l = listener(&p.bind, p.port, filter);
             if !protocol.is_http() {
                 for chain in &mut l.filter_chains {
                     chain.filters.splice(0..0, security.network_filters());
                 }
             }
-            if mesh.mtls {
-                apply_peer_authentication(&mut l, mtls::peer_mode(mesh, workload, port));
+            if let Some(tls) = tls {
+                for chain in &mut l.filter_chains {
+                    chain.transport_socket = Some(inbound::server_tls(tls));
+                }
+            } else if let Some(mode) = peer {
+                apply_peer_authentication(&mut l, mode);
             }
             l
         })

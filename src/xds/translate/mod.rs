@@ -12,6 +12,7 @@ pub mod egress;
 pub mod endpoints;
 pub mod gateway;
 pub mod http_policy;
+pub mod inbound;
 pub mod jwt;
 pub mod l4;
 pub mod listeners;

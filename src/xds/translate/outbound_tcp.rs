@@ -38,7 +38,6 @@ use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 
-use super::clusters::inbound_ports;
 use super::listeners::listener_name;
 use super::routes::virtual_service_for;
 use super::{Mesh, OUTBOUND_PORT, access_log, l4, mtls, outbound_cluster_name, socket_address};
@@ -253,11 +252,11 @@ pub fn template(mesh: &Mesh<'_>, src: Source<'_>) -> Template {
 /// The template's listeners on `workload`'s address, leaving out its
 /// inbound ports; and what was left out.
 pub fn bind(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> (Vec<Listener>, Vec<String>) {
-    let inbound = inbound_ports(mesh, workload);
+    let inbound = super::inbound::ports_on_address(mesh, workload);
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for pl in &t.listeners {
-        if inbound.contains_key(&pl.port) {
+        if inbound.contains(&pl.port) {
             warnings.push(format!(
                 "sidecar {}: no outbound listener on port {} ({}): it is one of the workload's inbound ports",
                 workload.key,
@@ -279,7 +278,7 @@ pub fn bind_input(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     t.version.hash(&mut h);
     workload.address.hash(&mut h);
-    for p in inbound_ports(mesh, workload).keys() {
+    for p in super::inbound::ports_on_address(mesh, workload) {
         p.hash(&mut h);
     }
     h.finish()

@@ -383,3 +383,17 @@ fn warnings_for_duplicates_and_empty_selectors() {
         )])
     );
 }
+
+#[test]
+fn captured_ingress_listeners_are_a_warning() {
+    let doc = mk_sidecar(
+        "{ingress: [{port: {number: 9080, protocol: HTTP, name: http}, captureMode: IPTABLES, defaultEndpoint: '127.0.0.1:8080'}, {port: {number: 9081, protocol: HTTP, name: b}, captureMode: NONE, defaultEndpoint: '127.0.0.1:8081'}]}",
+    );
+    assert_eq!(
+        mk_warnings(&doc, ID),
+        expect(&[(
+            "spec.ingress[0].captureMode",
+            "pilotfish does not capture traffic: no listener is made for ingress port 9080 with captureMode IPTABLES"
+        )])
+    );
+}
