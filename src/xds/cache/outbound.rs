@@ -1,15 +1,19 @@
-//! Sidecars' outbound TCP/TLS listeners (`translate::outbound_tcp`): one
-//! template per view, shared by the sidecars that see the same thing (the
-//! key is the namespace, plus the outcome of source-dependent matches), then
+//! Sidecars' outbound TCP/TLS listeners (`translate::outbound_tcp`, and
+//! Sidecar egress listeners with a port): one template per view, shared by
+//! the sidecars that see the same thing (the key is the Sidecar scope,
+//! namespace and Sidecar, plus the outcome of source-dependent matches), then
 //! bound to each workload's address in a layer of its own, so a sidecar's
 //! other listeners do not depend on every service.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::scope::Views;
 use super::{Layer, XdsSnapshot};
-use crate::model::WorkloadKey;
+use crate::model::istio::SidecarSpec;
+use crate::model::{Kind, Resource, ResourceKey, Spec, WorkloadKey};
 use crate::xds::translate::outbound_tcp::{self, Source, Template};
+use crate::xds::translate::scope::{Scope, ScopeKey};
 use crate::xds::translate::{Mesh, gateway};
 use crate::xds::types::XdsType;
 
@@ -22,28 +26,48 @@ pub struct BoundLayer {
 }
 
 /// The templates by view key, and every sidecar's bound layer, reusing
-/// `prev`'s where their inputs did not change.
+/// `prev`'s where their inputs did not change. `views` gives each
+/// workload's Sidecar scope (`cache/scope.rs`); a template is translated
+/// once per scope and outcome of source-dependent matches.
 pub(super) fn build(
     prev: &XdsSnapshot,
     mesh: &Mesh<'_>,
+    views: &Views,
 ) -> (
-    HashMap<String, Arc<Template>>,
+    HashMap<ScopeKey, Arc<Template>>,
     HashMap<WorkloadKey, BoundLayer>,
 ) {
-    let mut templates: HashMap<String, Arc<Template>> = HashMap::new();
+    let mut templates: HashMap<ScopeKey, Arc<Template>> = HashMap::new();
+    // The Sidecar scopes, once each (several templates may share one).
+    let mut scopes: HashMap<(String, Option<String>), Scope<'_>> = HashMap::new();
     let mut bound = HashMap::new();
     for (key, w) in &mesh.registry.workloads {
         if gateway::is_gateway(mesh, w) {
             continue;
         }
-        let view = outbound_tcp::view_key(mesh, w);
-        let t = Arc::clone(templates.entry(view.clone()).or_insert_with(|| {
-            let t = outbound_tcp::template(mesh, Source::of(w));
-            match prev.outbound_listeners.get(&view) {
-                Some(p) if p.version == t.version => Arc::clone(p),
-                _ => Arc::new(t),
+        let sidecar = views
+            .of
+            .get(key)
+            .and_then(|v| v.sidecar.as_deref())
+            .and_then(|name| sidecar_named(mesh, name));
+        let view = outbound_tcp::view_key(mesh, w, sidecar);
+        let t = match templates.get(&view) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let scope = scopes
+                    .entry((view.namespace.clone(), view.sidecar.clone()))
+                    .or_insert_with(|| {
+                        Scope::new(mesh.config, mesh.registry, &key.namespace, sidecar)
+                    });
+                let t = outbound_tcp::template(&mesh.with_scope(scope), Source::of(w), sidecar);
+                let t = match prev.outbound_listeners.get(&view) {
+                    Some(p) if p.version == t.version => Arc::clone(p),
+                    _ => Arc::new(t),
+                };
+                templates.insert(view, Arc::clone(&t));
+                t
             }
-        }));
+        };
         let input = outbound_tcp::bind_input(mesh, &t, w);
         let old = prev.outbound_bound.get(key);
         let layer = match old.filter(|o| o.input == input) {
@@ -63,6 +87,21 @@ pub(super) fn build(
         bound.insert(key.clone(), layer);
     }
     (templates, bound)
+}
+
+/// The Sidecar `namespace/name`.
+fn sidecar_named<'a>(mesh: &Mesh<'a>, name: &str) -> Option<(&'a Resource, &'a SidecarSpec)> {
+    let (namespace, name) = name.split_once('/')?;
+    let key = ResourceKey {
+        kind: Kind::Sidecar,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
+    let r = mesh.config.resources.get(&key)?;
+    match &r.spec {
+        Spec::Sidecar(s) => Some((r.as_ref(), s)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
