@@ -198,4 +198,99 @@ spec:
         let details = lds(&s, "details-v1");
         assert!(details[1].resources.contains_key("127.0.0.12_9000"));
     }
+
+    /// reviews may only call ratings (and tcp-echo is not among its hosts).
+    const REVIEWS_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  egress:
+  - hosts: [./ratings.default.svc.cluster.local]
+";
+
+    #[test]
+    fn a_narrowed_scope_drops_the_listener_and_shares_one_template() {
+        let s = mk_build(
+            &XdsSnapshot::default(),
+            &[MESH, WORKLOADS, TCP_ECHO, REVIEWS_SIDECAR],
+        );
+        let has = |name: &str, l: &str| lds(&s, name)[1].resources.contains_key(l);
+        assert!(has("productpage-v1", "127.0.0.11_9000"));
+        assert!(has("details-v1", "127.0.0.12_9000"));
+        for (name, addr) in [("reviews-v1", 13), ("reviews-v2", 14), ("reviews-v3", 15)] {
+            assert!(!has(name, &format!("127.0.0.{addr}_9000")), "{name}");
+        }
+        // Two scopes (the namespace's default, reviews' Sidecar): two
+        // templates, and the three reviews share the narrowed one.
+        assert_eq!(s.outbound_listeners.len(), 2);
+        let narrowed: Vec<_> = s
+            .outbound_listeners
+            .iter()
+            .filter(|(k, _)| k.sidecar.is_some())
+            .collect();
+        assert_eq!(narrowed.len(), 1);
+        assert!(narrowed[0].1.listeners.is_empty());
+        // Importing tcp-echo gives the listener back.
+        let wider = REVIEWS_SIDECAR.replace(
+            "[./ratings.default.svc.cluster.local]",
+            "[./ratings.default.svc.cluster.local, ./tcp-echo.default.svc.cluster.local]",
+        );
+        let s2 = mk_build(&s, &[MESH, WORKLOADS, TCP_ECHO, &wider]);
+        assert!(
+            lds(&s2, "reviews-v2")[1]
+                .resources
+                .contains_key("127.0.0.14_9000")
+        );
+    }
+
+    #[test]
+    fn an_egress_listener_with_a_port_gets_its_own_listener_and_route_table() {
+        let sidecar = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.2.11
+    hosts: [./reviews.default.svc.cluster.local]
+  - port: {number: 9000, protocol: TCP, name: tcp}
+    hosts: [./tcp-echo.default.svc.cluster.local]
+  - hosts: [./details.default.svc.cluster.local]
+";
+        let s = mk_build(
+            &XdsSnapshot::default(),
+            &[MESH, WORKLOADS, TCP_ECHO, sidecar],
+        );
+        let layer = &lds(&s, "productpage-v1")[1];
+        let names: Vec<&String> = layer.resources.keys().collect();
+        assert_eq!(names, ["127.0.0.11_9000", "127.0.2.11_9080"]);
+        let routes = s.resources_for(&mk_key("productpage-v1")).unwrap().layers
+            [XdsType::Route.index()]
+        .clone();
+        let rc = routes[0].resources.get("9080").expect("route table 9080");
+        let rc = {
+            use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+            use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+            use prost::Message;
+            let resp = DiscoveryResponse::decode(rc.sotw.as_ref()).unwrap();
+            RouteConfiguration::decode(resp.resources[0].value.as_slice()).unwrap()
+        };
+        let vhosts: Vec<&str> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            vhosts,
+            ["reviews.default.svc.cluster.local:9080", "allow_any"]
+        );
+        // The catch-all table still routes every imported service.
+        assert!(routes[0].resources.contains_key("outbound"));
+        // Other sidecars get neither.
+        assert!(
+            !lds(&s, "details-v1")[1]
+                .resources
+                .contains_key("127.0.2.11_9080")
+        );
+        let other = s.resources_for(&mk_key("details-v1")).unwrap();
+        assert!(other.get(XdsType::Route, "9080").is_none());
+    }
 }
