@@ -12,7 +12,8 @@ use pilotfish::config::parse_file;
 use pilotfish::model::{ConfigSnapshot, Registry};
 use pilotfish::xds::dump::message_json;
 use pilotfish::xds::translate::{
-    Mesh, OutboundMode, clusters, egress, endpoints, gateway, listeners, outbound_tcp,
+    Mesh, OutboundMode, clusters, egress, endpoints, gateway, listeners, outbound_tcp, scope,
+    sidecar_egress,
 };
 use serde_json::{Value, json};
 
@@ -132,6 +133,17 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
                 .iter()
                 .map(message_json),
         );
+        // Route tables of its Sidecar's HTTP egress listeners with a port.
+        let sidecar = scope::select_sidecar(&config, &w.key.namespace, &w.labels).sidecar;
+        if let Some(s) = sidecar {
+            let view = scope::Scope::new(&config, &registry, &w.key.namespace, sidecar);
+            route_tables.extend(sidecar_egress::route_tables(
+                &mesh.with_scope(&view),
+                &w.key.namespace,
+                s,
+                mesh.outbound_policy,
+            ));
+        }
         // TLS origination credentials (CA only) of its namespace's DestinationRules.
         for name in egress::sidecar_credential_names(&mesh, &w.key.namespace) {
             let cred = pilotfish::xds::credentials::Credential {

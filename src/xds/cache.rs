@@ -172,9 +172,12 @@ pub struct XdsSnapshot {
     /// and Sidecar), and each workload's view (see `cache/scope.rs`).
     pub views: scope::Views,
     /// Sidecars' outbound TCP/TLS listeners before binding, by view (the
-    /// namespace, plus source-dependent match outcomes: see
+    /// Sidecar scope, plus source-dependent match outcomes: see
     /// `translate::outbound_tcp::view_key`).
-    pub outbound_listeners: HashMap<String, Arc<crate::xds::translate::outbound_tcp::Template>>,
+    pub outbound_listeners: HashMap<
+        crate::xds::translate::scope::ScopeKey,
+        Arc<crate::xds::translate::outbound_tcp::Template>,
+    >,
     /// The same listeners bound to each sidecar's address.
     pub outbound_bound: HashMap<WorkloadKey, outbound::BoundLayer>,
     pub workloads: HashMap<WorkloadKey, WorkloadLayers>,
@@ -382,7 +385,7 @@ impl XdsSnapshot {
             })
             .collect();
 
-        let (outbound_listeners, outbound_bound) = outbound::build(prev, &mesh);
+        let (outbound_listeners, outbound_bound) = outbound::build(prev, &mesh, &views);
 
         XdsSnapshot {
             generation: prev.generation + 1,

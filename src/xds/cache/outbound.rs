@@ -1,15 +1,19 @@
-//! Sidecars' outbound TCP/TLS listeners (`translate::outbound_tcp`): one
-//! template per view, shared by the sidecars that see the same thing (the
-//! key is the namespace, plus the outcome of source-dependent matches), then
+//! Sidecars' outbound TCP/TLS listeners (`translate::outbound_tcp`, and
+//! Sidecar egress listeners with a port): one template per view, shared by
+//! the sidecars that see the same thing (the key is the Sidecar scope,
+//! namespace and Sidecar, plus the outcome of source-dependent matches), then
 //! bound to each workload's address in a layer of its own, so a sidecar's
 //! other listeners do not depend on every service.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::scope::Views;
 use super::{Layer, XdsSnapshot};
-use crate::model::WorkloadKey;
+use crate::model::istio::SidecarSpec;
+use crate::model::{Kind, Resource, ResourceKey, Spec, WorkloadKey};
 use crate::xds::translate::outbound_tcp::{self, Source, Template};
+use crate::xds::translate::scope::{Scope, ScopeKey};
 use crate::xds::translate::{Mesh, gateway};
 use crate::xds::types::XdsType;
 
@@ -22,28 +26,48 @@ pub struct BoundLayer {
 }
 
 /// The templates by view key, and every sidecar's bound layer, reusing
-/// `prev`'s where their inputs did not change.
+/// `prev`'s where their inputs did not change. `views` gives each
+/// workload's Sidecar scope (`cache/scope.rs`); a template is translated
+/// once per scope and outcome of source-dependent matches.
 pub(super) fn build(
     prev: &XdsSnapshot,
     mesh: &Mesh<'_>,
+    views: &Views,
 ) -> (
-    HashMap<String, Arc<Template>>,
+    HashMap<ScopeKey, Arc<Template>>,
     HashMap<WorkloadKey, BoundLayer>,
 ) {
-    let mut templates: HashMap<String, Arc<Template>> = HashMap::new();
+    let mut templates: HashMap<ScopeKey, Arc<Template>> = HashMap::new();
+    // The Sidecar scopes, once each (several templates may share one).
+    let mut scopes: HashMap<(String, Option<String>), Scope<'_>> = HashMap::new();
     let mut bound = HashMap::new();
     for (key, w) in &mesh.registry.workloads {
         if gateway::is_gateway(mesh, w) {
             continue;
         }
-        let view = outbound_tcp::view_key(mesh, w);
-        let t = Arc::clone(templates.entry(view.clone()).or_insert_with(|| {
-            let t = outbound_tcp::template(mesh, Source::of(w));
-            match prev.outbound_listeners.get(&view) {
-                Some(p) if p.version == t.version => Arc::clone(p),
-                _ => Arc::new(t),
+        let sidecar = views
+            .of
+            .get(key)
+            .and_then(|v| v.sidecar.as_deref())
+            .and_then(|name| sidecar_named(mesh, name));
+        let view = outbound_tcp::view_key(mesh, w, sidecar);
+        let t = match templates.get(&view) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let scope = scopes
+                    .entry((view.namespace.clone(), view.sidecar.clone()))
+                    .or_insert_with(|| {
+                        Scope::new(mesh.config, mesh.registry, &key.namespace, sidecar)
+                    });
+                let t = outbound_tcp::template(&mesh.with_scope(scope), Source::of(w), sidecar);
+                let t = match prev.outbound_listeners.get(&view) {
+                    Some(p) if p.version == t.version => Arc::clone(p),
+                    _ => Arc::new(t),
+                };
+                templates.insert(view, Arc::clone(&t));
+                t
             }
-        }));
+        };
         let input = outbound_tcp::bind_input(mesh, &t, w);
         let old = prev.outbound_bound.get(key);
         let layer = match old.filter(|o| o.input == input) {
@@ -63,6 +87,21 @@ pub(super) fn build(
         bound.insert(key.clone(), layer);
     }
     (templates, bound)
+}
+
+/// The Sidecar `namespace/name`.
+fn sidecar_named<'a>(mesh: &Mesh<'a>, name: &str) -> Option<(&'a Resource, &'a SidecarSpec)> {
+    let (namespace, name) = name.split_once('/')?;
+    let key = ResourceKey {
+        kind: Kind::Sidecar,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
+    let r = mesh.config.resources.get(&key)?;
+    match &r.spec {
+        Spec::Sidecar(s) => Some((r.as_ref(), s)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -158,5 +197,100 @@ spec:
         // reviews-v1 and details-v1 share a template: only their address differs.
         let details = lds(&s, "details-v1");
         assert!(details[1].resources.contains_key("127.0.0.12_9000"));
+    }
+
+    /// reviews may only call ratings (and tcp-echo is not among its hosts).
+    const REVIEWS_SIDECAR: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  egress:
+  - hosts: [./ratings.default.svc.cluster.local]
+";
+
+    #[test]
+    fn a_narrowed_scope_drops_the_listener_and_shares_one_template() {
+        let s = mk_build(
+            &XdsSnapshot::default(),
+            &[MESH, WORKLOADS, TCP_ECHO, REVIEWS_SIDECAR],
+        );
+        let has = |name: &str, l: &str| lds(&s, name)[1].resources.contains_key(l);
+        assert!(has("productpage-v1", "127.0.0.11_9000"));
+        assert!(has("details-v1", "127.0.0.12_9000"));
+        for (name, addr) in [("reviews-v1", 13), ("reviews-v2", 14), ("reviews-v3", 15)] {
+            assert!(!has(name, &format!("127.0.0.{addr}_9000")), "{name}");
+        }
+        // Two scopes (the namespace's default, reviews' Sidecar): two
+        // templates, and the three reviews share the narrowed one.
+        assert_eq!(s.outbound_listeners.len(), 2);
+        let narrowed: Vec<_> = s
+            .outbound_listeners
+            .iter()
+            .filter(|(k, _)| k.sidecar.is_some())
+            .collect();
+        assert_eq!(narrowed.len(), 1);
+        assert!(narrowed[0].1.listeners.is_empty());
+        // Importing tcp-echo gives the listener back.
+        let wider = REVIEWS_SIDECAR.replace(
+            "[./ratings.default.svc.cluster.local]",
+            "[./ratings.default.svc.cluster.local, ./tcp-echo.default.svc.cluster.local]",
+        );
+        let s2 = mk_build(&s, &[MESH, WORKLOADS, TCP_ECHO, &wider]);
+        assert!(
+            lds(&s2, "reviews-v2")[1]
+                .resources
+                .contains_key("127.0.0.14_9000")
+        );
+    }
+
+    #[test]
+    fn an_egress_listener_with_a_port_gets_its_own_listener_and_route_table() {
+        let sidecar = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    bind: 127.0.2.11
+    hosts: [./reviews.default.svc.cluster.local]
+  - port: {number: 9000, protocol: TCP, name: tcp}
+    hosts: [./tcp-echo.default.svc.cluster.local]
+  - hosts: [./details.default.svc.cluster.local]
+";
+        let s = mk_build(
+            &XdsSnapshot::default(),
+            &[MESH, WORKLOADS, TCP_ECHO, sidecar],
+        );
+        let layer = &lds(&s, "productpage-v1")[1];
+        let names: Vec<&String> = layer.resources.keys().collect();
+        assert_eq!(names, ["127.0.0.11_9000", "127.0.2.11_9080"]);
+        let routes = s.resources_for(&mk_key("productpage-v1")).unwrap().layers
+            [XdsType::Route.index()]
+        .clone();
+        let rc = routes[0].resources.get("9080").expect("route table 9080");
+        let rc = {
+            use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+            use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+            use prost::Message;
+            let resp = DiscoveryResponse::decode(rc.sotw.as_ref()).unwrap();
+            RouteConfiguration::decode(resp.resources[0].value.as_slice()).unwrap()
+        };
+        let vhosts: Vec<&str> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            vhosts,
+            ["reviews.default.svc.cluster.local:9080", "allow_any"]
+        );
+        // The catch-all table still routes every imported service.
+        assert!(routes[0].resources.contains_key("outbound"));
+        // Other sidecars get neither.
+        assert!(
+            !lds(&s, "details-v1")[1]
+                .resources
+                .contains_key("127.0.2.11_9080")
+        );
+        let other = s.resources_for(&mk_key("details-v1")).unwrap();
+        assert!(other.get(XdsType::Route, "9080").is_none());
     }
 }

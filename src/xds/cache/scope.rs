@@ -16,7 +16,7 @@ use crate::model::registry::Service;
 use crate::model::{Registry, Resource, WorkloadKey};
 use crate::xds::encoded::Encoded;
 use crate::xds::translate::scope::{Scope, ScopeKey, select_sidecar};
-use crate::xds::translate::{Mesh, clusters, egress, endpoints, gateway};
+use crate::xds::translate::{Mesh, clusters, egress, endpoints, gateway, sidecar_egress};
 use crate::xds::types::XdsType;
 
 /// What the proxies of one view share.
@@ -172,9 +172,19 @@ pub(super) fn build(
         // else the mesh-wide one.
         let mode = egress::mode_of(mesh, sidecar.map(|(_, s)| s));
         let rc = egress::outbound_routes(&routed, &scope_key.namespace, mode);
+        // The Sidecar's HTTP egress listeners with a port have tables of their own.
+        let own = sidecar
+            .map(|s| sidecar_egress::route_tables(&routed, &scope_key.namespace, s, mode))
+            .unwrap_or_default();
         let routes = intern(
             XdsType::Route,
-            Layer::encode(XdsType::Route, [(rc.name.clone(), rc)]).reuse(old.map(|o| &o.routes)),
+            Layer::encode(
+                XdsType::Route,
+                std::iter::once(rc)
+                    .chain(own)
+                    .map(|rc| (rc.name.clone(), rc)),
+            )
+            .reuse(old.map(|o| &o.routes)),
         );
 
         // Services whose DestinationRule for this view is not the mesh-wide one.

@@ -222,6 +222,14 @@ fn render_views(mesh: &Mesh<'_>) -> Value {
             let mode = egress::mode_of(mesh, choice.sidecar.map(|(_, s)| s));
             let rc = egress::outbound_routes(&m, &key.namespace, mode);
             out.insert("routes".into(), json(&rc));
+            // Route tables of the Sidecar's HTTP egress listeners with a port.
+            let own = choice
+                .sidecar
+                .map(|s| super::sidecar_egress::route_tables(&m, &key.namespace, s, mode))
+                .unwrap_or_default();
+            if !own.is_empty() {
+                out.insert("egress_listener_routes".into(), json_all(&own));
+            }
             (Vec::new(), None, out)
         });
         entry.0.push(key.to_string());

@@ -26,6 +26,7 @@ use super::{
 use super::{access_log, authz, http_policy, inbound, mtls, tracing};
 use crate::model::registry::{Protocol, Workload};
 use crate::model::security::MtlsMode;
+use crate::model::telemetry::TelemetrySpec;
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
@@ -116,29 +117,47 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
     out.push(listener(
         &workload.address,
         OUTBOUND_PORT,
-        hcm_filter(HttpConnectionManager {
-            stat_prefix: format!(
+        outbound_http(
+            mesh,
+            &telemetry,
+            format!(
                 "outbound_{}",
                 listener_name(&workload.address, OUTBOUND_PORT)
             ),
-            route_specifier: Some(RouteSpecifier::Rds(Rds {
-                config_source: Some(ads_config_source()),
-                route_config_name: OUTBOUND_ROUTE.to_string(),
-            })),
-            // Fault and CORS act only where a route configures them.
-            http_filters: vec![
-                http_filter(http_policy::FAULT_FILTER, any(&HttpFault::default())),
-                http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
-                // Resolves the Host of requests for PassthroughCluster (ALLOW_ANY).
-                super::egress::passthrough_filter(),
-                router(),
-            ],
-            access_log: logs(true, access_log::http(false)),
-            tracing: tracing::hcm_tracing(mesh, &telemetry, true),
-            ..Default::default()
-        }),
+            OUTBOUND_ROUTE,
+            logs(true, access_log::http(false)),
+        ),
     ));
     out
+}
+
+/// The HTTP connection manager of an outbound HTTP listener (15001, or a
+/// Sidecar egress listener's port): routes from `route_name` over RDS.
+pub(super) fn outbound_http(
+    mesh: &Mesh<'_>,
+    telemetry: &[&TelemetrySpec],
+    stat_prefix: String,
+    route_name: &str,
+    access_log: Vec<AccessLog>,
+) -> Filter {
+    hcm_filter(HttpConnectionManager {
+        stat_prefix,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: route_name.to_string(),
+        })),
+        // Fault and CORS act only where a route configures them.
+        http_filters: vec![
+            http_filter(http_policy::FAULT_FILTER, any(&HttpFault::default())),
+            http_filter(http_policy::CORS_FILTER, any(&Cors::default())),
+            // Resolves the Host of requests for PassthroughCluster (ALLOW_ANY).
+            super::egress::passthrough_filter(),
+            router(),
+        ],
+        access_log,
+        tracing: tracing::hcm_tracing(mesh, telemetry, true),
+        ..Default::default()
+    })
 }
 
 fn listener(address: &str, port: u32, filter: Filter) -> Listener {

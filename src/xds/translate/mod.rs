@@ -21,6 +21,7 @@ pub mod mtls;
 pub mod outbound_tcp;
 pub mod routes;
 pub mod scope;
+pub mod sidecar_egress;
 pub mod tracing;
 
 #[cfg(test)]

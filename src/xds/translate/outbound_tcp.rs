@@ -25,11 +25,16 @@
 //! with it. Forwarding is a `tcp_proxy` to the route's (weighted)
 //! destinations, with the source-reporter TCP access log.
 //!
-//! The listeners depend on the services, VirtualServices and Telemetry
-//! access logs, and on the proxy only through its namespace and the
-//! outcome of source-dependent matches: `view_key` names that view, and
-//! `template` builds the listeners once per view, unbound; `bind` puts one
-//! workload's address on them.
+//! Like HTTP routes, they follow the proxy's Sidecar scope: only services
+//! its egress hosts import (and exportTo shows it) get a listener, and
+//! only VirtualServices within those hosts apply. A Sidecar egress listener
+//! with a `port` gets its own listener there (`sidecar_egress`).
+//!
+//! The listeners depend on the services, VirtualServices, Sidecar and
+//! Telemetry access logs, and on the proxy only through its scope (namespace
+//! and Sidecar) and the outcome of source-dependent matches: `view_key`
+//! names that view, and `template` builds the listeners once per view,
+//! unbound; `bind` puts one workload's address on them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -40,9 +45,14 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 
 use super::listeners::listener_name;
 use super::routes::virtual_service_for;
-use super::{Mesh, OUTBOUND_PORT, access_log, l4, mtls, outbound_cluster_name, socket_address};
+use super::scope::{Scope, ScopeKey, select_sidecar};
+use super::{
+    Mesh, OUTBOUND_PORT, access_log, l4, mtls, outbound_cluster_name, sidecar_egress,
+    socket_address,
+};
 use crate::model::istio::{
-    L4MatchAttributes, Resolution, RouteDestination, TlsMatchAttributes, VirtualServiceSpec,
+    L4MatchAttributes, Resolution, RouteDestination, SidecarSpec, TlsMatchAttributes,
+    VirtualServiceSpec,
 };
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 use crate::model::{ConfigSnapshot, Resource};
@@ -96,6 +106,9 @@ impl<'a> Source<'a> {
 #[derive(Clone, Debug)]
 pub struct PortListener {
     pub port: u32,
+    /// The address to bind (a Sidecar egress listener's `bind`); None: the
+    /// workload's own.
+    pub bind: Option<String>,
     /// The services it forwards to (for messages).
     pub hosts: Vec<String>,
     pub listener: Listener,
@@ -113,11 +126,17 @@ pub struct Template {
 }
 
 /// The key of the view `workload`'s outbound TCP/TLS listeners depend on:
-/// its namespace, plus a hash of what differs between proxies of one
-/// namespace (the outcome of every `tcp`/`tls` match on `sourceLabels` or
-/// `sourceNamespace`, and the Telemetry access log on client traffic).
+/// its Sidecar scope (namespace and `sidecar`, the one that applies to it),
+/// with in `source` a hash of what differs between proxies of one scope
+/// (the outcome of every `tcp`/`tls` match on `sourceLabels` or
+/// `sourceNamespace`, the Telemetry access log on client traffic, and the
+/// tracing of its HTTP egress listeners; 0 when none of that applies).
 /// Sidecars with equal keys share one `template`.
-pub fn view_key(mesh: &Mesh<'_>, workload: &Workload) -> String {
+pub fn view_key(
+    mesh: &Mesh<'_>,
+    workload: &Workload,
+    sidecar: Option<(&Resource, &SidecarSpec)>,
+) -> ScopeKey {
     let src = Source::of(workload);
     let mut h = std::hash::DefaultHasher::new();
     let mut special = false;
@@ -143,10 +162,18 @@ pub fn view_key(mesh: &Mesh<'_>, workload: &Workload) -> String {
         special = true;
         prost::Message::encode_to_vec(&log).hash(&mut h);
     }
-    if special {
-        format!("{}#{:016x}", src.namespace, h.finish())
-    } else {
-        src.namespace.to_string()
+    if sidecar_egress::ports(sidecar)
+        .iter()
+        .any(|e| e.protocol.is_http())
+        && let Some(t) = sidecar_egress::tracing(mesh, src)
+    {
+        special = true;
+        prost::Message::encode_to_vec(&t).hash(&mut h);
+    }
+    ScopeKey {
+        namespace: src.namespace.to_string(),
+        sidecar: sidecar.map(|(r, _)| format!("{}/{}", r.namespace, r.name)),
+        source: if special { h.finish().max(1) } else { 0 },
     }
 }
 
@@ -160,7 +187,7 @@ fn mesh_virtual_services(
 }
 
 /// The Telemetry API's own access log on client traffic, if one applies.
-fn telemetry_log(mesh: &Mesh<'_>, src: Source<'_>) -> Option<AccessLog> {
+pub(super) fn telemetry_log(mesh: &Mesh<'_>, src: Source<'_>) -> Option<AccessLog> {
     let chain =
         crate::model::telemetry::resolve::applicable(mesh.config, src.namespace, src.labels);
     access_log::telemetry_log(&chain, true)
@@ -171,82 +198,139 @@ fn is_tls(p: &ServicePort) -> bool {
     matches!(p.protocol, Protocol::Tls | Protocol::Https)
 }
 
-/// The outbound TCP/TLS listeners for proxies of `src`'s view, unbound.
-pub fn template(mesh: &Mesh<'_>, src: Source<'_>) -> Template {
+/// The outbound TCP/TLS listeners for proxies of `src`'s view, unbound:
+/// `mesh` is scoped to the view (its Sidecar's egress hosts and exportTo:
+/// a service it does not import gets no listener), and `sidecar`'s egress
+/// listeners with a `port` get their own listener on that port (see
+/// `sidecar_egress`), which the catch-all's services then leave alone.
+pub fn template(
+    mesh: &Mesh<'_>,
+    src: Source<'_>,
+    sidecar: Option<(&Resource, &SidecarSpec)>,
+) -> Template {
+    let egress_ports = sidecar_egress::ports(sidecar);
+    let claimed: BTreeSet<u32> = egress_ports.iter().map(|e| e.port).collect();
     let mut by_port: BTreeMap<u32, Vec<(&Service, &ServicePort)>> = BTreeMap::new();
     let mut out = Template::default();
     for svc in mesh.registry.services.values() {
         for p in svc.ports.iter().filter(|p| !p.protocol.is_http()) {
+            if claimed.contains(&p.number) || !mesh.routes_to(&svc.hostname, p.number) {
+                continue; // an egress listener's own port, or not imported
+            }
             if svc.resolution == Resolution::None {
-                out.warnings.push(format!(
-                    "outbound port {} ({}): resolution NONE forwards to the original destination, which without iptables is the sidecar's own listener: no outbound listener",
-                    p.number, svc.hostname
-                ));
+                out.warnings.push(none_warning(svc, p.number));
                 continue;
             }
             by_port.entry(p.number).or_default().push((svc, p));
         }
     }
-    let mut logs = vec![access_log::tcp_outbound()];
-    logs.extend(telemetry_log(mesh, src));
+    let logs = logs(mesh, src);
     for (port, services) in by_port {
-        let hosts: Vec<String> = services.iter().map(|(s, _)| s.hostname.clone()).collect();
-        if RESERVED_PORTS.contains(&port) {
-            out.warnings.push(format!(
-                "outbound port {port} ({}) is one of the proxy's own ports: no outbound listener",
-                hosts.join(", ")
-            ));
-            continue;
-        }
-        let (tls, tcp): (Vec<_>, Vec<_>) = services.into_iter().partition(|(_, p)| is_tls(p));
-        let mut chains = Vec::new();
-        for (svc, p) in &tls {
-            chains.extend(tls_chains(mesh, src, svc, p, &logs, &mut out.warnings));
-        }
-        let lone_tcp = match tcp.as_slice() {
-            [] => false,
-            [(svc, p)] => {
-                chains.extend(tcp_chains(mesh, src, svc, p, &logs, &mut out.warnings));
-                true
-            }
-            many => {
-                let names: Vec<&str> = many.iter().map(|(s, _)| s.hostname.as_str()).collect();
-                out.warnings.push(format!(
-                    "outbound port {port}: TCP services {} share it and cannot be told apart without a VIP: no outbound TCP listener for them{}",
-                    names.join(", "),
-                    if tls.is_empty() { "" } else { " (TLS services on the port are still routed by SNI)" }
-                ));
-                false
-            }
-        };
-        let chains = distinct_chains(chains);
-        if chains.is_empty() {
-            continue;
-        }
-        let mut listener = Listener {
-            filter_chains: chains,
-            ..Default::default()
-        };
-        if !tls.is_empty() {
-            listener.listener_filters = vec![mtls::tls_inspector()];
-            // A client of the TCP service may wait for the server to speak first.
-            if lone_tcp {
-                listener.continue_on_listener_filters_timeout = true;
-            }
-        }
-        out.listeners.push(PortListener {
+        out.listeners.extend(port_listener(
+            mesh,
+            src,
             port,
-            hosts,
-            listener,
-        });
+            services,
+            &logs,
+            &mut out.warnings,
+        ));
+    }
+    if let Some(sidecar) = sidecar {
+        for e in &egress_ports {
+            out.listeners.extend(sidecar_egress::listener(
+                mesh,
+                src,
+                sidecar,
+                e,
+                &logs,
+                &mut out.warnings,
+            ));
+        }
     }
     let mut h = std::hash::DefaultHasher::new();
     for l in &out.listeners {
         l.port.hash(&mut h);
+        l.bind.hash(&mut h);
         prost::Message::encode_to_vec(&l.listener).hash(&mut h);
     }
     out.version = h.finish();
     out
+}
+
+/// The access logs of an outbound TCP listener for `src`.
+fn logs(mesh: &Mesh<'_>, src: Source<'_>) -> Vec<AccessLog> {
+    std::iter::once(access_log::tcp_outbound())
+        .chain(telemetry_log(mesh, src))
+        .collect()
+}
+
+pub(super) fn none_warning(svc: &Service, port: u32) -> String {
+    format!(
+        "outbound port {port} ({}): resolution NONE forwards to the original destination, which without iptables is the sidecar's own listener: no outbound listener",
+        svc.hostname
+    )
+}
+
+/// The listener of one port for `services` (non-HTTP ports of services
+/// that are not of resolution NONE), if any, by the rule in the module doc.
+pub(super) fn port_listener(
+    mesh: &Mesh<'_>,
+    src: Source<'_>,
+    port: u32,
+    services: Vec<(&Service, &ServicePort)>,
+    logs: &[AccessLog],
+    warnings: &mut Vec<String>,
+) -> Option<PortListener> {
+    let hosts: Vec<String> = services.iter().map(|(s, _)| s.hostname.clone()).collect();
+    if RESERVED_PORTS.contains(&port) {
+        warnings.push(format!(
+            "outbound port {port} ({}) is one of the proxy's own ports: no outbound listener",
+            hosts.join(", ")
+        ));
+        return None;
+    }
+    let (tls, tcp): (Vec<_>, Vec<_>) = services.into_iter().partition(|(_, p)| is_tls(p));
+    let mut chains = Vec::new();
+    for (svc, p) in &tls {
+        chains.extend(tls_chains(mesh, src, svc, p, logs, warnings));
+    }
+    let lone_tcp = match tcp.as_slice() {
+        [] => false,
+        [(svc, p)] => {
+            chains.extend(tcp_chains(mesh, src, svc, p, logs, warnings));
+            true
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|(s, _)| s.hostname.as_str()).collect();
+            warnings.push(format!(
+                "outbound port {port}: TCP services {} share it and cannot be told apart without a VIP: no outbound TCP listener for them{}",
+                names.join(", "),
+                if tls.is_empty() { "" } else { " (TLS services on the port are still routed by SNI)" }
+            ));
+            false
+        }
+    };
+    let chains = distinct_chains(chains);
+    if chains.is_empty() {
+        return None;
+    }
+    let mut listener = Listener {
+        filter_chains: chains,
+        ..Default::default()
+    };
+    if !tls.is_empty() {
+        listener.listener_filters = vec![mtls::tls_inspector()];
+        // A client of the TCP service may wait for the server to speak first.
+        if lone_tcp {
+            listener.continue_on_listener_filters_timeout = true;
+        }
+    }
+    Some(PortListener {
+        port,
+        bind: None,
+        hosts,
+        listener,
+    })
 }
 
 /// The template's listeners on `workload`'s address, leaving out its
@@ -256,7 +340,8 @@ pub fn bind(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> (Vec<Listener
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for pl in &t.listeners {
-        if inbound.contains(&pl.port) {
+        let address = pl.bind.as_deref().unwrap_or(&workload.address);
+        if address == workload.address && inbound.contains(&pl.port) {
             warnings.push(format!(
                 "sidecar {}: no outbound listener on port {} ({}): it is one of the workload's inbound ports",
                 workload.key,
@@ -266,8 +351,8 @@ pub fn bind(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> (Vec<Listener
             continue;
         }
         let mut l = pl.listener.clone();
-        l.name = listener_name(&workload.address, pl.port);
-        l.address = Some(socket_address(&workload.address, pl.port));
+        l.name = listener_name(address, pl.port);
+        l.address = Some(socket_address(address, pl.port));
         out.push(l);
     }
     (out, warnings)
@@ -284,32 +369,46 @@ pub fn bind_input(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> u64 {
     h.finish()
 }
 
+/// The Sidecar that applies to a sidecar `workload`, if any.
+fn sidecar_of<'a>(mesh: &Mesh<'a>, w: &Workload) -> Option<(&'a Resource, &'a SidecarSpec)> {
+    select_sidecar(mesh.config, &w.key.namespace, &w.labels).sidecar
+}
+
 /// `workload`'s outbound TCP/TLS listeners (for tests and tools; the xDS
 /// cache shares the template between sidecars).
 pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
-    bind(mesh, &template(mesh, Source::of(workload)), workload).0
+    let sidecar = sidecar_of(mesh, workload);
+    let scope = Scope::new(mesh.config, mesh.registry, &workload.key.namespace, sidecar);
+    let scoped = mesh.with_scope(&scope);
+    bind(
+        mesh,
+        &template(&scoped, Source::of(workload), sidecar),
+        workload,
+    )
+    .0
 }
 
 /// Everything left out of the sidecars' outbound TCP/TLS listeners, and
 /// why: a port's problem once per view (`view_key`), an inbound port per
 /// workload. Gateway proxies have no such listeners.
 pub fn warnings(mesh: &Mesh<'_>) -> Vec<String> {
-    let mut templates: BTreeMap<String, Template> = BTreeMap::new();
+    let mut templates: BTreeMap<ScopeKey, Template> = BTreeMap::new();
     let mut ports = BTreeSet::new();
     let mut out = Vec::new();
     for w in mesh.registry.workloads.values() {
         if super::gateway::is_gateway(mesh, w) {
             continue;
         }
-        let view = view_key(mesh, w);
+        let sidecar = sidecar_of(mesh, w);
+        let view = view_key(mesh, w, sidecar);
         let t = templates.entry(view.clone()).or_insert_with(|| {
-            let t = template(mesh, Source::of(w));
-            let ns = &w.key.namespace;
-            ports.extend(
-                t.warnings
-                    .iter()
-                    .map(|m| format!("sidecars in namespace {ns}: {m}")),
-            );
+            let scope = Scope::new(mesh.config, mesh.registry, &w.key.namespace, sidecar);
+            let t = template(&mesh.with_scope(&scope), Source::of(w), sidecar);
+            let who = match &view.sidecar {
+                Some(s) => format!("sidecars in namespace {} (Sidecar {s})", view.namespace),
+                None => format!("sidecars in namespace {}", view.namespace),
+            };
+            ports.extend(t.warnings.iter().map(|m| format!("{who}: {m}")));
             t
         });
         out.extend(bind(mesh, t, w).1);

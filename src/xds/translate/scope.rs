@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::Mesh;
-use crate::model::istio::{DestinationRuleSpec, SidecarSpec, VirtualServiceSpec};
+use crate::model::istio::{
+    DestinationRuleSpec, IstioEgressListener, SidecarSpec, VirtualServiceSpec,
+};
 use crate::model::registry::Service;
 use crate::model::{ConfigSnapshot, Kind, Registry, Resource, ResourceKey, Spec, host};
 
@@ -192,6 +194,12 @@ impl<'s> Imports<'s> {
         Imports { port, by_ns }
     }
 
+    /// An egress listener's imports: its hosts, on its port if it has one.
+    fn of(e: &'s IstioEgressListener, config_ns: &'s str) -> Self {
+        let port = e.port.as_ref().and_then(|p| p.number).filter(|n| *n > 0);
+        Imports::new(port, &e.hosts, config_ns)
+    }
+
     /// Istio's rule: hosts listed for the service's own namespace decide
     /// alone; only without such a list do `*/...` hosts apply.
     fn imports_service(&self, svc: &Service) -> bool {
@@ -242,13 +250,40 @@ impl<'a> Scope<'a> {
             Some((_, spec)) if !spec.egress.is_empty() => spec
                 .egress
                 .iter()
-                .map(|e| {
-                    let port = e.port.as_ref().and_then(|p| p.number).filter(|n| *n > 0);
-                    Imports::new(port, &e.hosts, namespace)
-                })
+                .map(|e| Imports::of(e, namespace))
                 .collect(),
             _ => vec![Imports::new(None, &all_hosts, namespace)],
         };
+        Self::with_listeners(config, registry, namespace, sidecar, listeners)
+    }
+
+    /// The view through one egress listener of `sidecar` (`spec.egress[index]`)
+    /// alone: what its own listener (one with a `port`) routes to. Its key is
+    /// the Sidecar's.
+    pub fn for_egress_listener(
+        config: &'a ConfigSnapshot,
+        registry: &'a Registry,
+        namespace: &str,
+        sidecar: (&'a Resource, &'a SidecarSpec),
+        index: usize,
+    ) -> Scope<'a> {
+        let listeners = sidecar
+            .1
+            .egress
+            .get(index)
+            .map(|e| Imports::of(e, namespace))
+            .into_iter()
+            .collect();
+        Self::with_listeners(config, registry, namespace, Some(sidecar), listeners)
+    }
+
+    fn with_listeners(
+        config: &'a ConfigSnapshot,
+        registry: &'a Registry,
+        namespace: &str,
+        sidecar: Option<(&'a Resource, &'a SidecarSpec)>,
+        listeners: Vec<Imports<'_>>,
+    ) -> Scope<'a> {
         let mut routed: HashMap<&str, Ports> = HashMap::new();
         let mut everything = true;
         for svc in registry.services.values() {
