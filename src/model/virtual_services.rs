@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::istio::{VirtualServiceSpec, delegate};
+use super::istio::{HttpRoute, VirtualServiceSpec, delegate};
 use super::{Resource, ResourceKey, Spec};
 
 /// The effective VirtualServices and what went wrong building them.
@@ -54,6 +54,19 @@ fn delegate_visible(export_to: &[String], owner_ns: &str, root_ns: &str) -> bool
             "." => owner_ns == root_ns,
             ns => ns == root_ns,
         })
+}
+
+/// Resolves a rule's destination hosts (routes, mirrors) in `namespace`.
+fn resolve_destinations(rule: &mut HttpRoute, namespace: &str) {
+    let dests = rule
+        .route
+        .iter_mut()
+        .map(|d| &mut d.destination)
+        .chain(rule.mirror.iter_mut())
+        .chain(rule.mirrors.iter_mut().map(|m| &mut m.destination));
+    for d in dests {
+        d.host = super::host::resolve(&d.host, namespace);
+    }
 }
 
 /// Builds the index from every VirtualService of a snapshot.
@@ -125,7 +138,12 @@ pub fn build<'a>(all: impl Iterator<Item = &'a Arc<Resource>>) -> VirtualService
                 ));
                 continue;
             }
-            let (rules, dropped) = delegate::merge_routes(rule, &target.http);
+            let (mut rules, dropped) = delegate::merge_routes(rule, &target.http);
+            // Short destination names are the delegate's, as Istio resolves
+            // them before merging.
+            for r in &mut rules {
+                resolve_destinations(r, ns);
+            }
             if dropped > 0 {
                 index.problems.push(problem(
                     DelegateProblemKind::Conflict,
@@ -151,3 +169,6 @@ impl DelegateProblem {
         self.root.key()
     }
 }
+
+#[cfg(test)]
+mod tests;
