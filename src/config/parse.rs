@@ -358,6 +358,7 @@ fn parse_document(value: serde_yaml_ng::Value) -> Result<Parsed, DocError> {
         namespace,
         labels: meta.labels,
         annotations: meta.annotations,
+        created: meta.creation_timestamp,
         spec,
         origin: Origin::default(),
     })))

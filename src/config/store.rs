@@ -221,15 +221,21 @@ impl Store {
                 }
             }
         }
+        let mut warnings: Vec<ConfigError> = self
+            .files
+            .values()
+            .flat_map(|f| f.warnings.iter().cloned())
+            .collect();
+        // Cross-resource routing problems (sidecar host conflicts, delegates).
+        for m in super::analyze::serve_warnings(&snapshot) {
+            warn!(warning = %m, "config warning");
+            warnings.push(m.to_config_error());
+        }
         ConfigState {
             version,
             snapshot,
             errors,
-            warnings: self
-                .files
-                .values()
-                .flat_map(|f| f.warnings.iter().cloned())
-                .collect(),
+            warnings,
             files: self.files.len(),
             changed_at: None,
         }

@@ -196,10 +196,60 @@ fn port_number(path: String, port: u32, p: &mut Problems) {
     }
 }
 
-fn virtual_service(s: &VirtualServiceSpec, p: &mut Problems) {
-    if s.hosts.is_empty() {
-        p.push(("spec.hosts".into(), "at least one host is required".into()));
+/// Istio's rules for delegates: a VirtualService without hosts is a
+/// delegate, which only HTTP rules of a root VirtualService use, so it
+/// names no gateways, has no TCP or TLS rules and delegates no further; a
+/// root rule (one with `delegate`) leaves the routing to its delegate.
+fn delegate_rules(s: &VirtualServiceSpec, p: &mut Problems) {
+    let is_delegate = s.hosts.is_empty();
+    if is_delegate {
+        for (field, set) in [
+            ("gateways", !s.gateways.is_empty()),
+            ("tls", !s.tls.is_empty()),
+            ("tcp", !s.tcp.is_empty()),
+        ] {
+            if set {
+                p.push((
+                    format!("spec.{field}"),
+                    format!("a delegate VirtualService (one without hosts) must have no {field}"),
+                ));
+            }
+        }
     }
+    for (i, r) in s.http.iter().enumerate() {
+        let Some(d) = &r.delegate else {
+            continue;
+        };
+        let path = format!("spec.http[{i}]");
+        if is_delegate {
+            p.push((
+                format!("{path}.delegate"),
+                "a delegate VirtualService's rule cannot delegate again".into(),
+            ));
+        }
+        if d.name.as_deref().is_none_or(str::is_empty) {
+            p.push((
+                format!("{path}.delegate.name"),
+                "the delegate VirtualService's name is required".into(),
+            ));
+        }
+        if !r.route.is_empty() {
+            p.push((
+                format!("{path}.route"),
+                "a rule with delegate must not specify route (the delegate routes)".into(),
+            ));
+        }
+        if r.redirect.is_some() {
+            p.push((
+                format!("{path}.redirect"),
+                "a rule with delegate must not specify redirect".into(),
+            ));
+        }
+    }
+}
+
+fn virtual_service(s: &VirtualServiceSpec, p: &mut Problems) {
+    delegate_rules(s, p);
     for (i, h) in s.hosts.iter().enumerate() {
         host(format!("spec.hosts[{i}]"), h, p);
     }

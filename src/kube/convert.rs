@@ -181,6 +181,7 @@ pub fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Result<Resourc
         namespace: namespace.clone(),
         labels: svc.metadata.labels.clone().unwrap_or_default(),
         annotations: BTreeMap::new(),
+        created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
         spec: Spec::ServiceEntry(se),
         origin: origin("Service", &namespace, &name),
     })
@@ -390,6 +391,7 @@ pub fn workload_entry(
         namespace: namespace.clone(),
         labels: labels.clone(),
         annotations,
+        created: None,
         spec: Spec::WorkloadEntry(WorkloadEntrySpec {
             address: Some(ip),
             ports,

@@ -218,11 +218,16 @@ impl Published {
         self.first_sent = true;
         self.resources = resources.clone();
         self.errors = errors.clone();
+        let snapshot = ConfigSnapshot::new(resources);
+        let warnings = crate::config::analyze::serve_warnings(&snapshot)
+            .iter()
+            .map(|m| m.to_config_error())
+            .collect();
         Some(ConfigState {
             version: self.version,
-            snapshot: ConfigSnapshot::new(resources),
+            snapshot,
             errors,
-            warnings: Vec::new(),
+            warnings,
             files: 0,
             // When it is published (the debounce window is not counted).
             changed_at: Some(std::time::Instant::now()),

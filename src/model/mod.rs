@@ -8,11 +8,12 @@ pub mod registry;
 pub mod resource;
 pub mod security;
 pub mod telemetry;
+pub mod virtual_services;
 
 use std::fmt;
 
 pub use registry::Registry;
-pub use resource::{ConfigSnapshot, Kind, ObjectMeta, Resource, ResourceKey, Spec};
+pub use resource::{ConfigSnapshot, Kind, ObjectMeta, Resource, ResourceKey, Spec, Timestamp};
 
 /// The DNS suffix of mesh-internal service names (Istio's default).
 pub const DOMAIN_SUFFIX: &str = "svc.cluster.local";

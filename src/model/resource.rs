@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+/// A point in time (`metadata.creationTimestamp`).
+pub use k8s_openapi::jiff::Timestamp;
+
 use super::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec,
     WorkloadEntrySpec, WorkloadGroupSpec,
 };
 use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec};
 use super::telemetry::TelemetrySpec;
+use super::virtual_services::VirtualServiceIndex;
 
 /// The kinds pilotfish reads. (Gateway, Sidecar, WorkloadGroup,
 /// AuthorizationPolicy, RequestAuthentication and Telemetry are parsed and
@@ -120,6 +124,10 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// When the object was created (RFC 3339); Istio orders VirtualServices,
+    /// Sidecars and others by it. Files usually lack it.
+    #[serde(default, rename = "creationTimestamp")]
+    pub creation_timestamp: Option<Timestamp>,
 }
 
 /// A typed spec. Variants differ in size; resources are few and long-lived.
@@ -172,6 +180,8 @@ pub struct Resource {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp`, when given.
+    pub created: Option<Timestamp>,
     pub spec: Spec,
     pub origin: Origin,
 }
@@ -183,6 +193,13 @@ impl Resource {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
         }
+    }
+
+    /// Istio's order among resources of one kind: the oldest first (no
+    /// creation time before any), then, as files usually have none, by
+    /// namespace and name.
+    pub fn creation_order(&self) -> (Option<Timestamp>, &str, &str) {
+        (self.created, &self.namespace, &self.name)
     }
 }
 
@@ -208,10 +225,13 @@ pub struct ConfigSnapshot {
     /// them up once per service; scanning every resource each time would
     /// make a build quadratic in the number of services).
     hosts: std::sync::OnceLock<HostIndex>,
+    /// The effective VirtualServices, built on first use.
+    virtual_services: std::sync::OnceLock<VirtualServiceIndex>,
 }
 
 /// DestinationRules and (mesh) VirtualServices by the host they name,
-/// resolved to an FQDN; each list in namespace/name order.
+/// resolved to an FQDN: DestinationRules in namespace/name order, the
+/// effective VirtualServices (delegates merged) in Istio's order.
 #[derive(Clone, Debug, Default)]
 pub struct HostIndex {
     pub destination_rules: std::collections::HashMap<String, Vec<Arc<Resource>>>,
@@ -237,6 +257,7 @@ impl ConfigSnapshot {
         ConfigSnapshot {
             resources,
             hosts: Default::default(),
+            virtual_services: Default::default(),
         }
     }
 
@@ -255,34 +276,58 @@ impl ConfigSnapshot {
             .map(|(_, r)| r.as_ref())
     }
 
+    /// The VirtualServices in force, delegates merged into their roots, in
+    /// Istio's order (built once per snapshot).
+    pub fn virtual_service_index(&self) -> &VirtualServiceIndex {
+        self.virtual_services
+            .get_or_init(|| super::virtual_services::build(self.resources.values()))
+    }
+
+    /// The effective VirtualServices (see [`VirtualServiceIndex`]): what
+    /// translation applies, in Istio's order. Delegates are not among them.
+    pub fn effective_virtual_services(
+        &self,
+    ) -> impl Iterator<Item = (&Resource, &VirtualServiceSpec)> {
+        self.virtual_service_index()
+            .effective
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::VirtualService(s) => Some((r.as_ref(), s)),
+                _ => None,
+            })
+    }
+
     /// The host index (built once per snapshot).
     pub fn hosts(&self) -> &HostIndex {
         self.hosts.get_or_init(|| {
             let mut idx = HostIndex::default();
             for r in self.resources.values() {
-                let (hosts, exact, wild) = match &r.spec {
-                    Spec::DestinationRule(dr) => (
-                        vec![dr.host.clone()],
-                        &mut idx.destination_rules,
-                        &mut idx.wildcard_destination_rules,
-                    ),
-                    Spec::VirtualService(vs)
-                        if vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh") =>
-                    {
-                        (
-                            vs.hosts.clone(),
-                            &mut idx.virtual_services,
-                            &mut idx.wildcard_virtual_services,
-                        )
-                    }
-                    _ => continue,
+                let Spec::DestinationRule(dr) = &r.spec else {
+                    continue;
                 };
-                for h in hosts {
-                    let h = super::host::resolve(&h, &r.namespace);
+                let h = super::host::resolve(&dr.host, &r.namespace);
+                if h.starts_with('*') {
+                    idx.wildcard_destination_rules.push((h, Arc::clone(r)));
+                } else {
+                    idx.destination_rules
+                        .entry(h)
+                        .or_default()
+                        .push(Arc::clone(r));
+                }
+            }
+            for r in &self.virtual_service_index().effective {
+                let Spec::VirtualService(vs) = &r.spec else {
+                    continue;
+                };
+                if !(vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+                    continue;
+                }
+                for h in &vs.hosts {
+                    let h = super::host::resolve(h, &r.namespace);
                     if h.starts_with('*') {
-                        wild.push((h, Arc::clone(r)));
+                        idx.wildcard_virtual_services.push((h, Arc::clone(r)));
                     } else {
-                        let list = exact.entry(h).or_default();
+                        let list = idx.virtual_services.entry(h).or_default();
                         if !list.iter().any(|x| Arc::ptr_eq(x, r)) {
                             list.push(Arc::clone(r));
                         }

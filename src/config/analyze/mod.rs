@@ -144,6 +144,20 @@ impl Message {
     }
 }
 
+impl Message {
+    /// This finding as a config warning (for /debug/config_errors), its
+    /// message led by the code.
+    pub fn to_config_error(&self) -> crate::config::ConfigError {
+        crate::config::ConfigError {
+            file: self.file.clone(),
+            document: (self.document > 0).then_some(self.document),
+            resource: (!self.resource.is_empty()).then(|| self.resource.clone()),
+            path: (!self.path.is_empty()).then(|| self.path.clone()),
+            message: format!("[{}] {}", self.code, self.message),
+        }
+    }
+}
+
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} [{}] ", self.level, self.code)?;
@@ -172,6 +186,15 @@ pub fn snapshot_of(resources: Vec<Resource>) -> ConfigSnapshot {
     )
 }
 
+/// The cross-resource routing findings `serve` reports with its config
+/// warnings (on /debug/config_errors): VirtualServices competing for one
+/// host on the sidecars, and delegates missing, hidden or conflicting.
+pub fn serve_warnings(snapshot: &ConfigSnapshot) -> Vec<Message> {
+    let mut out = routing::conflicting_virtual_services(snapshot);
+    out.extend(routing::delegates(snapshot));
+    out
+}
+
 /// Every finding for `snapshot`, in resource order, checks in a fixed order.
 pub fn analyze(snapshot: &ConfigSnapshot) -> Vec<Message> {
     let registry = Registry::build(snapshot);
@@ -180,6 +203,7 @@ pub fn analyze(snapshot: &ConfigSnapshot) -> Vec<Message> {
     out.extend(routing::destination_subsets(snapshot));
     out.extend(routing::gateways(snapshot));
     out.extend(routing::conflicting_virtual_services(snapshot));
+    out.extend(routing::delegates(snapshot));
     out.extend(routing::unreachable_rules(snapshot));
     out.extend(policy::subsets_select_no_workload(snapshot, &registry));
     out.extend(policy::mtls_conflicts(snapshot, &registry));

@@ -171,8 +171,10 @@ pub fn gateways(snapshot: &ConfigSnapshot) -> Vec<Message> {
 }
 
 /// IST0109: several VirtualServices that apply to sidecars (`mesh`) name the
-/// same host. Only one of them takes effect (pilotfish: the first by
-/// namespace/name), so the others' rules are silently ignored.
+/// same host. Only one of them takes effect (as in Istio, the first in
+/// creation order that the proxy imports: the oldest `creationTimestamp`,
+/// then by namespace/name), so the others' rules are silently ignored.
+/// Gateways merge such VirtualServices instead, so they are not reported.
 pub fn conflicting_virtual_services(snapshot: &ConfigSnapshot) -> Vec<Message> {
     let mut by_host: BTreeMap<String, Vec<(&Resource, usize)>> = BTreeMap::new();
     for (r, vs) in snapshot.virtual_services() {
@@ -187,12 +189,13 @@ pub fn conflicting_virtual_services(snapshot: &ConfigSnapshot) -> Vec<Message> {
         }
     }
     let mut out = Vec::new();
-    for (h, list) in by_host.iter().filter(|(_, l)| l.len() > 1) {
+    for (h, list) in by_host.iter_mut().filter(|(_, l)| l.len() > 1) {
+        list.sort_by(|a, b| a.0.creation_order().cmp(&b.0.creation_order()));
         let names: Vec<String> = list
             .iter()
             .map(|(r, _)| format!("{}/{}", r.namespace, r.name))
             .collect();
-        for (r, i) in list {
+        for (r, i) in list.iter() {
             out.push(Message::new(
                 Code::ConflictingMeshGatewayVirtualServiceHosts,
                 r,
@@ -200,13 +203,36 @@ pub fn conflicting_virtual_services(snapshot: &ConfigSnapshot) -> Vec<Message> {
                 format!(
                     "The VirtualServices {} associated with mesh gateway define the same host {h} \
                      which can lead to undefined behavior. This can be fixed by merging the \
-                     conflicting VirtualServices into a single resource.",
-                    names.join(",")
+                     conflicting VirtualServices into a single resource. (Sidecars apply the \
+                     first they import, oldest first: {}.)",
+                    names.join(","),
+                    names[0]
                 ),
             ));
         }
     }
     out
+}
+
+/// Root rules whose delegate is missing, not a delegate (it has hosts) or
+/// not exported to the root's namespace (IST0101: the rule is skipped), and
+/// delegate rules dropped for matching outside their root rule (IST0130).
+pub fn delegates(snapshot: &ConfigSnapshot) -> Vec<Message> {
+    use crate::model::virtual_services::DelegateProblemKind;
+    snapshot
+        .virtual_service_index()
+        .problems
+        .iter()
+        .map(|p| {
+            let code = match p.kind {
+                DelegateProblemKind::NotFound | DelegateProblemKind::NotExported => {
+                    Code::ReferencedResourceNotFound
+                }
+                DelegateProblemKind::Conflict => Code::VirtualServiceUnreachableRule,
+            };
+            Message::new(code, &p.root, p.path.clone(), p.message.clone())
+        })
+        .collect()
 }
 
 /// A rule's name for messages, as Istio prints it: `"name"` or `#index`.

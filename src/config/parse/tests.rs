@@ -988,3 +988,20 @@ fn dns_round_robin_takes_one_endpoint() {
     assert_eq!(path, "spec.endpoints");
     assert!(message.contains("DNS_ROUND_ROBIN"), "{message}");
 }
+
+#[test]
+fn creation_timestamp_is_read_and_a_bad_one_is_an_error() {
+    let good = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+        metadata: {name: a, creationTimestamp: \"2024-05-06T07:08:09Z\"}\n\
+        spec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}\n";
+    let parsed = mk_parse(good);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let created = parsed.resources[0].created.expect("creationTimestamp");
+    assert_eq!(created.as_second(), 1_714_979_289);
+    // `creationTimestamp: null`, as `kubectl create --dry-run -o yaml` writes it.
+    let parsed = mk_parse(&good.replace("\"2024-05-06T07:08:09Z\"", "null"));
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.resources[0].created, None);
+    let e = only_error(mk_parse(&good.replace("2024-05-06T07:08:09Z", "yesterday")));
+    assert_eq!(e.path.as_deref(), Some("metadata.creationTimestamp"), "{e}");
+}

@@ -13,6 +13,7 @@
 //! [`parse_duration`] turns them into [`std::time::Duration`].
 
 mod common;
+pub mod delegate;
 mod destination_rule;
 mod gateway;
 mod service_entry;

@@ -29,7 +29,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
+    Route, RouteConfiguration, VirtualHost, route_match::PathSpecifier,
+    virtual_host::TlsRequirementType,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -336,18 +337,22 @@ fn exposed_hosts(b: &BoundServer<'_>, vs: &Resource, spec: &VirtualServiceSpec) 
     out
 }
 
-/// VirtualServices bound to `gw` (not `mesh`-only), by namespace/name.
+/// VirtualServices bound to `gw` (not `mesh`-only), delegates merged into
+/// their roots, in Istio's order (oldest first, then namespace/name; roots
+/// after the others).
 fn bound_virtual_services<'a>(
     mesh: &Mesh<'a>,
     gw: &Resource,
 ) -> impl Iterator<Item = (&'a Resource, &'a VirtualServiceSpec)> {
     let gw = gw.clone();
-    mesh.config.virtual_services().filter(move |(vs, spec)| {
-        spec.gateways
-            .iter()
-            .filter(|g| *g != MESH_GATEWAY)
-            .any(|g| names_gateway(g, &vs.namespace, &gw))
-    })
+    mesh.config
+        .effective_virtual_services()
+        .filter(move |(vs, spec)| {
+            spec.gateways
+                .iter()
+                .filter(|g| *g != MESH_GATEWAY)
+                .any(|g| names_gateway(g, &vs.namespace, &gw))
+        })
 }
 
 /// A match-level `gateways` list admits `gw` (an empty list inherits the
@@ -366,7 +371,7 @@ fn vs_routes(
     gw: &Resource,
     port: u32,
     client_ns: &str,
-) -> Vec<envoy_types::pb::envoy::config::route::v3::Route> {
+) -> Vec<Route> {
     let mut out = Vec::new();
     for rule in &spec.http {
         let mut rule = rule.clone();
@@ -452,7 +457,25 @@ fn domains(h: &str, port: u32) -> Vec<String> {
     }
 }
 
-/// One route table from the HTTP servers `servers` (all on `port`).
+/// Whether an Envoy route matches every request (Istio's `IsCatchAllRoute`):
+/// path prefix `/` (or regex `.*`) and no header or query conditions.
+fn is_catch_all(r: &Route) -> bool {
+    let Some(m) = &r.r#match else {
+        return false;
+    };
+    let all_paths = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) | Some(PathSpecifier::PathSeparatedPrefix(p)) => p == "/",
+        Some(PathSpecifier::SafeRegex(re)) => re.regex == ".*",
+        _ => false,
+    };
+    all_paths && m.headers.is_empty() && m.query_parameters.is_empty()
+}
+
+/// One route table from the HTTP servers `servers` (all on `port`). As in
+/// Istio, the routes of every VirtualService exposing a host are merged
+/// into that host's virtual host in VirtualService order (each
+/// VirtualService's routes end at its first catch-all), then catch-all
+/// routes are moved last, keeping the order of the others.
 fn route_table(
     mesh: &Mesh<'_>,
     name: String,
@@ -461,7 +484,8 @@ fn route_table(
     client_ns: &str,
 ) -> RouteConfiguration {
     let mut used: BTreeSet<String> = BTreeSet::new();
-    let mut virtual_hosts = Vec::new();
+    let mut by_host: BTreeMap<String, usize> = BTreeMap::new();
+    let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
     for b in servers {
         let redirect = b.kind == ServerKind::Http
             && b.server
@@ -476,22 +500,34 @@ fn route_table(
         };
         for (vs, spec) in bound_virtual_services(mesh, b.gateway) {
             for h in exposed_hosts(b, vs, spec) {
+                let mut routes = if redirect {
+                    Vec::new()
+                } else {
+                    vs_routes(mesh, vs, spec, b.gateway, port, client_ns)
+                };
+                if let Some(i) = routes.iter().position(is_catch_all) {
+                    routes.truncate(i + 1);
+                }
+                if let Some(&i) = by_host.get(&h) {
+                    // Another VirtualService (or server) has this host: merge.
+                    virtual_hosts[i].routes.extend(routes);
+                    if redirect {
+                        virtual_hosts[i].require_tls = require_tls;
+                    }
+                    continue;
+                }
+                if routes.is_empty() && !redirect {
+                    continue;
+                }
                 let doms: Vec<String> = domains(&h, port)
                     .into_iter()
                     .filter(|d| !used.contains(d))
                     .collect();
                 if doms.is_empty() {
-                    continue; // an earlier VirtualService has this host
-                }
-                let routes = if redirect {
-                    Vec::new()
-                } else {
-                    vs_routes(mesh, vs, spec, b.gateway, port, client_ns)
-                };
-                if routes.is_empty() && !redirect {
                     continue;
                 }
                 used.extend(doms.iter().cloned());
+                by_host.insert(h.clone(), virtual_hosts.len());
                 virtual_hosts.push(VirtualHost {
                     name: format!("{h}:{port}"),
                     domains: doms,
@@ -505,6 +541,10 @@ fn route_table(
             // Every host of a redirecting server redirects, bound or not.
             for sh in &b.server.hosts {
                 let h = split_host(sh).1;
+                if let Some(&i) = by_host.get(h) {
+                    virtual_hosts[i].require_tls = require_tls;
+                    continue;
+                }
                 let doms: Vec<String> = domains(h, port)
                     .into_iter()
                     .filter(|d| !used.contains(d))
@@ -513,6 +553,7 @@ fn route_table(
                     continue;
                 }
                 used.extend(doms.iter().cloned());
+                by_host.insert(h.to_string(), virtual_hosts.len());
                 virtual_hosts.push(VirtualHost {
                     name: format!("{h}:{port}"),
                     domains: doms,
@@ -521,6 +562,13 @@ fn route_table(
                 });
             }
         }
+    }
+    for vh in &mut virtual_hosts {
+        let (rest, catch_all): (Vec<Route>, Vec<Route>) = std::mem::take(&mut vh.routes)
+            .into_iter()
+            .partition(|r| !is_catch_all(r));
+        vh.routes = rest;
+        vh.routes.extend(catch_all);
     }
     RouteConfiguration {
         name,
@@ -839,6 +887,7 @@ mod tests {
             namespace: "istio-system".into(),
             labels: Default::default(),
             annotations: Default::default(),
+            created: None,
             spec: crate::model::Spec::Gateway(Default::default()),
             origin: Default::default(),
         };

@@ -196,6 +196,14 @@ fn render(dir: &Path) -> String {
     if !registry.warnings.is_empty() {
         all.insert("warnings".into(), registry.warnings.clone().into());
     }
+    // Sidecar host conflicts and delegate problems, as serve reports them.
+    let routing: Vec<String> = crate::config::analyze::serve_warnings(&config)
+        .iter()
+        .map(|m| format!("[{}] {}: {}: {}", m.code, m.resource, m.path, m.message))
+        .collect();
+    if !routing.is_empty() {
+        all.insert("virtual_service_warnings".into(), routing.into());
+    }
     serde_yaml_ng::to_string(&Value::Object(all))
         .unwrap_or_else(|e| panic!("cannot write YAML for {}: {e}", dir.display()))
 }

@@ -87,9 +87,12 @@ pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
     }
 }
 
-/// The VirtualService that routes `hostname` for sidecars: one whose hosts
-/// name it exactly before a wildcard, then by namespace and name (Istio uses
-/// the oldest; files have no creation time).
+/// The VirtualService that routes `hostname` for sidecars, as Istio picks
+/// it: one naming it exactly, else the one with the most specific wildcard;
+/// among equals the first in Istio's order (oldest `creationTimestamp`,
+/// then namespace and name; see `model::virtual_services`). The others are
+/// ignored for this host (Istio reports them as IST0109). Delegates are
+/// already merged into their roots.
 pub fn virtual_service_for<'a>(
     mesh: &Mesh<'a>,
     hostname: &str,
@@ -100,12 +103,17 @@ pub fn virtual_service_for<'a>(
         .get(hostname)
         .and_then(|l| l.iter().find(|r| mesh.imports_virtual_service(r)));
     let chosen = exact.or_else(|| {
-        idx.wildcard_virtual_services
-            .iter()
-            .filter(|(pattern, _)| host::matches(pattern, hostname))
-            .filter(|(_, r)| mesh.imports_virtual_service(r))
-            .map(|(_, r)| r)
-            .min_by(|a, b| a.key().cmp(&b.key()))
+        let mut best: Option<(&String, &std::sync::Arc<Resource>)> = None;
+        for (pattern, r) in &idx.wildcard_virtual_services {
+            if !host::matches(pattern, hostname) || !mesh.imports_virtual_service(r) {
+                continue;
+            }
+            // Longer patterns are more specific; the first of equals stays.
+            if best.is_none_or(|(b, _)| pattern.len() > b.len()) {
+                best = Some((pattern, r));
+            }
+        }
+        best.map(|(_, r)| r)
     })?;
     match &chosen.spec {
         crate::model::Spec::VirtualService(spec) => Some((chosen.as_ref(), spec)),

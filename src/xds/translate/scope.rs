@@ -380,12 +380,14 @@ pub fn service_exported(config: &ConfigSnapshot, svc: &Service, client_ns: &str)
     }
 }
 
-/// VirtualServices that apply to sidecars (`gateways` empty or naming `mesh`).
+/// VirtualServices that apply to sidecars (`gateways` empty or naming
+/// `mesh`), delegates merged into their roots (so a root imports its
+/// delegates' destinations).
 fn mesh_virtual_services(
     config: &ConfigSnapshot,
 ) -> impl Iterator<Item = (&Resource, &VirtualServiceSpec)> {
     config
-        .virtual_services()
+        .effective_virtual_services()
         .filter(|(_, vs)| vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"))
 }
 

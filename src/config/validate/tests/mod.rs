@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::config::parse::{ParsedFile, parse_file};
 
 mod authorization;
+mod delegate;
 mod gateway;
 mod request_authentication;
 mod sidecar;
