@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, TransportSocket, data_source::Specifier, transport_socket,
 };
@@ -43,11 +44,13 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 
-use super::l4::tcp_proxy;
+use super::l4::{tcp_proxy, tcp_proxy_to};
 use super::listeners::{hcm_filter, http_filter, listener_name, router};
 use super::{Mesh, ads_config_source, any, http_policy, mtls};
 use super::{access_log, routes, socket_address};
-use crate::model::istio::{GatewaySpec, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec};
+use crate::model::istio::{
+    GatewaySpec, Location, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec,
+};
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 use crate::model::{Resource, host};
 
@@ -95,10 +98,17 @@ pub fn is_gateway(mesh: &Mesh<'_>, workload: &Workload) -> bool {
 enum ServerKind {
     /// Plaintext HTTP (HTTP, HTTP2, GRPC): routed by RDS.
     Http,
-    /// TLS terminated (HTTPS SIMPLE, MUTUAL, OPTIONAL_MUTUAL), then HTTP.
+    /// TLS terminated (HTTPS SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL),
+    /// then HTTP.
     Terminate,
+    /// TLS terminated (TLS SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL),
+    /// then plain TCP to a bound `tcp` route's destination.
+    TerminateTcp,
     /// TLS forwarded untouched, by SNI.
     Passthrough,
+    /// Mesh mTLS forwarded untouched to the cluster its SNI names
+    /// (`outbound_.PORT_.SUBSET_.HOST`), without a VirtualService.
+    AutoPassthrough,
     /// Opaque TCP.
     Tcp,
 }
@@ -115,20 +125,20 @@ enum PortShape {
 impl ServerKind {
     fn of(server: &Server) -> Option<ServerKind> {
         let mode = server.tls.as_ref().map(|t| t.mode.unwrap_or_default());
+        let forwarded = |mode| match mode {
+            ServerTlsMode::Passthrough => ServerKind::Passthrough,
+            _ => ServerKind::AutoPassthrough,
+        };
         match server.port.protocol.to_ascii_uppercase().as_str() {
             "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Some(ServerKind::Http),
-            "HTTPS" => match mode? {
-                ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
-                    Some(ServerKind::Terminate)
-                }
-                ServerTlsMode::Passthrough => Some(ServerKind::Passthrough),
-                _ => None,
-            },
-            // TLS without termination (terminating TLS in front of TCP is not supported yet).
-            "TLS" => match mode.unwrap_or_default() {
-                ServerTlsMode::Passthrough => Some(ServerKind::Passthrough),
-                _ => None,
-            },
+            "HTTPS" => Some(match mode? {
+                m if terminates(m) => ServerKind::Terminate,
+                m => forwarded(m),
+            }),
+            "TLS" => Some(match mode.unwrap_or_default() {
+                m if terminates(m) => ServerKind::TerminateTcp,
+                m => forwarded(m),
+            }),
             "TCP" | "MONGO" | "REDIS" | "MYSQL" => Some(ServerKind::Tcp),
             _ => None,
         }
@@ -137,10 +147,29 @@ impl ServerKind {
     fn shape(self) -> PortShape {
         match self {
             ServerKind::Http => PortShape::Http,
-            ServerKind::Terminate | ServerKind::Passthrough => PortShape::Tls,
+            ServerKind::Terminate
+            | ServerKind::TerminateTcp
+            | ServerKind::Passthrough
+            | ServerKind::AutoPassthrough => PortShape::Tls,
             ServerKind::Tcp => PortShape::Tcp,
         }
     }
+}
+
+/// Whether a server in TLS mode `mode` terminates TLS itself.
+fn terminates(mode: ServerTlsMode) -> bool {
+    matches!(
+        mode,
+        ServerTlsMode::Simple
+            | ServerTlsMode::Mutual
+            | ServerTlsMode::OptionalMutual
+            | ServerTlsMode::IstioMutual
+    )
+}
+
+/// The TLS mode of a server (PASSTHROUGH when unset, as Istio's default).
+fn tls_mode(server: &Server) -> ServerTlsMode {
+    server.tls.as_ref().and_then(|t| t.mode).unwrap_or_default()
 }
 
 /// One server of one Gateway that applies to a gateway workload.
@@ -227,6 +256,12 @@ fn plan<'a>(mesh: &Mesh<'a>, workload: &Workload) -> Plan<'a> {
                 ));
                 continue;
             };
+            if tls_mode(server) == ServerTlsMode::IstioMutual && !mesh.mtls {
+                warnings.push(format!(
+                    "{where_}: ISTIO_MUTUAL needs workload certificates, and the mesh CA is off; skipped"
+                ));
+                continue;
+            }
             let entry = by_port
                 .entry(server.port.number)
                 .or_insert_with(|| PortPlan {
@@ -577,7 +612,7 @@ pub fn credential_names(mesh: &Mesh<'_>, workload: &Workload) -> BTreeSet<String
         .ports
         .iter()
         .flat_map(|p| &p.servers)
-        .filter(|b| b.kind == ServerKind::Terminate)
+        .filter(|b| matches!(b.kind, ServerKind::Terminate | ServerKind::TerminateTcp))
         .filter_map(|b| credential_of(b.server))
         .map(str::to_string)
         .collect()
@@ -616,16 +651,30 @@ fn tls_protocol(p: Option<TlsProtocol>) -> i32 {
 }
 
 /// The TLS a terminating server offers: its certificate (SDS by
-/// `credentialName`, else its files), and for MUTUAL the client CA.
-fn downstream_tls(server: &Server) -> TransportSocket {
+/// `credentialName`, else its files), and for MUTUAL the client CA;
+/// ISTIO_MUTUAL offers the gateway's workload certificate and requires one
+/// the mesh CA signed, as a sidecar's inbound does. HTTP servers offer
+/// HTTP ALPN; TCP ones none (the bytes go on as they are).
+fn downstream_tls(server: &Server, http: bool) -> TransportSocket {
     let tls = server.tls.clone().unwrap_or_default();
     let mode = tls.mode.unwrap_or_default();
     let mut common = CommonTlsContext {
-        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        alpn_protocols: if http {
+            vec!["h2".into(), "http/1.1".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     let verify = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     match credential_of(server) {
+        _ if mode == ServerTlsMode::IstioMutual => {
+            common.tls_certificate_sds_secret_configs = vec![sds(mtls::SDS_CERT.to_string())];
+            common.validation_context_type =
+                Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                    sds(mtls::SDS_ROOT.to_string()),
+                ));
+        }
         Some(name) => {
             common.tls_certificate_sds_secret_configs = vec![sds(credential_secret(name))];
             if verify {
@@ -667,7 +716,7 @@ fn downstream_tls(server: &Server) -> TransportSocket {
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(common),
         require_client_certificate: Some(BoolValue {
-            value: mode == ServerTlsMode::Mutual,
+            value: matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::IstioMutual),
         }),
         ..Default::default()
     };
@@ -694,6 +743,126 @@ fn http_manager(stat_prefix: String, route_name: String) -> Filter {
         access_log: vec![access_log::http(false)],
         ..Default::default()
     })
+}
+
+/// The `tcp_proxy` of a TCP (or TLS-terminating TCP) server: the first
+/// `tcp` route, of the VirtualServices bound to its Gateway whose hosts the
+/// server exposes, whose matches admit this port and Gateway (Istio's rule).
+fn tcp_route_filter(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    port: u32,
+    stat_prefix: &str,
+) -> Option<Filter> {
+    bound_virtual_services(mesh, b.gateway)
+        .filter(|(vs, spec)| !exposed_hosts(b, vs, spec).is_empty())
+        .find_map(|(vs, spec)| {
+            spec.tcp
+                .iter()
+                .find(|r| {
+                    r.r#match.is_empty()
+                        || r.r#match.iter().any(|m| {
+                            m.port.is_none_or(|x| x == port)
+                                && match_admits(&m.gateways, &vs.namespace, b.gateway)
+                        })
+                })
+                .and_then(|r| tcp_proxy(mesh, stat_prefix.to_string(), vs, &r.route, port))
+        })
+}
+
+/// The clusters an AUTO_PASSTHROUGH server forwards to, by the SNI that
+/// names each (`outbound_.PORT_.SUBSET_.HOST`, Istio's SNI-DNAT cluster
+/// name): every port of every mesh-internal service whose host the server
+/// names, unsubsetted and per DestinationRule subset; with the name of the
+/// ordinary outbound cluster it copies.
+fn auto_passthrough_targets(mesh: &Mesh<'_>, b: &BoundServer<'_>) -> Vec<(String, String)> {
+    let hosts: Vec<&str> = b.server.hosts.iter().map(|h| split_host(h).1).collect();
+    let mut out = Vec::new();
+    for svc in mesh.registry.services.values() {
+        if svc.location != Location::MeshInternal
+            || !hosts.iter().any(|h| host::matches(h, &svc.hostname))
+        {
+            continue;
+        }
+        let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
+        let subsets = std::iter::once("").chain(
+            dr.map(|(_, d)| d.subsets.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.name.as_str()),
+        );
+        for subset in subsets {
+            for p in svc
+                .ports
+                .iter()
+                .filter(|p| mesh.reaches(&svc.hostname, p.number))
+            {
+                out.push((
+                    mtls::sni(p.number, subset, &svc.hostname),
+                    super::outbound_cluster_name(p.number, subset, &svc.hostname),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// AUTO_PASSTHROUGH: one filter chain per target cluster, matched by its
+/// SNI and the ALPN of mesh mTLS (so only sidecars' mTLS gets through), the
+/// TLS stream forwarded untouched to the endpoints' sidecars.
+fn auto_passthrough_chains(mesh: &Mesh<'_>, b: &BoundServer<'_>) -> Vec<FilterChain> {
+    auto_passthrough_targets(mesh, b)
+        .into_iter()
+        .filter_map(|(sni, _)| {
+            let f = tcp_proxy_to(sni.clone(), &[(sni.clone(), 1)], Vec::new())?;
+            Some(FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![sni],
+                    ..mtls::mtls_chain_match()
+                }),
+                filters: vec![f],
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The SNI-DNAT clusters `workload`'s AUTO_PASSTHROUGH servers forward to:
+/// copies of the outbound clusters named by SNI, without the mesh mTLS the
+/// originals add (the client's mTLS passes through), reading the
+/// originals' endpoints.
+pub fn sni_dnat_clusters(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
+    let targets: BTreeMap<String, String> = plan(mesh, workload)
+        .ports
+        .iter()
+        .flat_map(|p| &p.servers)
+        .filter(|b| b.kind == ServerKind::AutoPassthrough)
+        .flat_map(|b| auto_passthrough_targets(mesh, b))
+        .map(|(sni, cluster)| (cluster, sni))
+        .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Cluster> = super::clusters::outbound(mesh)
+        .into_iter()
+        .filter_map(|mut c| {
+            let sni = targets.get(&c.name)?.clone();
+            let original = std::mem::replace(&mut c.name, sni.clone());
+            c.transport_socket = None;
+            c.transport_socket_matches.clear();
+            if let Some(eds) = &mut c.eds_cluster_config
+                && eds.service_name.is_empty()
+            {
+                eds.service_name = original;
+            }
+            if let Some(la) = &mut c.load_assignment {
+                la.cluster_name = sni;
+            }
+            Some(c)
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// PASSTHROUGH: one filter chain per bound `tls` route match, matched by the
@@ -762,22 +931,10 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 ..Default::default()
             }),
             PortShape::Tcp => {
-                let first = p.servers.first().and_then(|b| {
-                    bound_virtual_services(mesh, b.gateway).find_map(|(vs, spec)| {
-                        spec.tcp
-                            .iter()
-                            .find(|r| {
-                                r.r#match.is_empty()
-                                    || r.r#match.iter().any(|m| {
-                                        m.port.is_none_or(|x| x == p.port)
-                                            && match_admits(&m.gateways, &vs.namespace, b.gateway)
-                                    })
-                            })
-                            .and_then(|r| {
-                                tcp_proxy(mesh, stat_prefix.clone(), vs, &r.route, p.port)
-                            })
-                    })
-                });
+                let first = p
+                    .servers
+                    .first()
+                    .and_then(|b| tcp_route_filter(mesh, b, p.port, &stat_prefix));
                 chains.extend(first.map(|f| FilterChain {
                     filters: vec![f],
                     ..Default::default()
@@ -792,10 +949,24 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                                 transport_protocol: "tls".into(),
                                 ..Default::default()
                             }),
-                            transport_socket: Some(downstream_tls(b.server)),
+                            transport_socket: Some(downstream_tls(b.server, true)),
                             filters: vec![http_manager(stat_prefix.clone(), b.https_route_name())],
                             ..Default::default()
                         }],
+                        ServerKind::TerminateTcp => tcp_route_filter(mesh, b, p.port, &stat_prefix)
+                            .map(|f| FilterChain {
+                                filter_chain_match: Some(FilterChainMatch {
+                                    server_names: b.server_names(),
+                                    transport_protocol: "tls".into(),
+                                    ..Default::default()
+                                }),
+                                transport_socket: Some(downstream_tls(b.server, false)),
+                                filters: vec![f],
+                                ..Default::default()
+                            })
+                            .into_iter()
+                            .collect(),
+                        ServerKind::AutoPassthrough => auto_passthrough_chains(mesh, b),
                         _ => passthrough_chains(mesh, b, p.port, &stat_prefix),
                     };
                     // Envoy refuses two chains with the same match: the first wins.
