@@ -101,7 +101,10 @@ impl XdsSnapshot {
         };
         ProxyResources {
             layers: [
-                vec![Arc::clone(clusters), Arc::clone(&gw.clusters)],
+                std::iter::once(clusters)
+                    .chain(Some(&gw.clusters).filter(|c| !c.resources.is_empty()))
+                    .cloned()
+                    .collect(),
                 self.endpoint_layers(key, endpoints),
                 vec![Arc::clone(&gw.listeners)],
                 vec![Arc::clone(&gw.routes)],

@@ -39,7 +39,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    TlsCertificate, TlsParameters, common_tls_context::ValidationContextType,
+    TlsCertificate, TlsParameters,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
     tls_parameters::TlsProtocol as EnvoyTlsProtocol,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
@@ -670,10 +671,24 @@ fn downstream_tls(server: &Server, http: bool) -> TransportSocket {
     match credential_of(server) {
         _ if mode == ServerTlsMode::IstioMutual => {
             common.tls_certificate_sds_secret_configs = vec![sds(mtls::SDS_CERT.to_string())];
-            common.validation_context_type =
-                Some(ValidationContextType::ValidationContextSdsSecretConfig(
-                    sds(mtls::SDS_ROOT.to_string()),
-                ));
+            let root = sds(mtls::SDS_ROOT.to_string());
+            // `subjectAltNames` narrows the clients to those identities.
+            common.validation_context_type = Some(if tls.subject_alt_names.is_empty() {
+                ValidationContextType::ValidationContextSdsSecretConfig(root)
+            } else {
+                ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: mtls::uri_san_matchers(
+                                &tls.subject_alt_names,
+                            ),
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(root),
+                        ..Default::default()
+                    },
+                )
+            });
         }
         Some(name) => {
             common.tls_certificate_sds_secret_configs = vec![sds(credential_secret(name))];
@@ -1030,5 +1045,72 @@ mod tests {
         assert_eq!(domains("a.com", 8443), ["a.com", "a.com:*"]);
         assert_eq!(domains("*.a.com", 8443), ["*.a.com", "*.a.com:8443"]);
         assert_eq!(domains("*", 80), ["*"]);
+    }
+
+    /// A gateway workload and one Gateway with `servers` (YAML flow list).
+    fn mk_mesh_config(servers: &str) -> (crate::model::ConfigSnapshot, crate::model::Registry) {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: gw}}
+spec: {{address: 127.0.0.30, labels: {{istio: gw}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: gw}}
+  servers: {servers}
+"
+        );
+        let parsed = crate::config::parse_file(std::path::Path::new("gw.yaml"), &text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let mut config = crate::model::ConfigSnapshot::default();
+        for r in parsed.resources {
+            config.resources.insert(r.key(), std::sync::Arc::new(r));
+        }
+        let registry = crate::model::Registry::build(&config);
+        (config, registry)
+    }
+
+    #[test]
+    fn server_kinds_and_istio_mutual_without_a_ca() {
+        let (config, registry) = mk_mesh_config(
+            "[{port: {number: 443, name: https, protocol: HTTPS}, hosts: [a.com], tls: {mode: ISTIO_MUTUAL}},
+              {port: {number: 444, name: tls, protocol: TLS}, hosts: [a.com], tls: {mode: SIMPLE, credentialName: c}},
+              {port: {number: 15443, name: tls-auto, protocol: TLS}, hosts: ['*.local'], tls: {mode: AUTO_PASSTHROUGH}},
+              {port: {number: 445, name: tls-pass, protocol: TLS}, hosts: [a.com], tls: {mode: PASSTHROUGH}}]",
+        );
+        let w = registry.workloads.values().next().unwrap();
+        let kinds = |mesh: &Mesh<'_>| -> Vec<(u32, ServerKind)> {
+            plan(mesh, w)
+                .ports
+                .iter()
+                .flat_map(|p| p.servers.iter().map(move |b| (p.port, b.kind)))
+                .collect()
+        };
+        let with_ca = Mesh::new(&config, &registry).with_mtls(true);
+        assert_eq!(
+            kinds(&with_ca),
+            [
+                (443, ServerKind::Terminate),
+                (444, ServerKind::TerminateTcp),
+                (445, ServerKind::Passthrough),
+                (15443, ServerKind::AutoPassthrough),
+            ]
+        );
+        assert!(warnings(&with_ca, w).is_empty());
+        // Without the mesh CA there is no workload certificate to serve.
+        let without = Mesh::new(&config, &registry);
+        assert_eq!(kinds(&without).len(), 3);
+        let warned = warnings(&without, w);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("server \"https\" (port 443)")
+                && warned[0].contains("ISTIO_MUTUAL needs workload certificates"),
+            "{warned:?}"
+        );
+        // No services: an AUTO_PASSTHROUGH server has nothing to forward to.
+        assert!(sni_dnat_clusters(&with_ca, w).is_empty());
     }
 }
