@@ -16,9 +16,13 @@
 //! matched by SNI from their hosts: SIMPLE and MUTUAL terminate TLS with the
 //! certificate named by `credentialName` (served over SDS as
 //! `credential://NAME`, the client CA as `credential://NAME-cacert`) or the
-//! server's certificate files; PASSTHROUGH forwards the TLS stream by SNI to
-//! the destination of a bound VirtualService `tls` route; TCP servers
-//! forward to a bound `tcp` route's destination.
+//! server's certificate files; ISTIO_MUTUAL terminates with the gateway's
+//! workload certificate and requires a mesh client certificate. TLS servers
+//! that terminate forward the plain bytes to a bound `tcp` route's
+//! destination, as TCP servers do; PASSTHROUGH forwards the TLS stream by
+//! SNI to the destination of a bound VirtualService `tls` route;
+//! AUTO_PASSTHROUGH forwards mesh mTLS to the SNI-DNAT cluster its SNI names
+//! (`outbound_.PORT_.SUBSET_.HOST`), no VirtualService needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
