@@ -91,9 +91,77 @@ spec:
     )
 }
 
-/// A TLS connection to `addr` with SNI `host`, trusting only `ca_pem`,
-/// optionally with a client certificate and ALPN values. (rustls directly:
-/// the tests' reqwest has no TLS backend.)
+/// Accepts any server certificate (still checking the handshake
+/// signatures): for servers whose certificate names no DNS name, such as a
+/// gateway's SPIFFE workload certificate, where the test is about what the
+/// server accepts from the client.
+#[derive(Debug)]
+struct AnyServerCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate for SPIFFE identity `spiffe` signed by pilotfish's mesh
+/// root (from its state directory): what a workload of the mesh presents.
+fn mesh_identity(mesh: &Mesh, spiffe: &str) -> (String, String) {
+    let state = mesh.dir.path().join("state");
+    let root = std::fs::read_to_string(state.join("root-cert.pem")).unwrap();
+    let root_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(state.join("root-key.pem")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&root, root_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe.try_into().unwrap())];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A TLS connection to `addr` with SNI `host`, trusting only `ca_pem` (any
+/// server when it is empty), optionally with a client certificate and ALPN
+/// values. (rustls directly: the tests' reqwest has no TLS backend.)
 fn tls_connect(
     ca_pem: &str,
     host: &str,
@@ -111,12 +179,17 @@ fn tls_connect(
             .add(c.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if ca_pem.is_empty() {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
     let config = match identity {
         Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> =
@@ -638,7 +711,8 @@ fn gateway_terminates_tls_in_front_of_tcp() {
 /// ISTIO_MUTUAL: sidecars send `ratings.example.com` to the gateway's 8443
 /// server over mesh mTLS (a DestinationRule subset with ISTIO_MUTUAL and
 /// the server's host as SNI, Istio's egress gateway pattern); the gateway
-/// terminates with its workload certificate and routes to ratings.
+/// terminates with its workload certificate, accepts only productpage's
+/// identity (`subjectAltNames`) and routes to ratings.
 /// AUTO_PASSTHROUGH: port 15443 forwards mesh mTLS by its SNI to the
 /// service it names; `ratings.remote.example` stands for a service on
 /// another network, reached through that gateway with ratings' SNI.
@@ -683,7 +757,9 @@ spec:
   servers:
   - port: {{number: 8443, name: https-mesh, protocol: HTTPS}}
     hosts: [ratings.example.com]
-    tls: {{mode: ISTIO_MUTUAL}}
+    tls:
+      mode: ISTIO_MUTUAL
+      subjectAltNames: [spiffe://cluster.local/ns/default/sa/bookinfo-productpage]
   - port: {{number: 15443, name: tls-eastwest, protocol: TLS}}
     hosts: ["*.local"]
     tls: {{mode: AUTO_PASSTHROUGH}}
@@ -756,22 +832,30 @@ fn gateway_istio_mutual_and_auto_passthrough_carry_mesh_mtls() {
         &format!("listener.{gw_ip}_8443.ssl.handshake"),
     );
     assert!(handshakes >= 1, "no TLS handshake on the gateway's 8443");
-    // The server wants a mesh certificate: none, or one from another CA, fails.
+    // The server wants a mesh certificate with an identity it names: none,
+    // one from another CA, or a mesh one for another identity is refused.
+    let addr: SocketAddr = format!("{gw_ip}:8443").parse().unwrap();
+    let get = |identity: Option<(&str, &str)>| {
+        https_get("", "ratings.example.com", addr, "/ratings/0", identity)
+    };
     let outsider = Pki::new("not the mesh CA");
     let (ocert, okey) = outsider.issue(&["ratings.example.com"]);
-    let addr: SocketAddr = format!("{gw_ip}:8443").parse().unwrap();
-    for identity in [None, Some((ocert.as_str(), okey.as_str()))] {
-        // Trusting the outsider CA, the client cannot even accept the
-        // gateway's SPIFFE certificate; what matters is no 200 comes back.
-        let r = https_get(
-            &outsider.ca_pem,
-            "ratings.example.com",
-            addr,
-            "/ratings/0",
-            identity,
-        );
-        assert!(r.is_err(), "ISTIO_MUTUAL answered an outsider: {r:?}");
+    let (mcert, mkey) = mesh_identity(&mesh, "spiffe://cluster.local/ns/default/sa/sleep");
+    let (pcert, pkey) = mesh_identity(
+        &mesh,
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+    );
+    for (who, identity) in [
+        ("no certificate", None),
+        ("another CA", Some((ocert.as_str(), okey.as_str()))),
+        ("another identity", Some((mcert.as_str(), mkey.as_str()))),
+    ] {
+        let r = get(identity);
+        assert!(r.is_err(), "ISTIO_MUTUAL served {who}: {r:?}");
     }
+    // The named identity, from the mesh CA, is served (not only the sidecar).
+    let (status, body) = get(Some((&pcert, &pkey))).expect("the named mesh identity");
+    assert_eq!(status, 200, "{body}");
 
     // AUTO_PASSTHROUGH: the sidecar's mTLS, with ratings' SNI, goes through
     // the gateway untouched to ratings' sidecar, which terminates it.
@@ -786,7 +870,7 @@ fn gateway_istio_mutual_and_auto_passthrough_carry_mesh_mtls() {
     // Only mesh mTLS gets a filter chain: TLS without Istio's ALPN, none.
     let eastwest: SocketAddr = format!("{gw_ip}:15443").parse().unwrap();
     let plain = tls_connect(
-        &outsider.ca_pem,
+        "",
         "outbound_.9080_._.ratings.default.svc.cluster.local",
         eastwest,
         None,
