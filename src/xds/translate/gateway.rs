@@ -792,14 +792,20 @@ fn tcp_route_filter(
 /// The clusters an AUTO_PASSTHROUGH server forwards to, by the SNI that
 /// names each (`outbound_.PORT_.SUBSET_.HOST`, Istio's SNI-DNAT cluster
 /// name): every port of every mesh-internal service whose host the server
-/// names, unsubsetted and per DestinationRule subset; with the name of the
-/// ordinary outbound cluster it copies.
-fn auto_passthrough_targets(mesh: &Mesh<'_>, b: &BoundServer<'_>) -> Vec<(String, String)> {
+/// names and exports to the gateway's namespace `client_ns`, unsubsetted
+/// and per DestinationRule subset; with the name of the ordinary outbound
+/// cluster it copies.
+fn auto_passthrough_targets(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    client_ns: &str,
+) -> Vec<(String, String)> {
     let hosts: Vec<&str> = b.server.hosts.iter().map(|h| split_host(h).1).collect();
     let mut out = Vec::new();
     for svc in mesh.registry.services.values() {
         if svc.location != Location::MeshInternal
             || !hosts.iter().any(|h| host::matches(h, &svc.hostname))
+            || !super::scope::service_exported(mesh.config, svc, client_ns)
         {
             continue;
         }
@@ -829,8 +835,12 @@ fn auto_passthrough_targets(mesh: &Mesh<'_>, b: &BoundServer<'_>) -> Vec<(String
 /// AUTO_PASSTHROUGH: one filter chain per target cluster, matched by its
 /// SNI and the ALPN of mesh mTLS (so only sidecars' mTLS gets through), the
 /// TLS stream forwarded untouched to the endpoints' sidecars.
-fn auto_passthrough_chains(mesh: &Mesh<'_>, b: &BoundServer<'_>) -> Vec<FilterChain> {
-    auto_passthrough_targets(mesh, b)
+fn auto_passthrough_chains(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    client_ns: &str,
+) -> Vec<FilterChain> {
+    auto_passthrough_targets(mesh, b, client_ns)
         .into_iter()
         .filter_map(|(sni, _)| {
             let f = tcp_proxy_to(sni.clone(), &[(sni.clone(), 1)], Vec::new())?;
@@ -856,7 +866,7 @@ pub fn sni_dnat_clusters(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
         .iter()
         .flat_map(|p| &p.servers)
         .filter(|b| b.kind == ServerKind::AutoPassthrough)
-        .flat_map(|b| auto_passthrough_targets(mesh, b))
+        .flat_map(|b| auto_passthrough_targets(mesh, b, &workload.key.namespace))
         .map(|(sni, cluster)| (cluster, sni))
         .collect();
     if targets.is_empty() {
@@ -985,7 +995,9 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                             })
                             .into_iter()
                             .collect(),
-                        ServerKind::AutoPassthrough => auto_passthrough_chains(mesh, b),
+                        ServerKind::AutoPassthrough => {
+                            auto_passthrough_chains(mesh, b, &workload.key.namespace)
+                        }
                         _ => passthrough_chains(mesh, b, p.port, &stat_prefix),
                     };
                     // Envoy refuses two chains with the same match: the first wins.
