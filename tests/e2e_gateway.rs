@@ -91,20 +91,86 @@ spec:
     )
 }
 
-/// One HTTPS GET of `path` from `addr` with SNI and Host `host`, trusting
-/// only `ca_pem`, optionally with a client certificate: (status, body), or
-/// the handshake or I/O error. (rustls directly: the tests' reqwest has no
-/// TLS backend.)
-fn https_get(
+/// Accepts any server certificate (still checking the handshake
+/// signatures): for servers whose certificate names no DNS name, such as a
+/// gateway's SPIFFE workload certificate, where the test is about what the
+/// server accepts from the client.
+#[derive(Debug)]
+struct AnyServerCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate for SPIFFE identity `spiffe` signed by pilotfish's mesh
+/// root (from its state directory): what a workload of the mesh presents.
+fn mesh_identity(mesh: &Mesh, spiffe: &str) -> (String, String) {
+    let state = mesh.dir.path().join("state");
+    let root = std::fs::read_to_string(state.join("root-cert.pem")).unwrap();
+    let root_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(state.join("root-key.pem")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&root, root_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe.try_into().unwrap())];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A TLS connection to `addr` with SNI `host`, trusting only `ca_pem` (any
+/// server when it is empty), optionally with a client certificate and ALPN
+/// values. (rustls directly: the tests' reqwest has no TLS backend.)
+fn tls_connect(
     ca_pem: &str,
     host: &str,
     addr: SocketAddr,
-    path: &str,
     identity: Option<(&str, &str)>,
-) -> Result<(u16, String), String> {
+    alpn: &[&str],
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use std::io::{Read, Write};
     use std::sync::Arc;
 
     let mut roots = rustls::RootCertStore::empty();
@@ -113,12 +179,17 @@ fn https_get(
             .add(c.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if ca_pem.is_empty() {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
     let config = match identity {
         Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> =
@@ -132,12 +203,36 @@ fn https_get(
         }
         None => builder.with_no_client_auth(),
     };
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut tls = rustls::StreamOwned::new(conn, sock);
+    // Complete the handshake now, so a refused one is an error here.
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tls)
+}
+
+/// One HTTPS GET of `path` from `addr` with SNI and Host `host`, trusting
+/// only `ca_pem`, optionally with a client certificate: (status, body), or
+/// the handshake or I/O error.
+fn https_get(
+    ca_pem: &str,
+    host: &str,
+    addr: SocketAddr,
+    path: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+
+    let mut tls = tls_connect(ca_pem, host, addr, identity, &[])?;
     write!(
         tls,
         "GET {path} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n\r\n",
@@ -456,4 +551,372 @@ fn renewed_credentials_reach_the_gateway_without_restart() {
     write_credential(&creds, "bookinfo-credential", &cert, &key, None);
     wait_until("the renewed certificate served", || ok(&second.ca_pem));
     assert!(!ok(&first.ca_pem));
+}
+
+/// 127.N blocks of the tests of gateways that terminate TLS in front of TCP
+/// and carry mesh mTLS (ISTIO_MUTUAL, AUTO_PASSTHROUGH).
+const TLS_NET_BASE: u8 = 246;
+
+/// Writes the gateway's WorkloadEntry (examples/bookinfo/mesh) into `mesh`.
+fn write_gateway_entry(mesh: &Mesh) {
+    let gw_entry =
+        std::fs::read_to_string(Path::new(ROOT).join("examples/bookinfo/mesh/ingressgateway.yaml"))
+            .unwrap()
+            .replace("127.0.0.", &format!("127.{}.0.", mesh.net));
+    mesh.write("ingressgateway.yaml", &gw_entry);
+}
+
+/// Starts the gateway's Envoy and waits until it is ready.
+fn start_gateway(mesh: &mut Mesh) {
+    let config = mesh.config.display().to_string();
+    mesh.start_envoy_with(
+        GATEWAY,
+        GATEWAY_HOST,
+        &["--gateway", "--config-dir", &config],
+        |_| {},
+    );
+    mesh.wait_envoy_ready(GATEWAY_HOST);
+}
+
+/// Sends `payload` over TLS (SNI `host`) to `addr` and reads as many bytes
+/// back: what a TCP echo behind a TLS-terminating gateway returns.
+fn tls_echo(
+    ca_pem: &str,
+    host: &str,
+    addr: SocketAddr,
+    identity: Option<(&str, &str)>,
+    payload: &str,
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut tls = tls_connect(ca_pem, host, addr, identity, &[])?;
+    tls.write_all(payload.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; payload.len()];
+    tls.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf).to_string())
+}
+
+/// TLS servers that terminate TLS and forward the bytes to a `tcp` route.
+const TLS_TCP_CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tcp-tls}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 9444, name: tls-echo, protocol: TLS}
+    hosts: [echo.example.com]
+    tls: {mode: SIMPLE, credentialName: echo-credential}
+  - port: {number: 9444, name: tls-echo-mtls, protocol: TLS}
+    hosts: [echo-mtls.example.com]
+    tls: {mode: MUTUAL, credentialName: echo-mtls-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-tls}
+spec:
+  hosts: [echo.example.com, echo-mtls.example.com]
+  gateways: [tcp-tls]
+  tcp:
+  - match: [{port: 9444}]
+    route:
+    - destination: {host: tcp-echo.default.svc.cluster.local, port: {number: 9090}}
+"#;
+
+#[test]
+fn gateway_terminates_tls_in_front_of_tcp() {
+    let net = next_net(TLS_NET_BASE);
+    let mut mesh = Mesh::start(net, &[], false);
+    let creds = mesh.dir.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    let server_pki = Pki::new("echo test CA");
+    let client_pki = Pki::new("echo client CA");
+    let (cert, key) = server_pki.issue(&["echo.example.com"]);
+    write_credential(&creds, "echo-credential", &cert, &key, None);
+    let (mcert, mkey) = server_pki.issue(&["echo-mtls.example.com"]);
+    write_credential(
+        &creds,
+        "echo-mtls-credential",
+        &mcert,
+        &mkey,
+        Some(&client_pki.ca_pem),
+    );
+    mesh.serve_args = vec!["--credentials-dir".into(), creds.display().to_string()];
+    mesh.stop_pilotfish();
+    mesh.start_pilotfish();
+    write_gateway_entry(&mesh);
+    // The echo server behind ratings-v1's sidecar.
+    mesh.start_tcp_echo();
+    mesh.write("gateway-tcp-tls.yaml", TLS_TCP_CONFIG);
+    mesh.start_envoy("ratings-v1", 16);
+    mesh.wait_envoy_ready(16);
+    start_gateway(&mut mesh);
+    let addr: SocketAddr = format!("127.{net}.0.{GATEWAY_HOST}:9444").parse().unwrap();
+
+    // SIMPLE: the credential's certificate by SNI, then plain bytes to the echo.
+    wait_until("TLS-terminated TCP through the gateway", || {
+        tls_echo(&server_pki.ca_pem, "echo.example.com", addr, None, "ping")
+            .is_ok_and(|r| r == "ping")
+    });
+    assert_eq!(
+        tls_echo(
+            &server_pki.ca_pem,
+            "echo.example.com",
+            addr,
+            None,
+            "hello over tls"
+        )
+        .as_deref(),
+        Ok("hello over tls")
+    );
+    // The gateway decrypted: the echo cluster saw plain TCP from it.
+    assert!(
+        mesh.envoy_stat(
+            GATEWAY_HOST,
+            "cluster.outbound|9090||tcp-echo.default.svc.cluster.local.upstream_cx_total"
+        ) >= 2
+    );
+    // No server for another name.
+    assert!(tls_echo(&server_pki.ca_pem, "other.example.com", addr, None, "x").is_err());
+
+    // MUTUAL: a client certificate from the credential's CA is required.
+    let refused = tls_echo(&server_pki.ca_pem, "echo-mtls.example.com", addr, None, "x");
+    assert!(refused.is_err(), "MUTUAL served without a certificate");
+    let stranger = Pki::new("someone else");
+    let (scert, skey) = stranger.issue(&["stranger.example.com"]);
+    assert!(
+        tls_echo(
+            &server_pki.ca_pem,
+            "echo-mtls.example.com",
+            addr,
+            Some((&scert, &skey)),
+            "x"
+        )
+        .is_err()
+    );
+    let (ccert, ckey) = client_pki.issue(&["client.example.com"]);
+    assert_eq!(
+        tls_echo(
+            &server_pki.ca_pem,
+            "echo-mtls.example.com",
+            addr,
+            Some((&ccert, &ckey)),
+            "mutual"
+        )
+        .as_deref(),
+        Ok("mutual")
+    );
+}
+
+/// ISTIO_MUTUAL: sidecars send `ratings.example.com` to the gateway's 8443
+/// server over mesh mTLS (a DestinationRule subset with ISTIO_MUTUAL and
+/// the server's host as SNI, Istio's egress gateway pattern); the gateway
+/// terminates with its workload certificate, accepts only productpage's
+/// identity (`subjectAltNames`) and routes to ratings.
+/// AUTO_PASSTHROUGH: port 15443 forwards mesh mTLS by its SNI to the
+/// service it names; `ratings.remote.example` stands for a service on
+/// another network, reached through that gateway with ratings' SNI.
+fn mesh_mtls_config(net: u8) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-ingressgateway}}
+spec:
+  hosts: [istio-ingressgateway.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8443, name: http-mesh, protocol: HTTP}}]
+  workloadSelector: {{labels: {{istio: ingressgateway}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: istio-ingressgateway}}
+spec:
+  host: istio-ingressgateway.default.svc.cluster.local
+  subsets:
+  - name: mesh-gw
+    trafficPolicy:
+      tls: {{mode: ISTIO_MUTUAL, sni: ratings.example.com}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings-example}}
+spec:
+  hosts: [ratings.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.{net}.2.9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mesh-gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https-mesh, protocol: HTTPS}}
+    hosts: [ratings.example.com]
+    tls:
+      mode: ISTIO_MUTUAL
+      subjectAltNames: [spiffe://cluster.local/ns/default/sa/bookinfo-productpage]
+  - port: {{number: 15443, name: tls-eastwest, protocol: TLS}}
+    hosts: ["*.local"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings-through-gateway}}
+spec:
+  hosts: [ratings.example.com]
+  gateways: [mesh, mesh-gw]
+  http:
+  - match: [{{gateways: [mesh], port: 9080}}]
+    route:
+    - destination: {{host: istio-ingressgateway.default.svc.cluster.local, subset: mesh-gw, port: {{number: 8443}}}}
+  - match: [{{gateways: [mesh-gw], port: 8443}}]
+    route:
+    - destination: {{host: ratings.default.svc.cluster.local, port: {{number: 9080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings-remote}}
+spec:
+  hosts: [ratings.remote.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.{net}.0.{GATEWAY_HOST}, ports: {{http: 15443}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings-remote}}
+spec:
+  host: ratings.remote.example
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL, sni: outbound_.9080_._.ratings.default.svc.cluster.local}}
+"#
+    )
+}
+
+#[test]
+fn gateway_istio_mutual_and_auto_passthrough_carry_mesh_mtls() {
+    let net = next_net(TLS_NET_BASE);
+    let mut mesh = Mesh::start(net, &[], false);
+    write_gateway_entry(&mesh);
+    mesh.write("mesh-mtls.yaml", &mesh_mtls_config(net));
+    mesh.start_envoy("productpage-v1", 11);
+    mesh.start_envoy("ratings-v1", 16);
+    mesh.start_app("ratings", "v1", 16, &[]);
+    mesh.wait_envoy_ready(11);
+    mesh.wait_envoy_ready(16);
+    start_gateway(&mut mesh);
+    let gw_ip = format!("127.{net}.0.{GATEWAY_HOST}");
+
+    // ISTIO_MUTUAL: sidecar -> (mesh mTLS) -> gateway -> ratings.
+    let ratings = |url: &str| {
+        let r = mesh.via_sidecar(11, url, &[]);
+        r.status == 200
+            && serde_json::from_str::<Value>(&r.body).is_ok_and(|v| v["service"] == "ratings")
+    };
+    wait_until("ratings through the ISTIO_MUTUAL server", || {
+        ratings("http://ratings.example.com:9080/ratings/0")
+    });
+    let via_gateway = mesh.envoy_stat(
+        GATEWAY_HOST,
+        "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_rq_total",
+    );
+    assert!(via_gateway >= 1, "{via_gateway}");
+    let handshakes = mesh.envoy_stat(
+        GATEWAY_HOST,
+        &format!("listener.{gw_ip}_8443.ssl.handshake"),
+    );
+    assert!(handshakes >= 1, "no TLS handshake on the gateway's 8443");
+    // The server wants a mesh certificate with an identity it names: none,
+    // one from another CA, or a mesh one for another identity is refused.
+    let addr: SocketAddr = format!("{gw_ip}:8443").parse().unwrap();
+    let get = |identity: Option<(&str, &str)>| {
+        https_get("", "ratings.example.com", addr, "/ratings/0", identity)
+    };
+    let outsider = Pki::new("not the mesh CA");
+    let (ocert, okey) = outsider.issue(&["ratings.example.com"]);
+    let (mcert, mkey) = mesh_identity(&mesh, "spiffe://cluster.local/ns/default/sa/sleep");
+    let (pcert, pkey) = mesh_identity(
+        &mesh,
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+    );
+    for (who, identity) in [
+        ("no certificate", None),
+        ("another CA", Some((ocert.as_str(), okey.as_str()))),
+        ("another identity", Some((mcert.as_str(), mkey.as_str()))),
+    ] {
+        let r = get(identity);
+        assert!(r.is_err(), "ISTIO_MUTUAL served {who}: {r:?}");
+    }
+    // The named identity, from the mesh CA, is served (not only the sidecar).
+    let (status, body) = get(Some((&pcert, &pkey))).expect("the named mesh identity");
+    assert_eq!(status, 200, "{body}");
+
+    // AUTO_PASSTHROUGH: the sidecar's mTLS, with ratings' SNI, goes through
+    // the gateway untouched to ratings' sidecar, which terminates it.
+    wait_until("ratings through the AUTO_PASSTHROUGH server", || {
+        ratings("http://ratings.remote.example:9080/ratings/0")
+    });
+    let sni_dnat = mesh.envoy_stat(
+        GATEWAY_HOST,
+        "cluster.outbound_.9080_._.ratings.default.svc.cluster.local.upstream_cx_total",
+    );
+    assert!(sni_dnat >= 1, "{sni_dnat}");
+    // Only mesh mTLS gets a filter chain: TLS without Istio's ALPN, none.
+    let eastwest: SocketAddr = format!("{gw_ip}:15443").parse().unwrap();
+    let plain = tls_connect(
+        "",
+        "outbound_.9080_._.ratings.default.svc.cluster.local",
+        eastwest,
+        None,
+        &[],
+    );
+    assert!(
+        plain.is_err(),
+        "AUTO_PASSTHROUGH took TLS without mesh ALPN"
+    );
+    // The gateway serves its own certificate (SDS `default`, the root as
+    // `ROOTCA`) and has the SNI-DNAT cluster, with no TLS of its own.
+    let clusters: Value =
+        serde_json::from_str(&mesh.envoy_admin(GATEWAY_HOST, "/clusters?format=json")).unwrap();
+    let sni_dnat = clusters["cluster_statuses"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"] == "outbound_.9080_._.ratings.default.svc.cluster.local")
+        })
+        .cloned()
+        .expect("SNI-DNAT cluster on the gateway");
+    assert_eq!(
+        sni_dnat["host_statuses"][0]["address"]["socket_address"]["address"],
+        format!("127.{net}.0.16"),
+        "{sni_dnat}"
+    );
+    let dump: Value = serde_json::from_str(&mesh.envoy_admin(
+        GATEWAY_HOST,
+        "/config_dump?resource=dynamic_active_clusters",
+    ))
+    .unwrap();
+    let cluster = dump["configs"]
+        .as_array()
+        .and_then(|c| {
+            c.iter().find(|c| {
+                c["cluster"]["name"] == "outbound_.9080_._.ratings.default.svc.cluster.local"
+            })
+        })
+        .map(|c| c["cluster"].clone())
+        .expect("SNI-DNAT cluster in the config dump");
+    assert!(cluster.get("transport_socket").is_none(), "{cluster}");
+    assert!(
+        cluster.get("transport_socket_matches").is_none(),
+        "{cluster}"
+    );
+    let secrets = mesh.envoy_admin(GATEWAY_HOST, "/config_dump?resource=dynamic_active_secrets");
+    assert!(secrets.contains("\"name\": \"default\""), "{secrets}");
+    assert!(secrets.contains("\"name\": \"ROOTCA\""));
 }

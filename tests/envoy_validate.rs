@@ -105,6 +105,13 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
             // below) and its credentials' SDS secrets, made from a real
             // certificate as the credentials directory would give them.
             listeners_json.extend(gateway::listeners(&mesh, w).iter().map(message_json));
+            // Its SNI-DNAT clusters (AUTO_PASSTHROUGH), once per name.
+            for c in gateway::sni_dnat_clusters(&mesh, w) {
+                let c = message_json(&c);
+                if !clusters.iter().any(|x| x["name"] == c["name"]) {
+                    clusters.push(c);
+                }
+            }
             route_tables.extend(gateway::route_tables(&mesh, w));
             for name in gateway::credential_names(&mesh, w) {
                 let cred = pilotfish::xds::credentials::Credential {

@@ -85,7 +85,7 @@ pub async fn run_translator(
                         zipkin.as_deref(),
                         outbound,
                     );
-                    let mesh = translate::Mesh::new(&state.snapshot, &registry);
+                    let mesh = translate::Mesh::new(&state.snapshot, &registry).with_mtls(mtls);
                     gateway_warnings.extend(translate::gateway::reference_warnings(&mesh));
                     for w in registry.workloads.values() {
                         gateway_warnings.extend(translate::gateway::warnings(&mesh, w));

@@ -15,6 +15,9 @@ use crate::xds::types::XdsType;
 pub struct GatewayLayers {
     pub listeners: Arc<Layer>,
     pub routes: Arc<Layer>,
+    /// Its own clusters besides the mesh's: the SNI-DNAT clusters of its
+    /// AUTO_PASSTHROUGH servers.
+    pub clusters: Arc<Layer>,
     /// The `credentialName`s its servers terminate TLS with.
     pub credential_names: Arc<BTreeSet<String>>,
 }
@@ -57,6 +60,13 @@ pub(super) fn build(prev: &XdsSnapshot, mesh: &Mesh<'_>) -> HashMap<WorkloadKey,
                 .map(|l| (l.name.clone(), l)),
         )
         .reuse(old.map(|o| &o.listeners));
+        let clusters = Layer::encode(
+            XdsType::Cluster,
+            gateway::sni_dnat_clusters(mesh, w)
+                .into_iter()
+                .map(|c| (c.name.clone(), c)),
+        )
+        .reuse(old.map(|o| &o.clusters));
         let names = gateway::credential_names(mesh, w);
         let credential_names = match old {
             Some(o) if *o.credential_names == names => Arc::clone(&o.credential_names),
@@ -67,6 +77,7 @@ pub(super) fn build(prev: &XdsSnapshot, mesh: &Mesh<'_>) -> HashMap<WorkloadKey,
             GatewayLayers {
                 listeners,
                 routes,
+                clusters,
                 credential_names,
             },
         );
@@ -76,7 +87,7 @@ pub(super) fn build(prev: &XdsSnapshot, mesh: &Mesh<'_>) -> HashMap<WorkloadKey,
 
 impl XdsSnapshot {
     /// A gateway proxy's resources: the mesh's outbound clusters and
-    /// endpoints, its own listeners and route tables, its workload
+    /// endpoints (and its own SNI-DNAT clusters), its own listeners and route tables, its workload
     /// certificate (mTLS toward the mesh) and its credentials.
     pub(super) fn gateway_resources(
         &self,
@@ -90,7 +101,10 @@ impl XdsSnapshot {
         };
         ProxyResources {
             layers: [
-                vec![Arc::clone(clusters)],
+                std::iter::once(clusters)
+                    .chain(Some(&gw.clusters).filter(|c| !c.resources.is_empty()))
+                    .cloned()
+                    .collect(),
                 self.endpoint_layers(key, endpoints),
                 vec![Arc::clone(&gw.listeners)],
                 vec![Arc::clone(&gw.routes)],

@@ -175,6 +175,9 @@ fn cluster(
     let sni = mtls::sni(port.number, subset, &svc.hostname);
     match policy.tls.and_then(|t| t.mode) {
         Some(TlsMode::IstioMutual) => {
+            // An explicit `sni` (e.g. the host an egress gateway's
+            // ISTIO_MUTUAL server is for) replaces Istio's cluster SNI.
+            let sni = policy.tls.and_then(|t| t.sni.clone()).unwrap_or(sni);
             c.transport_socket = Some(mtls::upstream_socket(&sans, &sni));
         }
         Some(_) => {}

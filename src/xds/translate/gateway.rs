@@ -16,12 +16,17 @@
 //! matched by SNI from their hosts: SIMPLE and MUTUAL terminate TLS with the
 //! certificate named by `credentialName` (served over SDS as
 //! `credential://NAME`, the client CA as `credential://NAME-cacert`) or the
-//! server's certificate files; PASSTHROUGH forwards the TLS stream by SNI to
-//! the destination of a bound VirtualService `tls` route; TCP servers
-//! forward to a bound `tcp` route's destination.
+//! server's certificate files; ISTIO_MUTUAL terminates with the gateway's
+//! workload certificate and requires a mesh client certificate. TLS servers
+//! that terminate forward the plain bytes to a bound `tcp` route's
+//! destination, as TCP servers do; PASSTHROUGH forwards the TLS stream by
+//! SNI to the destination of a bound VirtualService `tls` route;
+//! AUTO_PASSTHROUGH forwards mesh mTLS to the SNI-DNAT cluster its SNI names
+//! (`outbound_.PORT_.SUBSET_.HOST`), no VirtualService needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, TransportSocket, data_source::Specifier, transport_socket,
 };
@@ -39,16 +44,19 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    TlsCertificate, TlsParameters, common_tls_context::ValidationContextType,
+    TlsCertificate, TlsParameters,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
     tls_parameters::TlsProtocol as EnvoyTlsProtocol,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 
-use super::l4::tcp_proxy;
+use super::l4::{tcp_proxy, tcp_proxy_to};
 use super::listeners::{hcm_filter, http_filter, listener_name, router};
 use super::{Mesh, ads_config_source, any, http_policy, mtls};
 use super::{access_log, routes, socket_address};
-use crate::model::istio::{GatewaySpec, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec};
+use crate::model::istio::{
+    GatewaySpec, Location, Server, ServerTlsMode, TlsProtocol, VirtualServiceSpec,
+};
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 use crate::model::{Resource, host};
 
@@ -96,10 +104,17 @@ pub fn is_gateway(mesh: &Mesh<'_>, workload: &Workload) -> bool {
 enum ServerKind {
     /// Plaintext HTTP (HTTP, HTTP2, GRPC): routed by RDS.
     Http,
-    /// TLS terminated (HTTPS SIMPLE, MUTUAL, OPTIONAL_MUTUAL), then HTTP.
+    /// TLS terminated (HTTPS SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL),
+    /// then HTTP.
     Terminate,
+    /// TLS terminated (TLS SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL),
+    /// then plain TCP to a bound `tcp` route's destination.
+    TerminateTcp,
     /// TLS forwarded untouched, by SNI.
     Passthrough,
+    /// Mesh mTLS forwarded untouched to the cluster its SNI names
+    /// (`outbound_.PORT_.SUBSET_.HOST`), without a VirtualService.
+    AutoPassthrough,
     /// Opaque TCP.
     Tcp,
 }
@@ -116,20 +131,20 @@ enum PortShape {
 impl ServerKind {
     fn of(server: &Server) -> Option<ServerKind> {
         let mode = server.tls.as_ref().map(|t| t.mode.unwrap_or_default());
+        let forwarded = |mode| match mode {
+            ServerTlsMode::Passthrough => ServerKind::Passthrough,
+            _ => ServerKind::AutoPassthrough,
+        };
         match server.port.protocol.to_ascii_uppercase().as_str() {
             "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Some(ServerKind::Http),
-            "HTTPS" => match mode? {
-                ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
-                    Some(ServerKind::Terminate)
-                }
-                ServerTlsMode::Passthrough => Some(ServerKind::Passthrough),
-                _ => None,
-            },
-            // TLS without termination (terminating TLS in front of TCP is not supported yet).
-            "TLS" => match mode.unwrap_or_default() {
-                ServerTlsMode::Passthrough => Some(ServerKind::Passthrough),
-                _ => None,
-            },
+            "HTTPS" => Some(match mode? {
+                m if terminates(m) => ServerKind::Terminate,
+                m => forwarded(m),
+            }),
+            "TLS" => Some(match mode.unwrap_or_default() {
+                m if terminates(m) => ServerKind::TerminateTcp,
+                m => forwarded(m),
+            }),
             "TCP" | "MONGO" | "REDIS" | "MYSQL" => Some(ServerKind::Tcp),
             _ => None,
         }
@@ -138,10 +153,29 @@ impl ServerKind {
     fn shape(self) -> PortShape {
         match self {
             ServerKind::Http => PortShape::Http,
-            ServerKind::Terminate | ServerKind::Passthrough => PortShape::Tls,
+            ServerKind::Terminate
+            | ServerKind::TerminateTcp
+            | ServerKind::Passthrough
+            | ServerKind::AutoPassthrough => PortShape::Tls,
             ServerKind::Tcp => PortShape::Tcp,
         }
     }
+}
+
+/// Whether a server in TLS mode `mode` terminates TLS itself.
+fn terminates(mode: ServerTlsMode) -> bool {
+    matches!(
+        mode,
+        ServerTlsMode::Simple
+            | ServerTlsMode::Mutual
+            | ServerTlsMode::OptionalMutual
+            | ServerTlsMode::IstioMutual
+    )
+}
+
+/// The TLS mode of a server (PASSTHROUGH when unset, as Istio's default).
+fn tls_mode(server: &Server) -> ServerTlsMode {
+    server.tls.as_ref().and_then(|t| t.mode).unwrap_or_default()
 }
 
 /// One server of one Gateway that applies to a gateway workload.
@@ -228,6 +262,12 @@ fn plan<'a>(mesh: &Mesh<'a>, workload: &Workload) -> Plan<'a> {
                 ));
                 continue;
             };
+            if tls_mode(server) == ServerTlsMode::IstioMutual && !mesh.mtls {
+                warnings.push(format!(
+                    "{where_}: ISTIO_MUTUAL needs workload certificates, and the mesh CA is off; skipped"
+                ));
+                continue;
+            }
             let entry = by_port
                 .entry(server.port.number)
                 .or_insert_with(|| PortPlan {
@@ -625,7 +665,7 @@ pub fn credential_names(mesh: &Mesh<'_>, workload: &Workload) -> BTreeSet<String
         .ports
         .iter()
         .flat_map(|p| &p.servers)
-        .filter(|b| b.kind == ServerKind::Terminate)
+        .filter(|b| matches!(b.kind, ServerKind::Terminate | ServerKind::TerminateTcp))
         .filter_map(|b| credential_of(b.server))
         .map(str::to_string)
         .collect()
@@ -664,16 +704,44 @@ fn tls_protocol(p: Option<TlsProtocol>) -> i32 {
 }
 
 /// The TLS a terminating server offers: its certificate (SDS by
-/// `credentialName`, else its files), and for MUTUAL the client CA.
-pub(super) fn downstream_tls(server: &Server) -> TransportSocket {
+/// `credentialName`, else its files), and for MUTUAL the client CA;
+/// ISTIO_MUTUAL offers the gateway's workload certificate and requires one
+/// the mesh CA signed, as a sidecar's inbound does. HTTP servers offer
+/// HTTP ALPN; TCP ones none (the bytes go on as they are).
+pub(super) fn downstream_tls(server: &Server, http: bool) -> TransportSocket {
     let tls = server.tls.clone().unwrap_or_default();
     let mode = tls.mode.unwrap_or_default();
     let mut common = CommonTlsContext {
-        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        alpn_protocols: if http {
+            vec!["h2".into(), "http/1.1".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     let verify = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
     match credential_of(server) {
+        _ if mode == ServerTlsMode::IstioMutual => {
+            common.tls_certificate_sds_secret_configs = vec![sds(mtls::SDS_CERT.to_string())];
+            let root = sds(mtls::SDS_ROOT.to_string());
+            // `subjectAltNames` narrows the clients to those identities.
+            common.validation_context_type = Some(if tls.subject_alt_names.is_empty() {
+                ValidationContextType::ValidationContextSdsSecretConfig(root)
+            } else {
+                ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: mtls::uri_san_matchers(
+                                &tls.subject_alt_names,
+                            ),
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(root),
+                        ..Default::default()
+                    },
+                )
+            });
+        }
         Some(name) => {
             common.tls_certificate_sds_secret_configs = vec![sds(credential_secret(name))];
             if verify {
@@ -715,7 +783,7 @@ pub(super) fn downstream_tls(server: &Server) -> TransportSocket {
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(common),
         require_client_certificate: Some(BoolValue {
-            value: mode == ServerTlsMode::Mutual,
+            value: matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::IstioMutual),
         }),
         ..Default::default()
     };
@@ -742,6 +810,136 @@ fn http_manager(stat_prefix: String, route_name: String) -> Filter {
         access_log: vec![access_log::http(false)],
         ..Default::default()
     })
+}
+
+/// The `tcp_proxy` of a TCP (or TLS-terminating TCP) server: the first
+/// `tcp` route, of the VirtualServices bound to its Gateway whose hosts the
+/// server exposes, whose matches admit this port and Gateway (Istio's rule).
+fn tcp_route_filter(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    port: u32,
+    stat_prefix: &str,
+) -> Option<Filter> {
+    bound_virtual_services(mesh, b.gateway)
+        .filter(|(vs, spec)| !exposed_hosts(b, vs, spec).is_empty())
+        .find_map(|(vs, spec)| {
+            spec.tcp
+                .iter()
+                .find(|r| {
+                    r.r#match.is_empty()
+                        || r.r#match.iter().any(|m| {
+                            m.port.is_none_or(|x| x == port)
+                                && match_admits(&m.gateways, &vs.namespace, b.gateway)
+                        })
+                })
+                .and_then(|r| tcp_proxy(mesh, stat_prefix.to_string(), vs, &r.route, port))
+        })
+}
+
+/// The clusters an AUTO_PASSTHROUGH server forwards to, by the SNI that
+/// names each (`outbound_.PORT_.SUBSET_.HOST`, Istio's SNI-DNAT cluster
+/// name): every port of every mesh-internal service whose host the server
+/// names and exports to the gateway's namespace `client_ns`, unsubsetted
+/// and per DestinationRule subset; with the name of the ordinary outbound
+/// cluster it copies.
+fn auto_passthrough_targets(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    client_ns: &str,
+) -> Vec<(String, String)> {
+    let hosts: Vec<&str> = b.server.hosts.iter().map(|h| split_host(h).1).collect();
+    let mut out = Vec::new();
+    for svc in mesh.registry.services.values() {
+        if svc.location != Location::MeshInternal
+            || !hosts.iter().any(|h| host::matches(h, &svc.hostname))
+            || !super::scope::service_exported(mesh.config, svc, client_ns)
+        {
+            continue;
+        }
+        let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
+        let subsets = std::iter::once("").chain(
+            dr.map(|(_, d)| d.subsets.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.name.as_str()),
+        );
+        for subset in subsets {
+            for p in svc
+                .ports
+                .iter()
+                .filter(|p| mesh.reaches(&svc.hostname, p.number))
+            {
+                out.push((
+                    mtls::sni(p.number, subset, &svc.hostname),
+                    super::outbound_cluster_name(p.number, subset, &svc.hostname),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// AUTO_PASSTHROUGH: one filter chain per target cluster, matched by its
+/// SNI and the ALPN of mesh mTLS (so only sidecars' mTLS gets through), the
+/// TLS stream forwarded untouched to the endpoints' sidecars.
+fn auto_passthrough_chains(
+    mesh: &Mesh<'_>,
+    b: &BoundServer<'_>,
+    client_ns: &str,
+) -> Vec<FilterChain> {
+    auto_passthrough_targets(mesh, b, client_ns)
+        .into_iter()
+        .filter_map(|(sni, _)| {
+            let f = tcp_proxy_to(sni.clone(), &[(sni.clone(), 1)], Vec::new())?;
+            Some(FilterChain {
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![sni],
+                    ..mtls::mtls_chain_match()
+                }),
+                filters: vec![f],
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The SNI-DNAT clusters `workload`'s AUTO_PASSTHROUGH servers forward to:
+/// copies of the outbound clusters named by SNI, without the mesh mTLS the
+/// originals add (the client's mTLS passes through), reading the
+/// originals' endpoints.
+pub fn sni_dnat_clusters(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
+    let targets: BTreeMap<String, String> = plan(mesh, workload)
+        .ports
+        .iter()
+        .flat_map(|p| &p.servers)
+        .filter(|b| b.kind == ServerKind::AutoPassthrough)
+        .flat_map(|b| auto_passthrough_targets(mesh, b, &workload.key.namespace))
+        .map(|(sni, cluster)| (cluster, sni))
+        .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Cluster> = super::clusters::outbound(mesh)
+        .into_iter()
+        .filter_map(|mut c| {
+            let sni = targets.get(&c.name)?.clone();
+            let original = std::mem::replace(&mut c.name, sni.clone());
+            c.transport_socket = None;
+            c.transport_socket_matches.clear();
+            if let Some(eds) = &mut c.eds_cluster_config
+                && eds.service_name.is_empty()
+            {
+                eds.service_name = original;
+            }
+            if let Some(la) = &mut c.load_assignment {
+                la.cluster_name = sni;
+            }
+            Some(c)
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// PASSTHROUGH: one filter chain per bound `tls` route match, matched by the
@@ -810,22 +1008,10 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                 ..Default::default()
             }),
             PortShape::Tcp => {
-                let first = p.servers.first().and_then(|b| {
-                    bound_virtual_services(mesh, b.gateway).find_map(|(vs, spec)| {
-                        spec.tcp
-                            .iter()
-                            .find(|r| {
-                                r.r#match.is_empty()
-                                    || r.r#match.iter().any(|m| {
-                                        m.port.is_none_or(|x| x == p.port)
-                                            && match_admits(&m.gateways, &vs.namespace, b.gateway)
-                                    })
-                            })
-                            .and_then(|r| {
-                                tcp_proxy(mesh, stat_prefix.clone(), vs, &r.route, p.port)
-                            })
-                    })
-                });
+                let first = p
+                    .servers
+                    .first()
+                    .and_then(|b| tcp_route_filter(mesh, b, p.port, &stat_prefix));
                 chains.extend(first.map(|f| FilterChain {
                     filters: vec![f],
                     ..Default::default()
@@ -840,10 +1026,26 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                                 transport_protocol: "tls".into(),
                                 ..Default::default()
                             }),
-                            transport_socket: Some(downstream_tls(b.server)),
+                            transport_socket: Some(downstream_tls(b.server, true)),
                             filters: vec![http_manager(stat_prefix.clone(), b.https_route_name())],
                             ..Default::default()
                         }],
+                        ServerKind::TerminateTcp => tcp_route_filter(mesh, b, p.port, &stat_prefix)
+                            .map(|f| FilterChain {
+                                filter_chain_match: Some(FilterChainMatch {
+                                    server_names: b.server_names(),
+                                    transport_protocol: "tls".into(),
+                                    ..Default::default()
+                                }),
+                                transport_socket: Some(downstream_tls(b.server, false)),
+                                filters: vec![f],
+                                ..Default::default()
+                            })
+                            .into_iter()
+                            .collect(),
+                        ServerKind::AutoPassthrough => {
+                            auto_passthrough_chains(mesh, b, &workload.key.namespace)
+                        }
                         _ => passthrough_chains(mesh, b, p.port, &stat_prefix),
                     };
                     // Envoy refuses two chains with the same match: the first wins.
@@ -908,5 +1110,72 @@ mod tests {
         assert_eq!(domains("a.com", 8443), ["a.com", "a.com:*"]);
         assert_eq!(domains("*.a.com", 8443), ["*.a.com", "*.a.com:8443"]);
         assert_eq!(domains("*", 80), ["*"]);
+    }
+
+    /// A gateway workload and one Gateway with `servers` (YAML flow list).
+    fn mk_mesh_config(servers: &str) -> (crate::model::ConfigSnapshot, crate::model::Registry) {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: gw}}
+spec: {{address: 127.0.0.30, labels: {{istio: gw}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: gw}}
+  servers: {servers}
+"
+        );
+        let parsed = crate::config::parse_file(std::path::Path::new("gw.yaml"), &text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let mut config = crate::model::ConfigSnapshot::default();
+        for r in parsed.resources {
+            config.resources.insert(r.key(), std::sync::Arc::new(r));
+        }
+        let registry = crate::model::Registry::build(&config);
+        (config, registry)
+    }
+
+    #[test]
+    fn server_kinds_and_istio_mutual_without_a_ca() {
+        let (config, registry) = mk_mesh_config(
+            "[{port: {number: 443, name: https, protocol: HTTPS}, hosts: [a.com], tls: {mode: ISTIO_MUTUAL}},
+              {port: {number: 444, name: tls, protocol: TLS}, hosts: [a.com], tls: {mode: SIMPLE, credentialName: c}},
+              {port: {number: 15443, name: tls-auto, protocol: TLS}, hosts: ['*.local'], tls: {mode: AUTO_PASSTHROUGH}},
+              {port: {number: 445, name: tls-pass, protocol: TLS}, hosts: [a.com], tls: {mode: PASSTHROUGH}}]",
+        );
+        let w = registry.workloads.values().next().unwrap();
+        let kinds = |mesh: &Mesh<'_>| -> Vec<(u32, ServerKind)> {
+            plan(mesh, w)
+                .ports
+                .iter()
+                .flat_map(|p| p.servers.iter().map(move |b| (p.port, b.kind)))
+                .collect()
+        };
+        let with_ca = Mesh::new(&config, &registry).with_mtls(true);
+        assert_eq!(
+            kinds(&with_ca),
+            [
+                (443, ServerKind::Terminate),
+                (444, ServerKind::TerminateTcp),
+                (445, ServerKind::Passthrough),
+                (15443, ServerKind::AutoPassthrough),
+            ]
+        );
+        assert!(warnings(&with_ca, w).is_empty());
+        // Without the mesh CA there is no workload certificate to serve.
+        let without = Mesh::new(&config, &registry);
+        assert_eq!(kinds(&without).len(), 3);
+        let warned = warnings(&without, w);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("server \"https\" (port 443)")
+                && warned[0].contains("ISTIO_MUTUAL needs workload certificates"),
+            "{warned:?}"
+        );
+        // No services: an AUTO_PASSTHROUGH server has nothing to forward to.
+        assert!(sni_dnat_clusters(&with_ca, w).is_empty());
     }
 }

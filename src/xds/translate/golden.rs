@@ -133,6 +133,10 @@ fn render(dir: &Path) -> String {
                 "gateway_routes".into(),
                 json_all(&gateway::route_tables(&mesh, w)),
             );
+            let sni_dnat = gateway::sni_dnat_clusters(&mesh, w);
+            if !sni_dnat.is_empty() {
+                out.insert("gateway_clusters".into(), json_all(&sni_dnat));
+            }
             let names: Vec<String> = gateway::credential_names(&mesh, w).into_iter().collect();
             out.insert("credentials".into(), names.into());
             let warnings = gateway::warnings(&mesh, w);

@@ -229,10 +229,15 @@ fn target(workload: &Workload, listener: &IstioIngressListener, port: u32) -> Ta
 /// The TLS a Sidecar ingress listener terminates: a gateway server's with
 /// the same settings (validation allows only files: no credentialName).
 pub fn server_tls(tls: &ServerTlsSettings) -> TransportSocket {
-    super::gateway::downstream_tls(&Server {
-        tls: Some(tls.clone()),
-        ..Default::default()
-    })
+    // HTTP ALPN offered whatever the port's protocol, as Istio's sidecar
+    // ingress TLS does.
+    super::gateway::downstream_tls(
+        &Server {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        },
+        true,
+    )
 }
 
 /// Everything left out of sidecars' inbound listeners, and why.

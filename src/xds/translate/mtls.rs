@@ -80,6 +80,22 @@ pub fn endpoint_metadata() -> envoy_types::pb::envoy::config::core::v3::Metadata
     m
 }
 
+/// Exact URI SAN matchers: the peer must carry one of these SPIFFE identities.
+pub fn uri_san_matchers<'a>(
+    sans: impl IntoIterator<Item = &'a String>,
+) -> Vec<SubjectAltNameMatcher> {
+    sans.into_iter()
+        .map(|s| SubjectAltNameMatcher {
+            san_type: SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(s.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// The client side of mesh mTLS toward `sans` (SPIFFE identities).
 pub fn upstream_socket(sans: &BTreeSet<String>, sni: &str) -> TransportSocket {
     let ctx = UpstreamTlsContext {
@@ -88,17 +104,7 @@ pub fn upstream_socket(sans: &BTreeSet<String>, sni: &str) -> TransportSocket {
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: sans
-                            .iter()
-                            .map(|s| SubjectAltNameMatcher {
-                                san_type: SanType::Uri as i32,
-                                matcher: Some(StringMatcher {
-                                    match_pattern: Some(MatchPattern::Exact(s.clone())),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            })
-                            .collect(),
+                        match_typed_subject_alt_names: uri_san_matchers(sans),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(sds(SDS_ROOT)),
