@@ -424,6 +424,7 @@ fn analyze(args: ValidateArgs) -> ExitCode {
                     document: e.document.unwrap_or_default(),
                     path: e.path.clone().unwrap_or_default(),
                     message: e.message.clone(),
+                    key: None,
                 });
             }
             resources.extend(parsed.resources);
@@ -768,9 +769,11 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             ));
         }
         Follow::Kubernetes(client) => {
+            let (seen_tx, seen_rx) = watch::channel(Default::default());
             let opts = crate::kube::Options {
                 debounce: args.debounce,
                 discovery_selectors: args.discovery_selector.clone(),
+                seen: Some(seen_tx),
             };
             tokio::spawn(crate::kube::run(
                 client.clone(),
@@ -778,12 +781,16 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
                 config_tx,
                 metrics.clone(),
             ));
-            leader = Some(spawn_leader_election(
+            let election =
+                spawn_leader_election(client.clone(), &args, &metrics, stopped(stop_rx.clone()));
+            // Status on Istio objects: written by the Lease holder only.
+            tokio::spawn(crate::kube::status::run(
                 client.clone(),
-                &args,
-                &metrics,
-                stopped(stop_rx.clone()),
+                config_rx.clone(),
+                seen_rx,
+                election.0.clone(),
             ));
+            leader = Some(election);
             kube_client = Some(client);
         }
     }

@@ -215,6 +215,7 @@ fn rbac_grants_exactly_what_the_code_uses() {
             "ClusterRole/pilotfish-tokenreview",
             "ClusterRole/pilotfish-secrets",
             "Role/pilotfish-ca",
+            "ClusterRole/pilotfish-status",
             "Role/pilotfish-bootstrap",
             "Role/pilotfish-root-cert"
         ],
@@ -244,6 +245,36 @@ fn rbac_grants_exactly_what_the_code_uses() {
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP], "verbs": ["get", "update"]},
         ])
     );
+    // Status: patch the /status subresource of exactly the watched Istio
+    // kinds (src/kube/status.rs), nothing on the objects themselves.
+    let mut status_granted = BTreeSet::new();
+    let status = find(&docs, "ClusterRole", "pilotfish-status");
+    for rule in status["rules"].as_sequence().expect("rules") {
+        assert_eq!(
+            strs(&rule["verbs"]),
+            pilotfish::kube::status::STATUS_VERBS,
+            "{rule:?}"
+        );
+        assert!(rule.get("resourceNames").is_none(), "{rule:?}");
+        for g in strs(&rule["apiGroups"]) {
+            assert!(g.ends_with("istio.io"), "{rule:?}");
+            for r in strs(&rule["resources"]) {
+                assert!(
+                    status_granted.insert((g.clone(), r)),
+                    "granted twice: {rule:?}"
+                );
+            }
+        }
+    }
+    let istio_status: BTreeSet<(String, String)> = pilotfish::kube::index::Watched::all()
+        .into_iter()
+        .filter(|w| matches!(w, pilotfish::kube::index::Watched::Istio(_)))
+        .map(|w| {
+            let ar = w.api_resource();
+            (ar.group, format!("{}/status", ar.plural))
+        })
+        .collect();
+    assert_eq!(status_granted, istio_status, "ClusterRole pilotfish-status");
     // The example's bootstrap reads the public root, nothing more.
     assert_eq!(
         serde_json::to_value(&find(&docs, "Role", "pilotfish-root-cert")["rules"]).unwrap(),

@@ -26,6 +26,7 @@ pub mod index;
 pub mod leader;
 pub mod secrets;
 pub mod source;
+pub mod status;
 pub mod tokenreview;
 
 use std::path::Path;
