@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// (the Service's `NAME.NAMESPACE.svc`). Repeat for more.
     #[arg(long, default_value = "pilotfish.istio-system.svc")]
     pub webhook_dns_name: Vec<String>,
+    /// With --kubernetes: the ValidatingWebhookConfiguration whose caBundle
+    /// the Lease holder keeps equal to the CA's roots (and switches to
+    /// `failurePolicy: Fail`), as istiod's webhook controller does.
+    #[arg(long, default_value = crate::kube::webhook_config::WEBHOOK_CONFIG)]
+    pub webhook_config_name: String,
     /// Mesh-wide outboundTrafficPolicy (meshConfig's): ALLOW_ANY forwards
     /// requests for hosts outside the registry to where their Host header
     /// points, REGISTRY_ONLY answers them with 502. A Sidecar resource's
@@ -860,6 +865,17 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         info!(address = %listener.local_addr()?, names = ?args.webhook_dns_name, "admission webhook listening");
         let shutdown = stopped(stop_rx.clone());
         tokio::spawn(Arc::clone(&cert).keep_fresh());
+        // The API server verifies the webhook with the CA's roots, which the
+        // Lease holder keeps in the ValidatingWebhookConfiguration.
+        if let (Some(client), Some((is_leader, _))) = (&kube_client, &leader) {
+            tokio::spawn(crate::kube::webhook_config::keep_ca_bundle(
+                client.clone(),
+                args.webhook_config_name.clone(),
+                ca.roots_pem(),
+                is_leader.clone(),
+                crate::kube::webhook_config::CHECK,
+            ));
+        }
         tokio::spawn(async move {
             if let Err(e) = config::webhook::serve(listener, tls, shutdown).await {
                 tracing::error!(error = %e, "admission webhook stopped");

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod source;
 pub mod status;
 pub mod tokenreview;
+pub mod webhook_config;
 
 use std::path::Path;
 

@@ -16,11 +16,12 @@
 //! * `POST` (create: `409 AlreadyExists` if it exists) and `PUT` (replace:
 //!   `409 Conflict` unless the body's `metadata.resourceVersion` is the
 //!   stored one), as Lease-based leader election uses them;
-//! * `PATCH` of the `/status` subresource with a JSON merge patch (RFC
-//!   7386, `application/merge-patch+json`): only `status` changes, a
-//!   `metadata.resourceVersion` in the patch is a precondition (`409`),
-//!   `metadata.generation` stays; every request is recorded
-//!   ([`FakeApi::status_patches`]) so tests can assert who wrote what;
+//! * `PATCH` with a JSON merge patch (RFC 7386,
+//!   `application/merge-patch+json`) of an object or of its `/status`
+//!   subresource (then only `status` changes, `metadata.generation` stays);
+//!   a `metadata.resourceVersion` in the patch is a precondition (`409`);
+//!   `/status` requests are recorded ([`FakeApi::status_patches`]) and
+//!   successful patches count as writes per client;
 //! * `metadata.generation`, bumped when `spec` changes (as for CRDs);
 //! * a client cut off by its bearer token ([`FakeApi::block_token`]: every
 //!   request gets 503, a replica partitioned from the API server).
@@ -174,8 +175,20 @@ pub const GATEWAY: ApiKind = ApiKind {
     namespaced: true,
 };
 
+/// The admission webhook's configuration (cluster-scoped), whose caBundle
+/// the Lease holder patches.
+pub const VALIDATING_WEBHOOK: ApiKind = ApiKind {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    kind: "ValidatingWebhookConfiguration",
+    plural: "validatingwebhookconfigurations",
+    namespaced: false,
+};
+
 fn served() -> impl Iterator<Item = &'static ApiKind> {
-    KINDS.iter().chain([&LEASE, &SECRET, &CONFIGMAP, &GATEWAY])
+    KINDS
+        .iter()
+        .chain([&LEASE, &SECRET, &CONFIGMAP, &GATEWAY, &VALIDATING_WEBHOOK])
 }
 
 /// A ServiceAccount token the fake's TokenReview knows.
@@ -771,7 +784,9 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         return match method {
-            Method::PATCH => patch_status(&shared, kind, ns, name, content_type, &body, token),
+            Method::PATCH => {
+                patch_object(&shared, kind, ns, name, content_type, &body, token, true)
+            }
             _ => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
@@ -788,6 +803,14 @@ async fn handle(
     };
     match method {
         Method::GET => {}
+        Method::PATCH if name.is_some() => {
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let name = name.unwrap_or_default();
+            return patch_object(&shared, kind, ns, name, content_type, &body, token, false);
+        }
         Method::POST if name.is_none() => return write(&shared, kind, ns, None, &body, token),
         Method::PUT if name.is_some() => return write(&shared, kind, ns, name, &body, token),
         _ => {
@@ -935,9 +958,11 @@ fn token_review(shared: &Shared, body: &[u8]) -> Response {
     (StatusCode::CREATED, axum::Json(answer)).into_response()
 }
 
-/// `PATCH .../NAME/status` with a JSON merge patch: only `status` changes;
-/// `metadata.resourceVersion` in the patch must match (if given).
-fn patch_status(
+/// `PATCH` of an object, or of its `/status` (`status_only`: only
+/// `status` changes), with a JSON merge patch; `metadata.resourceVersion`
+/// in the patch must match (if given).
+#[allow(clippy::too_many_arguments)]
+fn patch_object(
     shared: &Shared,
     kind: ApiKind,
     ns: Option<String>,
@@ -945,6 +970,7 @@ fn patch_status(
     content_type: &str,
     body: &[u8],
     client: &str,
+    status_only: bool,
 ) -> Response {
     let mut store = shared.lock();
     let parsed: Result<Value, _> = serde_json::from_slice(body);
@@ -958,7 +984,16 @@ fn patch_status(
     };
     let answer = |store: &mut Store, record: &mut StatusPatch, code: StatusCode, r: Response| {
         record.code = code.as_u16();
-        store.status_patches.push(record.clone());
+        if status_only {
+            store.status_patches.push(record.clone());
+        }
+        if code == StatusCode::OK {
+            *store.writes.entry(record.kind).or_default() += 1;
+            *store
+                .writers
+                .entry((record.kind, record.client.clone()))
+                .or_default() += 1;
+        }
         r
     };
     if content_type != "application/merge-patch+json" {
@@ -1008,7 +1043,12 @@ fn patch_status(
         return answer(&mut store, &mut record, code, e);
     }
     let mut object = current;
-    if let Some(status) = patch.get("status") {
+    if !status_only {
+        let before = object.clone();
+        merge_patch(&mut object, &patch);
+        object["metadata"] = before["metadata"].clone();
+        object["metadata"]["generation"] = json!(next_generation(Some(&before), &object));
+    } else if let Some(status) = patch.get("status") {
         let mut s = object.get("status").cloned().unwrap_or(Value::Null);
         merge_patch(&mut s, status);
         match s {
