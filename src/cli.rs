@@ -763,6 +763,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 
     let mut kube_client = None;
     let mut leader = None;
+    let mut mesh_namespaces = None;
     match source.follow {
         Follow::Files(dir, store) => {
             tokio::spawn(config::watch::run(
@@ -775,10 +776,13 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         }
         Follow::Kubernetes(client) => {
             let (seen_tx, seen_rx) = watch::channel(Default::default());
+            let (namespaces_tx, namespaces_rx) = watch::channel(Default::default());
+            mesh_namespaces = Some(namespaces_rx);
             let opts = crate::kube::Options {
                 debounce: args.debounce,
                 discovery_selectors: args.discovery_selector.clone(),
                 seen: Some(seen_tx),
+                namespaces: Some(namespaces_tx),
             };
             tokio::spawn(crate::kube::run(
                 client.clone(),
@@ -811,11 +815,15 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?,
         _ => open_ca(&args.ca)?,
     };
-    if let (Some(client), Some((is_leader, _))) = (&kube_client, &leader) {
-        tokio::spawn(crate::kube::ca_secret::publish_root(
+    if let (Some(client), Some((is_leader, _)), Some(namespaces)) =
+        (&kube_client, &leader, mesh_namespaces)
+    {
+        // The public root in every namespace of the mesh (istiod's).
+        tokio::spawn(crate::kube::root_configmap::run(
             client.clone(),
             args.leader_election_namespace.clone(),
             ca.roots_pem(),
+            namespaces,
             is_leader.clone(),
         ));
     }

@@ -217,6 +217,7 @@ fn rbac_grants_exactly_what_the_code_uses() {
             "Role/pilotfish-ca",
             "ClusterRole/pilotfish-status",
             "ClusterRole/pilotfish-webhook-config",
+            "ClusterRole/pilotfish-root-cert-publisher",
             "Role/pilotfish-bootstrap",
             "Role/pilotfish-root-cert"
         ],
@@ -242,8 +243,18 @@ fn rbac_grants_exactly_what_the_code_uses() {
         serde_json::to_value(&ca["rules"]).unwrap(),
         json!([
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        ])
+    );
+    // The root in every namespace: ConfigMaps of that one name (create
+    // cannot be limited by name).
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-root-cert-publisher")["rules"])
+            .unwrap(),
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP],
+             "verbs": ["get", "list", "update", "watch"]},
         ])
     );
     // Status: patch the /status subresource of exactly the watched Istio

@@ -24,6 +24,7 @@ pub mod ca_secret;
 pub mod convert;
 pub mod index;
 pub mod leader;
+pub mod root_configmap;
 pub mod secrets;
 pub mod source;
 pub mod status;

@@ -41,6 +41,9 @@ pub struct Options {
     /// Where to keep what was last seen of each Istio object (its
     /// generation, resourceVersion and status), for the status writer.
     pub seen: Option<watch::Sender<SeenObjects>>,
+    /// Where to keep the names of the namespaces in the mesh (for the root
+    /// ConfigMap in each), updated with every build.
+    pub namespaces: Option<watch::Sender<std::collections::BTreeSet<String>>>,
 }
 
 /// Why a watcher error is worth a line in the log, and how loud.
@@ -172,6 +175,14 @@ pub async fn run(
                     }
                 };
                 metrics.config_reloads.inc();
+                if let Some(tx) = &opts.namespaces {
+                    tx.send_if_modified(|n| {
+                        *n != built.namespaces && {
+                            *n = built.namespaces.clone();
+                            true
+                        }
+                    });
+                }
                 if let Some(state) = published.next(built.resources, built.errors, &metrics) {
                     info!(
                         version = state.version,
