@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// (the Service's `NAME.NAMESPACE.svc`). Repeat for more.
     #[arg(long, default_value = "pilotfish.istio-system.svc")]
     pub webhook_dns_name: Vec<String>,
+    /// With --kubernetes: the ValidatingWebhookConfiguration whose caBundle
+    /// the Lease holder keeps equal to the CA's roots (and switches to
+    /// `failurePolicy: Fail`), as istiod's webhook controller does.
+    #[arg(long, default_value = crate::kube::webhook_config::WEBHOOK_CONFIG)]
+    pub webhook_config_name: String,
     /// Mesh-wide outboundTrafficPolicy (meshConfig's): ALLOW_ANY forwards
     /// requests for hosts outside the registry to where their Host header
     /// points, REGISTRY_ONLY answers them with 502. A Sidecar resource's
@@ -424,6 +429,7 @@ fn analyze(args: ValidateArgs) -> ExitCode {
                     document: e.document.unwrap_or_default(),
                     path: e.path.clone().unwrap_or_default(),
                     message: e.message.clone(),
+                    key: None,
                 });
             }
             resources.extend(parsed.resources);
@@ -757,6 +763,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 
     let mut kube_client = None;
     let mut leader = None;
+    let mut mesh_namespaces = None;
     match source.follow {
         Follow::Files(dir, store) => {
             tokio::spawn(config::watch::run(
@@ -768,9 +775,14 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             ));
         }
         Follow::Kubernetes(client) => {
+            let (seen_tx, seen_rx) = watch::channel(Default::default());
+            let (namespaces_tx, namespaces_rx) = watch::channel(Default::default());
+            mesh_namespaces = Some(namespaces_rx);
             let opts = crate::kube::Options {
                 debounce: args.debounce,
                 discovery_selectors: args.discovery_selector.clone(),
+                seen: Some(seen_tx),
+                namespaces: Some(namespaces_tx),
             };
             tokio::spawn(crate::kube::run(
                 client.clone(),
@@ -778,12 +790,16 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
                 config_tx,
                 metrics.clone(),
             ));
-            leader = Some(spawn_leader_election(
+            let election =
+                spawn_leader_election(client.clone(), &args, &metrics, stopped(stop_rx.clone()));
+            // Status on Istio objects: written by the Lease holder only.
+            tokio::spawn(crate::kube::status::run(
                 client.clone(),
-                &args,
-                &metrics,
-                stopped(stop_rx.clone()),
+                config_rx.clone(),
+                seen_rx,
+                election.0.clone(),
             ));
+            leader = Some(election);
             kube_client = Some(client);
         }
     }
@@ -799,11 +815,15 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?,
         _ => open_ca(&args.ca)?,
     };
-    if let (Some(client), Some((is_leader, _))) = (&kube_client, &leader) {
-        tokio::spawn(crate::kube::ca_secret::publish_root(
+    if let (Some(client), Some((is_leader, _)), Some(namespaces)) =
+        (&kube_client, &leader, mesh_namespaces)
+    {
+        // The public root in every namespace of the mesh (istiod's).
+        tokio::spawn(crate::kube::root_configmap::run(
             client.clone(),
             args.leader_election_namespace.clone(),
             ca.roots_pem(),
+            namespaces,
             is_leader.clone(),
         ));
     }
@@ -853,6 +873,17 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         info!(address = %listener.local_addr()?, names = ?args.webhook_dns_name, "admission webhook listening");
         let shutdown = stopped(stop_rx.clone());
         tokio::spawn(Arc::clone(&cert).keep_fresh());
+        // The API server verifies the webhook with the CA's roots, which the
+        // Lease holder keeps in the ValidatingWebhookConfiguration.
+        if let (Some(client), Some((is_leader, _))) = (&kube_client, &leader) {
+            tokio::spawn(crate::kube::webhook_config::keep_ca_bundle(
+                client.clone(),
+                args.webhook_config_name.clone(),
+                ca.roots_pem(),
+                is_leader.clone(),
+                crate::kube::webhook_config::CHECK,
+            ));
+        }
         tokio::spawn(async move {
             if let Err(e) = config::webhook::serve(listener, tls, shutdown).await {
                 tracing::error!(error = %e, "admission webhook stopped");

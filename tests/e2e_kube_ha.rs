@@ -165,10 +165,18 @@ fn ca_in_a_secret_shared_by_replicas_and_fast_failover_on_sigterm() {
     let boot = std::fs::read_to_string(b.dir.path().join("web-1-11.json")).unwrap();
     assert!(!boot.contains("tok-web-1.x.y") && boot.contains("credential_injector"));
 
-    // A follower writes nothing: the ConfigMap deleted behind a's back
-    // stays deleted (a checks it once a minute; b must not touch it).
+    // The holder restores the ConfigMap deleted behind its back at once
+    // (it watches that name); the follower writes nothing.
+    let by_a = fake.writes_by("ConfigMap", "pilotfish-a");
     assert!(fake.delete("ConfigMap", "istio-system", "istio-ca-root-cert"));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until("a restored the root ConfigMap", || {
+        fake.writes_by("ConfigMap", "pilotfish-a") == by_a + 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        fake.get("ConfigMap", "istio-system", "istio-ca-root-cert")
+            .is_some()
+    );
     assert_eq!(fake.writes_by("ConfigMap", "pilotfish-b"), 0);
     assert_eq!(fake.writes_by("Secret", "pilotfish-b"), 0);
 
@@ -176,6 +184,8 @@ fn ca_in_a_secret_shared_by_replicas_and_fast_failover_on_sigterm() {
     // retry period or two, not a lease duration, and writes at once.
     a.terminate_pilotfish();
     let stopped = Instant::now();
+    // Deleted while a is gone: b restores it as soon as it holds the Lease.
+    assert!(fake.delete("ConfigMap", "istio-system", "istio-ca-root-cert"));
     assert!(
         a.log().contains("leader election: released the Lease"),
         "{}",

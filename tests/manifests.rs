@@ -215,6 +215,9 @@ fn rbac_grants_exactly_what_the_code_uses() {
             "ClusterRole/pilotfish-tokenreview",
             "ClusterRole/pilotfish-secrets",
             "Role/pilotfish-ca",
+            "ClusterRole/pilotfish-status",
+            "ClusterRole/pilotfish-webhook-config",
+            "ClusterRole/pilotfish-root-cert-publisher",
             "Role/pilotfish-bootstrap",
             "Role/pilotfish-root-cert"
         ],
@@ -240,9 +243,58 @@ fn rbac_grants_exactly_what_the_code_uses() {
         serde_json::to_value(&ca["rules"]).unwrap(),
         json!([
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         ])
+    );
+    // The root in every namespace: ConfigMaps of that one name (create
+    // cannot be limited by name).
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-root-cert-publisher")["rules"])
+            .unwrap(),
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [ROOT_CONFIGMAP],
+             "verbs": ["get", "list", "update", "watch"]},
+        ])
+    );
+    // Status: patch the /status subresource of exactly the watched Istio
+    // kinds (src/kube/status.rs), nothing on the objects themselves.
+    let mut status_granted = BTreeSet::new();
+    let status = find(&docs, "ClusterRole", "pilotfish-status");
+    for rule in status["rules"].as_sequence().expect("rules") {
+        assert_eq!(
+            strs(&rule["verbs"]),
+            pilotfish::kube::status::STATUS_VERBS,
+            "{rule:?}"
+        );
+        assert!(rule.get("resourceNames").is_none(), "{rule:?}");
+        for g in strs(&rule["apiGroups"]) {
+            assert!(g.ends_with("istio.io"), "{rule:?}");
+            for r in strs(&rule["resources"]) {
+                assert!(
+                    status_granted.insert((g.clone(), r)),
+                    "granted twice: {rule:?}"
+                );
+            }
+        }
+    }
+    let istio_status: BTreeSet<(String, String)> = pilotfish::kube::index::Watched::all()
+        .into_iter()
+        .filter(|w| matches!(w, pilotfish::kube::index::Watched::Istio(_)))
+        .map(|w| {
+            let ar = w.api_resource();
+            (ar.group, format!("{}/status", ar.plural))
+        })
+        .collect();
+    assert_eq!(status_granted, istio_status, "ClusterRole pilotfish-status");
+    // The webhook's configuration: get and patch that one object.
+    use pilotfish::kube::webhook_config::{WEBHOOK_CONFIG, WEBHOOK_CONFIG_VERBS};
+    assert_eq!(
+        serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-webhook-config")["rules"])
+            .unwrap(),
+        json!([{"apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["validatingwebhookconfigurations"],
+                "resourceNames": [WEBHOOK_CONFIG], "verbs": WEBHOOK_CONFIG_VERBS}])
     );
     // The example's bootstrap reads the public root, nothing more.
     assert_eq!(
@@ -376,5 +428,84 @@ fn the_example_init_container_writes_a_bootstrap_envoy_accepts() {
         envoy.status.success(),
         "envoy rejected the bootstrap:\n{}",
         String::from_utf8_lossy(&envoy.stderr)
+    );
+}
+
+/// The ValidatingWebhookConfiguration sends creates and updates of exactly
+/// the Istio kinds pilotfish reads to `/validate` on the Service in front of
+/// `--webhook-address`, fail-open until the Lease holder patches in the
+/// caBundle (istiod's way), and the Deployment's webhook certificate names
+/// that Service.
+#[test]
+fn the_webhook_configuration_points_at_pilotfishs_webhook() {
+    use pilotfish::kube::index::Watched;
+    let docs = all_documents();
+    let config = find(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        pilotfish::kube::webhook_config::WEBHOOK_CONFIG,
+    );
+    let hooks = config["webhooks"].as_sequence().expect("webhooks");
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(strs(&hook["admissionReviewVersions"]), ["v1"]);
+    assert!(hook["clientConfig"].get("caBundle").is_none());
+    let svc = &hook["clientConfig"]["service"];
+    assert_eq!(svc["path"], "/validate");
+    let mut covered = BTreeSet::new();
+    for rule in hook["rules"].as_sequence().expect("rules") {
+        assert_eq!(strs(&rule["operations"]), ["CREATE", "UPDATE"], "{rule:?}");
+        assert_eq!(strs(&rule["apiVersions"]), ["*"], "{rule:?}");
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                assert!(covered.insert((g.clone(), r)), "twice: {rule:?}");
+            }
+        }
+    }
+    let istio: BTreeSet<(String, String)> = Watched::all()
+        .into_iter()
+        .filter(|w| matches!(w, Watched::Istio(_)))
+        .map(|w| {
+            let ar = w.api_resource();
+            (ar.group, ar.plural)
+        })
+        .collect();
+    assert_eq!(covered, istio, "webhook rules vs the Istio kinds");
+
+    // The Service's port leads to the container's webhook port, and the
+    // certificate names the Service as the API server calls it.
+    let service = find(&docs, "Service", svc["name"].as_str().unwrap());
+    assert_eq!(service["metadata"]["namespace"], svc["namespace"]);
+    let port = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == svc["port"])
+        .expect("the webhook port on the Service");
+    let deploy = find(&docs, "Deployment", "pilotfish");
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let target = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port["targetPort"])
+        .expect("the Service's targetPort on the container");
+    let args = strs(&container["args"]);
+    assert!(
+        args.contains(&format!(
+            "--webhook-address=0.0.0.0:{}",
+            target["containerPort"].as_u64().unwrap()
+        )),
+        "{args:?}"
+    );
+    assert_eq!(deploy["metadata"]["namespace"], "istio-system");
+    assert!(
+        args.contains(&format!(
+            "--webhook-dns-name={}.$(POD_NAMESPACE).svc",
+            svc["name"].as_str().unwrap()
+        )),
+        "{args:?}"
     );
 }

@@ -10,9 +10,10 @@
 //!   create (never a replace), so of two writers one gets `409` and reads
 //!   the winner's root.
 //!
-//! The public root goes into the `istio-ca-root-cert` ConfigMap in the same
-//! namespace (written by the Lease holder only), where `pilotfish bootstrap
-//! --kubernetes` reads it: bootstrapping a proxy needs no Secret access.
+//! The public root goes into the `istio-ca-root-cert` ConfigMap of every
+//! namespace (`root_configmap.rs`, written by the Lease holder only), where
+//! `pilotfish bootstrap --kubernetes` reads it: bootstrapping a proxy needs
+//! no Secret access.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,11 +38,10 @@ pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
 /// The type istiod gives its CA Secret.
 const CA_SECRET_TYPE: &str = "istio.io/ca-root";
 
-/// How often a replica waiting for the holder's CA Secret looks again, and
-/// how often the holder checks the root ConfigMap is still right: a few
-/// cheap GETs; a follower waits at most this long after the Secret appears.
+/// How often a replica waiting for the holder's CA Secret looks again: a
+/// few cheap GETs; a follower waits at most this long after the Secret
+/// appears.
 pub const POLL: Duration = Duration::from_secs(1);
-const ROOT_CHECK: Duration = Duration::from_secs(60);
 
 fn ca_err(message: String) -> KubeError {
     KubeError::Ca(message)
@@ -164,68 +164,6 @@ pub async fn load(
             _ = leader.changed() => {}
         }
     }
-}
-
-/// Keeps the `istio-ca-root-cert` ConfigMap equal to `roots_pem` while this
-/// replica holds the Lease (checked when it becomes the holder and every
-/// minute); never writes otherwise. Runs until `leader` closes.
-pub async fn publish_root(
-    client: ::kube::Client,
-    namespace: String,
-    roots_pem: String,
-    mut leader: watch::Receiver<bool>,
-) {
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    loop {
-        if *leader.borrow_and_update()
-            && let Err(e) = ensure_root(&api, &namespace, &roots_pem, &leader).await
-        {
-            warn!(error = %e, "publishing the root ConfigMap {ROOT_CONFIGMAP} failed; retrying");
-            tokio::time::sleep(POLL).await;
-            continue;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(ROOT_CHECK) => {}
-            changed = leader.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-async fn ensure_root(
-    api: &Api<ConfigMap>,
-    namespace: &str,
-    roots_pem: &str,
-    leader: &watch::Receiver<bool>,
-) -> Result<(), ::kube::Error> {
-    let data = BTreeMap::from([(ROOT_CONFIGMAP_KEY.to_string(), roots_pem.to_string())]);
-    let current = api.get_opt(ROOT_CONFIGMAP).await?;
-    if current.as_ref().and_then(|c| c.data.as_ref()) == Some(&data) {
-        return Ok(());
-    }
-    if !*leader.borrow() {
-        return Ok(());
-    }
-    let pp = PostParams::default();
-    match current {
-        Some(mut cm) => {
-            cm.data = Some(data);
-            api.replace(ROOT_CONFIGMAP, &pp, &cm).await?;
-        }
-        None => {
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(ROOT_CONFIGMAP.to_string()),
-                    namespace: Some(namespace.to_string()),
-                    ..ObjectMeta::default()
-                },
-                data: Some(data),
-                ..ConfigMap::default()
-            };
-            api.create(&pp, &cm).await?;
-        }
-    }
-    info!(%namespace, "published the root CA in ConfigMap {ROOT_CONFIGMAP}");
-    Ok(())
 }
 
 /// How long `read_root` waits for the ConfigMap (a pod's init container may

@@ -352,6 +352,8 @@ pub struct Built {
     pub resources: BTreeMap<ResourceKey, Arc<Resource>>,
     /// Every object skipped or only partly used, with why.
     pub errors: Vec<ConfigError>,
+    /// The namespaces in the mesh (every Namespace the selectors select).
+    pub namespaces: std::collections::BTreeSet<String>,
 }
 
 /// Builds the resources the translator sees from the objects in force:
@@ -472,6 +474,12 @@ pub fn build(ix: &Index, selectors: &[LabelSelector]) -> Built {
         }
     }
     out.resources = resources;
+    out.namespaces = ix
+        .namespaces
+        .good()
+        .map(|(k, _)| k.1.clone())
+        .filter(|n| in_mesh(n))
+        .collect();
     out.errors.extend(errors);
     out.errors
         .sort_by(|a, b| (&a.resource, &a.path).cmp(&(&b.resource, &b.path)));

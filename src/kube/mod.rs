@@ -24,9 +24,12 @@ pub mod ca_secret;
 pub mod convert;
 pub mod index;
 pub mod leader;
+pub mod root_configmap;
 pub mod secrets;
 pub mod source;
+pub mod status;
 pub mod tokenreview;
+pub mod webhook_config;
 
 use std::path::Path;
 

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::convert::LabelSelector;
 use super::index::{Index, Watched, build};
+use super::status::{Observed, SeenObjects, observe};
 use crate::config::{ConfigError, ConfigState};
 use crate::metrics::{ConfigErrorLabel, Metrics};
 use crate::model::{ConfigSnapshot, Resource, ResourceKey};
@@ -37,6 +38,12 @@ pub struct Options {
     /// Istio's discovery selectors: only namespaces matching one are in the
     /// mesh. Empty: every namespace.
     pub discovery_selectors: Vec<LabelSelector>,
+    /// Where to keep what was last seen of each Istio object (its
+    /// generation, resourceVersion and status), for the status writer.
+    pub seen: Option<watch::Sender<SeenObjects>>,
+    /// Where to keep the names of the namespaces in the mesh (for the root
+    /// ConfigMap in each), updated with every build.
+    pub namespaces: Option<watch::Sender<std::collections::BTreeSet<String>>>,
 }
 
 /// Why a watcher error is worth a line in the log, and how loud.
@@ -88,6 +95,19 @@ pub async fn run(
         tokio::select! {
             next = events.next() => {
                 let Some((w, ev)) = next else { return };
+                if let (Some(tx), Watched::Istio(kind)) = (&opts.seen, w) {
+                    let listed = match &ev {
+                        Ok(Event::InitDone) => listing.get(&w).map(Vec::as_slice),
+                        Err(e) if not_installed(e) => Some(&[][..]),
+                        _ => None,
+                    };
+                    match (&ev, listed) {
+                        (_, Some(objs)) => observe(tx, kind, Observed::Listed(objs)),
+                        (Ok(Event::Apply(obj)), _) => observe(tx, kind, Observed::Applied(obj)),
+                        (Ok(Event::Delete(obj)), _) => observe(tx, kind, Observed::Deleted(obj)),
+                        _ => {}
+                    }
+                }
                 let changed = match ev {
                     Ok(Event::Init) => {
                         if listed.contains(&w) {
@@ -155,6 +175,14 @@ pub async fn run(
                     }
                 };
                 metrics.config_reloads.inc();
+                if let Some(tx) = &opts.namespaces {
+                    tx.send_if_modified(|n| {
+                        *n != built.namespaces && {
+                            *n = built.namespaces.clone();
+                            true
+                        }
+                    });
+                }
                 if let Some(state) = published.next(built.resources, built.errors, &metrics) {
                     info!(
                         version = state.version,

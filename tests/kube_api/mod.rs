@@ -16,6 +16,13 @@
 //! * `POST` (create: `409 AlreadyExists` if it exists) and `PUT` (replace:
 //!   `409 Conflict` unless the body's `metadata.resourceVersion` is the
 //!   stored one), as Lease-based leader election uses them;
+//! * `PATCH` with a JSON merge patch (RFC 7386,
+//!   `application/merge-patch+json`) of an object or of its `/status`
+//!   subresource (then only `status` changes, `metadata.generation` stays);
+//!   a `metadata.resourceVersion` in the patch is a precondition (`409`);
+//!   `/status` requests are recorded ([`FakeApi::status_patches`]) and
+//!   successful patches count as writes per client;
+//! * `metadata.generation`, bumped when `spec` changes (as for CRDs);
 //! * a client cut off by its bearer token ([`FakeApi::block_token`]: every
 //!   request gets 503, a replica partitioned from the API server).
 //!
@@ -168,8 +175,20 @@ pub const GATEWAY: ApiKind = ApiKind {
     namespaced: true,
 };
 
+/// The admission webhook's configuration (cluster-scoped), whose caBundle
+/// the Lease holder patches.
+pub const VALIDATING_WEBHOOK: ApiKind = ApiKind {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    kind: "ValidatingWebhookConfiguration",
+    plural: "validatingwebhookconfigurations",
+    namespaced: false,
+};
+
 fn served() -> impl Iterator<Item = &'static ApiKind> {
-    KINDS.iter().chain([&LEASE, &SECRET, &CONFIGMAP, &GATEWAY])
+    KINDS
+        .iter()
+        .chain([&LEASE, &SECRET, &CONFIGMAP, &GATEWAY, &VALIDATING_WEBHOOK])
 }
 
 /// A ServiceAccount token the fake's TokenReview knows.
@@ -215,6 +234,21 @@ struct Store {
     token_reviews: usize,
     /// Writes per (kind, client token): who wrote what.
     writers: HashMap<(&'static str, String), usize>,
+    /// Every `/status` PATCH request, answered or not.
+    status_patches: Vec<StatusPatch>,
+}
+
+/// One `PATCH .../NAME/status` request as received.
+#[derive(Clone, Debug)]
+pub struct StatusPatch {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The client's bearer token.
+    pub client: String,
+    pub body: Value,
+    /// The HTTP status answered.
+    pub code: u16,
 }
 
 /// What open watch streams are told to do besides delivering changes.
@@ -350,8 +384,12 @@ impl FakeApi {
         let mut store = self.shared.lock();
         store.rv += 1;
         let rv = store.rv;
+        let previous = store.objects.get(kind.kind).and_then(|m| m.get(&key));
+        let generation = next_generation(previous, &object);
+        keep_status(kind, previous, &mut object);
         let meta = &mut object["metadata"];
         meta["resourceVersion"] = json!(rv.to_string());
+        meta["generation"] = json!(generation);
         if meta.get("uid").is_none() {
             meta["uid"] = json!(format!("uid-{}-{}-{rv}", key.0, key.1));
         }
@@ -509,6 +547,33 @@ impl FakeApi {
             .unwrap_or(0)
     }
 
+    /// Sets an object's `status` as another writer would (a replica that
+    /// held the Lease before, a user); returns the new resourceVersion.
+    pub fn set_status(&self, kind: &str, namespace: &str, name: &str, status: Value) -> u64 {
+        let kind = kind_by_name(kind);
+        let mut store = self.shared.lock();
+        store.rv += 1;
+        let rv = store.rv;
+        let key = (ns_of(kind, namespace), name.to_string());
+        let object = {
+            let o = store
+                .objects
+                .get_mut(kind.kind)
+                .and_then(|m| m.get_mut(&key))
+                .unwrap_or_else(|| panic!("no {} {namespace}/{name}", kind.kind));
+            o["status"] = status;
+            o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            o.clone()
+        };
+        self.record(&mut store, kind, "MODIFIED", object);
+        rv
+    }
+
+    /// Every `/status` PATCH received so far, in order.
+    pub fn status_patches(&self) -> Vec<StatusPatch> {
+        self.shared.lock().status_patches.clone()
+    }
+
     /// Successful creates and replaces of this kind.
     pub fn writes(&self, kind: &str) -> usize {
         self.shared.lock().writes.get(kind).copied().unwrap_or(0)
@@ -550,6 +615,61 @@ impl FakeApi {
     }
 }
 
+/// Istio's CRDs have a status subresource: writes to the object itself
+/// leave `status` as it was (none on create); only `/status` changes it.
+fn keep_status(kind: ApiKind, previous: Option<&Value>, object: &mut Value) {
+    if !kind.group.ends_with("istio.io") {
+        return;
+    }
+    let Some(o) = object.as_object_mut() else {
+        return;
+    };
+    match previous.and_then(|p| p.get("status")) {
+        Some(s) => {
+            o.insert("status".into(), s.clone());
+        }
+        None => {
+            o.remove("status");
+        }
+    }
+}
+
+/// `metadata.generation` for a new version of an object: 1 when new, one
+/// more when `spec` changed, as the API server counts it for CRDs.
+fn next_generation(previous: Option<&Value>, object: &Value) -> u64 {
+    match previous {
+        None => 1,
+        Some(p) => {
+            let g = p["metadata"]["generation"].as_u64().unwrap_or(1);
+            if p.get("spec") == object.get("spec") {
+                g
+            } else {
+                g + 1
+            }
+        }
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` deletes,
+/// anything else (arrays included) replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
 fn ns_of(kind: ApiKind, namespace: &str) -> String {
     if kind.namespaced {
         namespace.to_string()
@@ -582,6 +702,9 @@ fn error(code: StatusCode, reason: &str, message: &str) -> Response {
 
 /// The request's kind, namespace (if any) and object name (if any).
 fn route(path: &str) -> Option<(ApiKind, Option<String>, Option<String>)> {
+    if path.trim_end_matches('/').ends_with("/status") {
+        return None;
+    }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -603,6 +726,15 @@ fn route(path: &str) -> Option<(ApiKind, Option<String>, Option<String>)> {
             Some((find(plural)?, Some(ns.to_string()), Some(name.to_string())))
         }
         [plural, name] => Some((find(plural)?, None, Some(name.to_string()))),
+        _ => None,
+    }
+}
+
+/// A `/status` subresource path: the object's kind, namespace and name.
+fn status_route(path: &str) -> Option<(ApiKind, Option<String>, String)> {
+    let object = path.trim_end_matches('/').strip_suffix("/status")?;
+    match route(object)? {
+        (kind, ns, Some(name)) => Some((kind, ns, name)),
         _ => None,
     }
 }
@@ -646,6 +778,22 @@ async fn handle(
     if method == Method::POST && uri.path() == "/apis/authentication.k8s.io/v1/tokenreviews" {
         return token_review(&shared, &body);
     }
+    if let Some((kind, ns, name)) = status_route(uri.path()) {
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return match method {
+            Method::PATCH => {
+                patch_object(&shared, kind, ns, name, content_type, &body, token, true)
+            }
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the fake API server only patches status",
+            ),
+        };
+    }
     let Some((kind, ns, name)) = route(uri.path()) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -655,6 +803,14 @@ async fn handle(
     };
     match method {
         Method::GET => {}
+        Method::PATCH if name.is_some() => {
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let name = name.unwrap_or_default();
+            return patch_object(&shared, kind, ns, name, content_type, &body, token, false);
+        }
         Method::POST if name.is_none() => return write(&shared, kind, ns, None, &body, token),
         Method::PUT if name.is_some() => return write(&shared, kind, ns, name, &body, token),
         _ => {
@@ -802,6 +958,130 @@ fn token_review(shared: &Shared, body: &[u8]) -> Response {
     (StatusCode::CREATED, axum::Json(answer)).into_response()
 }
 
+/// `PATCH` of an object, or of its `/status` (`status_only`: only
+/// `status` changes), with a JSON merge patch; `metadata.resourceVersion`
+/// in the patch must match (if given).
+#[allow(clippy::too_many_arguments)]
+fn patch_object(
+    shared: &Shared,
+    kind: ApiKind,
+    ns: Option<String>,
+    name: String,
+    content_type: &str,
+    body: &[u8],
+    client: &str,
+    status_only: bool,
+) -> Response {
+    let mut store = shared.lock();
+    let parsed: Result<Value, _> = serde_json::from_slice(body);
+    let mut record = StatusPatch {
+        kind: kind.kind,
+        namespace: ns.clone().unwrap_or_default(),
+        name: name.clone(),
+        client: client.to_string(),
+        body: parsed.as_ref().cloned().unwrap_or(Value::Null),
+        code: 0,
+    };
+    let answer = |store: &mut Store, record: &mut StatusPatch, code: StatusCode, r: Response| {
+        record.code = code.as_u16();
+        if status_only {
+            store.status_patches.push(record.clone());
+        }
+        if code == StatusCode::OK {
+            *store.writes.entry(record.kind).or_default() += 1;
+            *store
+                .writers
+                .entry((record.kind, record.client.clone()))
+                .or_default() += 1;
+        }
+        r
+    };
+    if content_type != "application/merge-patch+json" {
+        let code = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        let e = error(
+            code,
+            "UnsupportedMediaType",
+            "the fake API server takes merge patches",
+        );
+        return answer(&mut store, &mut record, code, e);
+    }
+    let patch = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let code = StatusCode::BAD_REQUEST;
+            let e = error(code, "BadRequest", &e.to_string());
+            return answer(&mut store, &mut record, code, e);
+        }
+    };
+    let key = (ns.unwrap_or_default(), name.clone());
+    let Some(current) = store
+        .objects
+        .get(kind.kind)
+        .and_then(|m| m.get(&key))
+        .cloned()
+    else {
+        let code = StatusCode::NOT_FOUND;
+        let e = error(
+            code,
+            "NotFound",
+            &format!("{} \"{name}\" not found", kind.resource()),
+        );
+        return answer(&mut store, &mut record, code, e);
+    };
+    let wanted_rv = &patch["metadata"]["resourceVersion"];
+    if !wanted_rv.is_null() && *wanted_rv != current["metadata"]["resourceVersion"] {
+        let code = StatusCode::CONFLICT;
+        let e = error(
+            code,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been \
+                 modified; please apply your changes to the latest version and try again",
+                kind.resource()
+            ),
+        );
+        return answer(&mut store, &mut record, code, e);
+    }
+    let mut object = current;
+    if !status_only {
+        let before = object.clone();
+        merge_patch(&mut object, &patch);
+        object["metadata"] = before["metadata"].clone();
+        object["metadata"]["generation"] = json!(next_generation(Some(&before), &object));
+    } else if let Some(status) = patch.get("status") {
+        let mut s = object.get("status").cloned().unwrap_or(Value::Null);
+        merge_patch(&mut s, status);
+        match s {
+            Value::Null => {
+                object.as_object_mut().map(|o| o.remove("status"));
+            }
+            s => object["status"] = s,
+        }
+    }
+    store.rv += 1;
+    let rv = store.rv;
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    store
+        .objects
+        .entry(kind.kind)
+        .or_default()
+        .insert(key, object.clone());
+    store.history.push(Change {
+        rv,
+        kind: kind.kind,
+        event: "MODIFIED",
+        object: object.clone(),
+    });
+    shared.changed.send_replace(rv);
+    let code = StatusCode::OK;
+    answer(
+        &mut store,
+        &mut record,
+        code,
+        axum::Json(object).into_response(),
+    )
+}
+
 /// Create (`name` None) or replace, with the API server's conflict rules.
 fn write(
     shared: &Shared,
@@ -870,8 +1150,12 @@ fn write(
     let rv = store.rv;
     object["apiVersion"] = json!(kind.api_version());
     object["kind"] = json!(kind.kind);
+    let previous = store.objects.get(kind.kind).and_then(|m| m.get(&key));
+    let generation = next_generation(previous, &object);
+    keep_status(kind, previous, &mut object);
     let meta = &mut object["metadata"];
     meta["resourceVersion"] = json!(rv.to_string());
+    meta["generation"] = json!(generation);
     if let Some(ns) = &ns {
         meta["namespace"] = json!(ns);
     }

@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::model::{ConfigSnapshot, Registry, Resource};
+use crate::model::{ConfigSnapshot, Registry, Resource, ResourceKey};
 
 /// How bad a finding is, as Istio grades analyzer messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -117,6 +117,9 @@ pub struct Message {
     /// Field path, e.g. `spec.http[0].route[0].destination.subset`.
     pub path: String,
     pub message: String,
+    /// The resource the finding is about (for status on Kubernetes objects).
+    #[serde(skip)]
+    pub key: Option<ResourceKey>,
 }
 
 impl Message {
@@ -130,6 +133,7 @@ impl Message {
             document: r.origin.document,
             path: path.into(),
             message,
+            key: Some(r.key()),
         }
     }
 
