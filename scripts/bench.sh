@@ -105,6 +105,10 @@ addr_flags=(--xds-address "127.0.0.1:$xds_port")
 if "$BIN" serve --help 2>/dev/null | grep -q -- '--plaintext-xds-address'; then
   addr_flags=(--xds-address "127.0.0.1:$(free_port)" --plaintext-xds-address "127.0.0.1:$xds_port")
 fi
+# The admission webhook's fixed default port would clash between runs.
+if "$BIN" serve --help 2>/dev/null | grep -q -- '--webhook-address'; then
+  addr_flags+=(--webhook-address off)
+fi
 "$BIN" serve --config-dir "$work/config" "${addr_flags[@]}" \
   --admin-address "127.0.0.1:$admin_port" --debounce "$DEBOUNCE" "${state_flag[@]}" \
   --log-level "warn,pilotfish::xds=info,pilotfish::xds::server=warn,pilotfish::config=info" \

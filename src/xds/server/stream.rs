@@ -63,12 +63,14 @@ impl super::requests::WireDecode for SotwRequest {
         use bytes::Buf;
         use prost::Message;
         use prost::encoding::decode_varint;
-        let text = |b: Bytes| {
+        let text = |b: &[u8]| {
             String::from_utf8(b.to_vec()).map_err(|_| "a string field is not UTF-8".to_string())
         };
         let de = |e: prost::DecodeError| e.to_string();
         let mut out = SotwRequest::default();
-        let mut buf = whole.clone();
+        // A plain slice: Envoy's ACKs carry thousands of names, and each
+        // field costs two varints here, no reference count.
+        let mut buf: &[u8] = &whole;
         let total = whole.len();
         let mut span: Option<(usize, usize)> = None;
         let mut contiguous = true;
@@ -88,7 +90,8 @@ impl super::requests::WireDecode for SotwRequest {
                     if len > buf.remaining() {
                         return Err("field longer than the message".to_string());
                     }
-                    let field = buf.split_to(len);
+                    let (field, rest) = buf.split_at(len);
+                    buf = rest;
                     match tag {
                         1 => out.version_info = text(field)?,
                         2 => out.node = Some(Node::decode(field).map_err(de)?),
