@@ -277,11 +277,19 @@ impl StreamProtocol {
             if !same {
                 let names: NameSet = req.subscribe.iter().map(|n| intern(text(n))).collect();
                 let names = intern_set(names, hash);
-                for added in names.difference(&st.names) {
-                    st.fresh.insert(Arc::clone(added));
-                    push = true;
+                if st.synced.is_some() {
+                    for added in names.difference(&st.names) {
+                        st.fresh.insert(Arc::clone(added));
+                        push = true;
+                    }
+                    st.fresh.retain(|n| names.contains(n));
+                } else {
+                    // Nothing synced yet: every name is new to the client
+                    // and `fresh` is not consulted. Recording thousands of
+                    // EDS names per stream here cost ~70 KB per proxy.
+                    push |= names.difference(&st.names).next().is_some();
+                    st.fresh = HashSet::new();
                 }
-                st.fresh.retain(|n| names.contains(n));
                 st.names_hash = hash;
                 st.names = names;
             }
@@ -290,12 +298,13 @@ impl StreamProtocol {
         if !delta && ack == Ack::Initial {
             // A request without a nonce asks for the current state.
             push = true;
-            st.sent.clear();
-            st.sent_all.clear();
+            st.sent = HashMap::new();
+            st.sent_all = Vec::new();
             st.sent_layers.clear();
             st.sent_version = None;
             st.synced = None;
-            st.fresh.clear();
+            // A new set, not clear(): a cleared set keeps its capacity.
+            st.fresh = HashSet::new();
         }
         (ack, push)
     }
@@ -376,7 +385,8 @@ impl StreamProtocol {
             // Whatever is sent now, the client then has everything it asked
             // for as these layers hold it.
             st.synced = Some(layers.clone());
-            st.fresh.clear();
+            // A new set, not clear(): a cleared set keeps its capacity.
+            st.fresh = HashSet::new();
             if changed.is_empty() && !force {
                 return None;
             }
@@ -388,7 +398,7 @@ impl StreamProtocol {
                 st.sent_all = resources.clone();
                 st.sent_layers.clear();
             } else {
-                st.sent_all.clear();
+                st.sent_all = Vec::new();
                 st.sent_layers = whole_layers.clone();
             }
         }
