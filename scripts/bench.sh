@@ -214,7 +214,7 @@ if [ "$FLOOR" = 1 ]; then
   eds_push=$(jq -r '[.changes[] | select(.change.kind == "endpoint") | select(.traffic.responses > 0) | .traffic.bytes / .traffic.responses] | if length > 0 then (add / length | floor) else 1000 end' "$rep")
   echo "floor: fan-out of a $eds_push-byte EDS push..." >&2
   sync_s=$(awk -v ms="$floor_sync" 'BEGIN { if (ms + 0 > 0) printf "%d", ms / 1000; else print 60 }')
-  floor_run_args=(--duration $((sync_s * 2 + 15 + PROXIES / 200)))
+  floor_run_args=(--duration $((sync_s * 3 / 2 + 20 + PROXIES / 200)))
   run_floor --clusters "$(round "$(jqr .resources_per_proxy.cds "$rep")")" \
     --listeners "$(round "$(jqr .resources_per_proxy.lds "$rep")")" \
     --routes "$(round "$(jqr .resources_per_proxy.rds "$rep")")" \
