@@ -1,9 +1,10 @@
 //! Resources encoded once and shared by every stream that sends them.
 //!
 //! A resource is encoded to protobuf bytes exactly once per distinct content.
-//! The bytes are kept in the two wire shapes the ADS responses need (a
-//! `DiscoveryResponse.resources` entry and a `DeltaDiscoveryResponse.resources`
-//! entry), so a push to N proxies writes N small per-stream headers and shares
+//! The bytes are kept as a `DiscoveryResponse.resources` entry; a
+//! `DeltaDiscoveryResponse.resources` entry is a small head followed by the
+//! same `Any` bytes (one copy of each resource, whichever variant a proxy
+//! speaks). A push to N proxies writes N small per-stream headers and shares
 //! the resource bytes by reference count: no per-stream copy, no per-stream
 //! encode buffer that outlives the push.
 
@@ -23,8 +24,13 @@ pub struct Encoded {
     pub version: String,
     /// `google.protobuf.Any` as a SotW `resources` field (key, length, Any).
     pub sotw: Bytes,
-    /// `envoy.service.discovery.v3.Resource` as a delta `resources` field.
-    pub delta: Bytes,
+    /// `envoy.service.discovery.v3.Resource` as a delta `resources` field,
+    /// up to its `resource` (field 2) payload, which is [`Encoded::any`]:
+    /// key and length of the entry, `version` (1), `name` (3), key and
+    /// length of `resource`.
+    pub delta_head: Bytes,
+    /// Where the `Any` starts in `sotw`.
+    any_start: usize,
 }
 
 impl Encoded {
@@ -41,21 +47,38 @@ impl Encoded {
 
         let mut sotw = BytesMut::with_capacity(any.len() + 8);
         put_bytes_field(&mut sotw, RESOURCES_FIELD, &any);
+        let any_start = sotw.len() - any.len();
 
-        // Resource { version = 1; resource = 2 (Any); name = 3; }
-        let mut resource = BytesMut::with_capacity(any.len() + version.len() + name.len() + 16);
-        put_bytes_field(&mut resource, 1, version.as_bytes());
-        put_bytes_field(&mut resource, 2, &any);
-        put_bytes_field(&mut resource, 3, name.as_bytes());
-        let mut delta = BytesMut::with_capacity(resource.len() + 8);
-        put_bytes_field(&mut delta, RESOURCES_FIELD, &resource);
+        // Resource { version = 1; resource = 2 (Any); name = 3; }, with the
+        // Any last so the entry ends in the bytes `sotw` holds.
+        let resource_len = bytes_field_len(1, version.len())
+            + bytes_field_len(3, name.len())
+            + bytes_field_len(2, any.len());
+        let mut head = BytesMut::with_capacity(version.len() + name.len() + 24);
+        encode_key(RESOURCES_FIELD, WireType::LengthDelimited, &mut head);
+        encode_varint(resource_len as u64, &mut head);
+        put_bytes_field(&mut head, 1, version.as_bytes());
+        put_bytes_field(&mut head, 3, name.as_bytes());
+        encode_key(2, WireType::LengthDelimited, &mut head);
+        encode_varint(any.len() as u64, &mut head);
 
         Encoded {
             name,
             version,
             sotw: sotw.freeze(),
-            delta: delta.freeze(),
+            delta_head: head.freeze(),
+            any_start,
         }
+    }
+
+    /// The `Any` (type URL and message bytes), shared with `sotw`.
+    pub fn any(&self) -> Bytes {
+        self.sotw.slice(self.any_start..)
+    }
+
+    /// Length of the delta `resources` entry (`delta_head` then `any`).
+    pub fn delta_len(&self) -> usize {
+        self.delta_head.len() + self.sotw.len() - self.any_start
     }
 
     /// The size of the bare resource (as Envoy's config dump would count it).
@@ -109,7 +132,9 @@ mod tests {
     #[test]
     fn delta_bytes_decode_as_delta_response() {
         let a = Encoded::new(CDS, "a", &mk_cluster("a"));
-        let resp = DeltaDiscoveryResponse::decode(a.delta.as_ref()).unwrap();
+        let delta = [a.delta_head.as_ref(), a.any().as_ref()].concat();
+        assert_eq!(delta.len(), a.delta_len());
+        let resp = DeltaDiscoveryResponse::decode(delta.as_slice()).unwrap();
         assert_eq!(resp.resources.len(), 1);
         assert_eq!(resp.resources[0].name, "a");
         assert_eq!(resp.resources[0].version, a.version);

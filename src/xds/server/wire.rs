@@ -40,7 +40,7 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
     let body_len: usize = push
         .resources
         .iter()
-        .map(|r| if delta { r.delta.len() } else { r.sotw.len() })
+        .map(|r| if delta { r.delta_len() } else { r.sotw.len() })
         .sum();
 
     // Small responses fit in one chunk; larger ones start a new one after the head.
@@ -81,13 +81,12 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
         return chunks;
     }
     let mut pending = head;
-    for r in &push.resources {
-        let bytes = if delta { &r.delta } else { &r.sotw };
+    let mut put = |bytes: Bytes, pending: &mut BytesMut| {
         if bytes.len() >= ZERO_COPY_MIN {
             if !pending.is_empty() {
                 chunks.push(pending.split().freeze());
             }
-            chunks.push(bytes.clone());
+            chunks.push(bytes);
         } else {
             if pending.capacity() - pending.len() < bytes.len() {
                 if !pending.is_empty() {
@@ -95,9 +94,19 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
                 }
                 // A fresh buffer per chunk, dropped once written: nothing is
                 // kept per stream.
-                pending = BytesMut::with_capacity(COALESCE_LIMIT);
+                *pending = BytesMut::with_capacity(COALESCE_LIMIT);
             }
-            pending.put_slice(bytes);
+            pending.put_slice(&bytes);
+        }
+    };
+    for r in &push.resources {
+        if delta {
+            // The delta entry: its own small head, then the Any it shares
+            // with the SotW entry.
+            put(r.delta_head.clone(), &mut pending);
+            put(r.any(), &mut pending);
+        } else {
+            put(r.sotw.clone(), &mut pending);
         }
     }
     if !pending.is_empty() {
