@@ -34,8 +34,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteConfiguration, VirtualHost, route_match::PathSpecifier,
-    virtual_host::TlsRequirementType,
+    Route, RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -497,20 +496,6 @@ fn domains(h: &str, port: u32) -> Vec<String> {
     }
 }
 
-/// Whether an Envoy route matches every request (Istio's `IsCatchAllRoute`):
-/// path prefix `/` (or regex `.*`) and no header or query conditions.
-fn is_catch_all(r: &Route) -> bool {
-    let Some(m) = &r.r#match else {
-        return false;
-    };
-    let all_paths = match &m.path_specifier {
-        Some(PathSpecifier::Prefix(p)) | Some(PathSpecifier::PathSeparatedPrefix(p)) => p == "/",
-        Some(PathSpecifier::SafeRegex(re)) => re.regex == ".*",
-        _ => false,
-    };
-    all_paths && m.headers.is_empty() && m.query_parameters.is_empty()
-}
-
 /// One route table from the HTTP servers `servers` (all on `port`). As in
 /// Istio, the routes of every VirtualService exposing a host are merged
 /// into that host's virtual host in VirtualService order (each
@@ -545,7 +530,7 @@ fn route_table(
                 } else {
                     vs_routes(mesh, vs, spec, b.gateway, port, client_ns)
                 };
-                if let Some(i) = routes.iter().position(is_catch_all) {
+                if let Some(i) = routes.iter().position(super::routes::is_catch_all) {
                     routes.truncate(i + 1);
                 }
                 if let Some(&i) = by_host.get(&h) {
@@ -606,7 +591,7 @@ fn route_table(
     for vh in &mut virtual_hosts {
         let (rest, catch_all): (Vec<Route>, Vec<Route>) = std::mem::take(&mut vh.routes)
             .into_iter()
-            .partition(|r| !is_catch_all(r));
+            .partition(|r| !super::routes::is_catch_all(r));
         vh.routes = rest;
         vh.routes.extend(catch_all);
     }
