@@ -192,10 +192,17 @@ pub fn snapshot_of(resources: Vec<Resource>) -> ConfigSnapshot {
 
 /// The cross-resource routing findings `serve` reports with its config
 /// warnings (on /debug/config_errors): VirtualServices competing for one
-/// host on the sidecars, and delegates missing, hidden or conflicting.
+/// host on the sidecars, delegates missing, hidden or conflicting, and
+/// rules no request reaches (IST0130; those after a catch-all are dropped
+/// from the route tables).
 pub fn serve_warnings(snapshot: &ConfigSnapshot) -> Vec<Message> {
     let mut out = routing::conflicting_virtual_services(snapshot);
     out.extend(routing::delegates(snapshot));
+    out.extend(
+        routing::unreachable_rules(snapshot)
+            .into_iter()
+            .filter(|m| m.code == Code::VirtualServiceUnreachableRule.id()),
+    );
     out
 }
 

@@ -247,6 +247,11 @@ fn rule_label(name: Option<&str>, i: usize) -> String {
 /// "matches everything"; two equal keys match the same requests.
 trait MatchKey: PartialEq + Clone + Default {
     fn without_name(&self) -> Self;
+    /// Whether the match admits every request wherever it applies (its
+    /// rule is a catch-all).
+    fn matches_everything(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl MatchKey for HttpMatchRequest {
@@ -255,6 +260,12 @@ impl MatchKey for HttpMatchRequest {
             name: None,
             ..self.clone()
         }
+    }
+
+    /// Also `uri: {prefix: /}` and the like: the route Istio builds from it
+    /// matches every request, and the rules after it are dropped.
+    fn matches_everything(&self) -> bool {
+        self.matches_every_request()
     }
 }
 
@@ -276,23 +287,40 @@ fn unreachable_in<M: MatchKey>(
     for (i, (name, matches)) in rules.iter().enumerate() {
         let label = rule_label(*name, i);
         if let Some(k) = catch_all {
+            let why = if rules[k].1.is_empty() {
+                "only the last rule can have no matches"
+            } else {
+                "its match without conditions takes every request: only the last rule should have one"
+            };
             out.push(Message::new(
                 Code::VirtualServiceUnreachableRule,
                 r,
                 format!("spec.{section}[{i}]"),
                 format!(
-                    "VirtualService rule {label} not used (rule {} before it matches every request; only the last rule can have no matches)",
+                    "VirtualService rule {label} not used (rule {} before it matches every request; {why})",
                     rule_label(rules[k].0, k)
                 ),
             ));
             continue;
         }
         let keys: Vec<M> = matches.iter().map(MatchKey::without_name).collect();
-        if keys.is_empty() || keys.iter().any(|m| *m == M::default()) {
+        if keys.is_empty() || keys.iter().any(MatchKey::matches_everything) {
             catch_all = Some(i);
         }
         let mut shadowed = 0;
+        let first_all = keys.iter().position(MatchKey::matches_everything);
         for (j, key) in keys.iter().enumerate() {
+            if let Some(a) = first_all.filter(|&a| a < j) {
+                out.push(Message::new(
+                    Code::VirtualServiceIneffectiveMatch,
+                    r,
+                    format!("spec.{section}[{i}].match[{j}]"),
+                    format!(
+                        "VirtualService rule {label} match #{j} is not used (match #{a} before it matches every request)"
+                    ),
+                ));
+                continue;
+            }
             if let Some((_, k)) = seen.iter().find(|(m, _)| m == key) {
                 shadowed += 1;
                 out.push(Message::new(
@@ -319,8 +347,9 @@ fn unreachable_in<M: MatchKey>(
 }
 
 /// IST0130 / IST0131: HTTP and TCP rules after a catch-all (a rule without
-/// matches, or with an empty match), and matches identical to an earlier
-/// rule's: no request ever reaches them.
+/// matches, or with a match without conditions, such as an empty match or
+/// an HTTP `uri: {prefix: /}`), which translation drops as Istio does, and
+/// matches identical to an earlier rule's: no request ever reaches them.
 pub fn unreachable_rules(snapshot: &ConfigSnapshot) -> Vec<Message> {
     let mut out = Vec::new();
     for (r, vs) in snapshot.virtual_services() {

@@ -365,3 +365,49 @@ fn every_code_is_documented() {
         assert!(doc.contains(&row), "docs/analyze.md lacks the row {row:?}");
     }
 }
+
+#[test]
+fn ist0130_rules_after_a_match_without_conditions() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{port: 9090}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: all
+    match: [{uri: {prefix: /api}}, {uri: {prefix: /}, ignoreUriCase: true}, {uri: {prefix: /x}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: late
+    match: [{uri: {prefix: /late}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+"#;
+    let found = codes(text);
+    let got: Vec<(&str, &str)> = found.iter().map(|(c, p, _)| (*c, p.as_str())).collect();
+    // A port or source condition is not "every request": no finding for
+    // the rules after those.
+    assert_eq!(
+        got,
+        vec![
+            ("IST0131", "spec.http[2].match[2]"),
+            ("IST0130", "spec.http[3]"),
+        ]
+    );
+    assert!(
+        found[0]
+            .2
+            .contains("match #1 before it matches every request")
+    );
+    assert!(found[1].2.contains("rule \"late\" not used") && found[1].2.contains("\"all\""));
+    // serve reports the dropped rule (IST0130) with its config warnings,
+    // not the Info-level ineffective match.
+    let served: Vec<(&str, String)> = super::serve_warnings(&mk_snapshot(text))
+        .into_iter()
+        .map(|m| (m.code, m.path))
+        .collect();
+    assert_eq!(served, vec![("IST0130", "spec.http[3]".to_string())]);
+}

@@ -795,3 +795,31 @@ fn every_crd_field_roundtrips() {
         "telemetries.telemetry.istio.io",
     );
 }
+
+#[test]
+fn a_match_matches_every_request_without_request_port_or_source_conditions() {
+    let m = |yaml: &str| -> HttpMatchRequest { serde_yaml_ng::from_str(yaml).unwrap() };
+    for all in [
+        "{}",
+        "{name: n}",
+        "{uri: {prefix: /}}",
+        "{uri: {regex: '.*'}, ignoreUriCase: true}",
+        "{uri: {}}",
+    ] {
+        assert!(m(all).matches_every_request(), "{all}");
+    }
+    for some in [
+        "{uri: {prefix: /a}}",
+        "{uri: {exact: /}}",
+        "{method: {exact: GET}}",
+        "{headers: {x: {}}}",
+        "{withoutHeaders: {x: {exact: y}}}",
+        "{queryParams: {q: {exact: y}}}",
+        "{port: 9080}",
+        "{sourceLabels: {app: a}}",
+        "{sourceNamespace: ns}",
+        "{gateways: [mesh]}",
+    ] {
+        assert!(!m(some).matches_every_request(), "{some}");
+    }
+}

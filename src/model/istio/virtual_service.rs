@@ -6,7 +6,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{IstioStatus, Percent, PortSelector, StringMatch, at_most_one, field_path};
+use super::{
+    IstioStatus, Percent, PortSelector, StringMatch, StringMatchKind, at_most_one, field_path,
+};
 
 /// Istio `networking.v1.VirtualService` (the `spec` of a VirtualService).
 // Clippy takes the keys repeated across `printcolumn(...)` lists for duplicates.
@@ -279,6 +281,31 @@ pub struct HttpMatchRequest {
 }
 
 impl HttpMatchRequest {
+    /// Whether this match admits every request wherever its rule applies:
+    /// no condition on the request (a `uri` of prefix `/` or regex `.*`
+    /// counts as none) nor on the port, source or gateway. Istio turns it
+    /// into a catch-all route, after which no rule of its VirtualService
+    /// is routed.
+    pub fn matches_every_request(&self) -> bool {
+        let any_uri = self.uri.as_ref().is_none_or(|u| {
+            matches!(
+                u.kind(),
+                None | Some(StringMatchKind::Prefix("/")) | Some(StringMatchKind::Regex(".*"))
+            )
+        });
+        any_uri
+            && self.scheme.is_none()
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.query_params.is_empty()
+            && self.port.is_none()
+            && self.source_labels.is_empty()
+            && self.source_namespace.is_none()
+            && self.gateways.is_empty()
+    }
+
     fn check_one_of(&self, path: &str) -> Result<(), String> {
         let single = [
             ("uri", &self.uri),

@@ -195,32 +195,51 @@ fn set_http2(c: &mut Cluster) {
     c.circuit_breakers = None;
 }
 
+/// The load assignment of a DNS cluster: its endpoints (the host names
+/// Envoy resolves) grouped by locality, as Istio groups them, so Envoy
+/// knows each host's locality; the service host itself when it has none.
 fn dns_assignment(
     name: &str,
     svc: &Service,
     port: &ServicePort,
     subset_labels: Option<&BTreeMap<String, String>>,
 ) -> ClusterLoadAssignment {
-    let mut lb_endpoints: Vec<LbEndpoint> = svc
+    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for e in svc
         .endpoints
         .iter()
         .filter(|e| subset_labels.is_none_or(|s| s.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
-        .map(|e| lb_endpoint(&e.address, e.port_for(port), e.weight))
-        .collect();
-    if lb_endpoints.is_empty() && svc.endpoints.is_empty() {
+    {
+        by_locality
+            .entry(e.locality.as_deref().unwrap_or_default())
+            .or_default()
+            .push(lb_endpoint(&e.address, e.port_for(port), e.weight));
+    }
+    if by_locality.is_empty() && svc.endpoints.is_empty() {
         // DNS resolution with no endpoints: Envoy resolves the host itself.
-        lb_endpoints.push(lb_endpoint(
-            &svc.hostname,
-            port.target_port.unwrap_or(port.number),
-            None,
-        ));
+        by_locality.insert(
+            "",
+            vec![lb_endpoint(
+                &svc.hostname,
+                port.target_port.unwrap_or(port.number),
+                None,
+            )],
+        );
+    }
+    if by_locality.is_empty() {
+        // A subset selecting no endpoint: an empty group, as before.
+        by_locality.insert("", Vec::new());
     }
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints,
-            ..Default::default()
-        }],
+        endpoints: by_locality
+            .into_iter()
+            .map(|(locality, lb_endpoints)| LocalityLbEndpoints {
+                locality: super::locality::parse(locality),
+                lb_endpoints,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }

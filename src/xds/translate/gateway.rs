@@ -34,8 +34,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteConfiguration, VirtualHost, route_match::PathSpecifier,
-    virtual_host::TlsRequirementType,
+    Route, RouteConfiguration, VirtualHost, virtual_host::TlsRequirementType,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -184,6 +183,9 @@ struct BoundServer<'a> {
     gateway: &'a Resource,
     server: &'a Server,
     kind: ServerKind,
+    /// The gateway proxy's namespace (what VirtualService `exportTo` is
+    /// checked against).
+    proxy_ns: &'a str,
 }
 
 impl BoundServer<'_> {
@@ -231,7 +233,8 @@ struct Plan<'a> {
     warnings: Vec<String>,
 }
 
-fn plan<'a>(mesh: &Mesh<'a>, workload: &Workload) -> Plan<'a> {
+fn plan<'a>(mesh: &Mesh<'a>, workload: &'a Workload) -> Plan<'a> {
+    let proxy_ns = workload.key.namespace.as_str();
     let mut by_port: BTreeMap<u32, PortPlan<'a>> = BTreeMap::new();
     let mut warnings = Vec::new();
     for (gw, spec) in gateways_of(mesh, workload) {
@@ -287,6 +290,7 @@ fn plan<'a>(mesh: &Mesh<'a>, workload: &Workload) -> Plan<'a> {
                 gateway: gw,
                 server,
                 kind,
+                proxy_ns,
             });
         }
     }
@@ -377,22 +381,65 @@ fn exposed_hosts(b: &BoundServer<'_>, vs: &Resource, spec: &VirtualServiceSpec) 
     out
 }
 
-/// VirtualServices bound to `gw` (not `mesh`-only), delegates merged into
-/// their roots, in Istio's order (oldest first, then namespace/name; roots
-/// after the others).
+/// VirtualServices bound to `gw` (not `mesh`-only) and exported to the
+/// gateway proxy's namespace `proxy_ns`, delegates merged into their
+/// roots, in Istio's order (`VirtualServicesForGateway`): by visibility
+/// first (see [`Visibility`]), then as Istio sorts them (oldest first, then
+/// namespace/name; roots after the others).
 fn bound_virtual_services<'a>(
     mesh: &Mesh<'a>,
     gw: &Resource,
+    proxy_ns: &str,
 ) -> impl Iterator<Item = (&'a Resource, &'a VirtualServiceSpec)> {
-    let gw = gw.clone();
-    mesh.config
+    let mut bound: Vec<(Visibility, &'a Resource, &'a VirtualServiceSpec)> = mesh
+        .config
         .effective_virtual_services()
-        .filter(move |(vs, spec)| {
+        .filter(|(vs, spec)| {
             spec.gateways
                 .iter()
                 .filter(|g| *g != MESH_GATEWAY)
-                .any(|g| names_gateway(g, &vs.namespace, &gw))
+                .any(|g| names_gateway(g, &vs.namespace, gw))
         })
+        .filter_map(|(vs, spec)| {
+            Visibility::of(&spec.export_to, &vs.namespace, proxy_ns).map(|v| (v, vs, spec))
+        })
+        .collect();
+    // Stable: Istio's order holds within each visibility.
+    bound.sort_by_key(|(v, _, _)| *v);
+    bound.into_iter().map(|(_, vs, spec)| (vs, spec))
+}
+
+/// How a gateway VirtualService is visible to a gateway proxy's namespace,
+/// in the order Istio lists them for the gateway (`privateByNamespace`,
+/// `exportedToNamespace`, `publicByGateway` in its VirtualService index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Visibility {
+    /// `exportTo` names `.` or the VirtualService's own namespace, which is
+    /// the proxy's.
+    Private,
+    /// `exportTo` names the proxy's namespace (another than its own).
+    ExportedToNamespace,
+    /// No `exportTo` (Istio's default `*`), or `*`.
+    Public,
+}
+
+impl Visibility {
+    /// None when the VirtualService is hidden from `proxy_ns` (`~`, or
+    /// namespaces that are not the proxy's).
+    fn of(export_to: &[String], owner_ns: &str, proxy_ns: &str) -> Option<Visibility> {
+        let has = |e: &str| export_to.iter().any(|x| x == e);
+        if export_to.is_empty() || has("*") {
+            Some(Visibility::Public)
+        } else if has("~") {
+            None
+        } else if owner_ns == proxy_ns && (has(".") || has(owner_ns)) {
+            Some(Visibility::Private)
+        } else if owner_ns != proxy_ns && has(proxy_ns) {
+            Some(Visibility::ExportedToNamespace)
+        } else {
+            None
+        }
+    }
 }
 
 /// A match-level `gateways` list admits `gw` (an empty list inherits the
@@ -497,20 +544,6 @@ fn domains(h: &str, port: u32) -> Vec<String> {
     }
 }
 
-/// Whether an Envoy route matches every request (Istio's `IsCatchAllRoute`):
-/// path prefix `/` (or regex `.*`) and no header or query conditions.
-fn is_catch_all(r: &Route) -> bool {
-    let Some(m) = &r.r#match else {
-        return false;
-    };
-    let all_paths = match &m.path_specifier {
-        Some(PathSpecifier::Prefix(p)) | Some(PathSpecifier::PathSeparatedPrefix(p)) => p == "/",
-        Some(PathSpecifier::SafeRegex(re)) => re.regex == ".*",
-        _ => false,
-    };
-    all_paths && m.headers.is_empty() && m.query_parameters.is_empty()
-}
-
 /// One route table from the HTTP servers `servers` (all on `port`). As in
 /// Istio, the routes of every VirtualService exposing a host are merged
 /// into that host's virtual host in VirtualService order (each
@@ -538,14 +571,14 @@ fn route_table(
         } else {
             TlsRequirementType::None as i32
         };
-        for (vs, spec) in bound_virtual_services(mesh, b.gateway) {
+        for (vs, spec) in bound_virtual_services(mesh, b.gateway, b.proxy_ns) {
             for h in exposed_hosts(b, vs, spec) {
                 let mut routes = if redirect {
                     Vec::new()
                 } else {
                     vs_routes(mesh, vs, spec, b.gateway, port, client_ns)
                 };
-                if let Some(i) = routes.iter().position(is_catch_all) {
+                if let Some(i) = routes.iter().position(super::routes::is_catch_all) {
                     routes.truncate(i + 1);
                 }
                 if let Some(&i) = by_host.get(&h) {
@@ -606,7 +639,7 @@ fn route_table(
     for vh in &mut virtual_hosts {
         let (rest, catch_all): (Vec<Route>, Vec<Route>) = std::mem::take(&mut vh.routes)
             .into_iter()
-            .partition(|r| !is_catch_all(r));
+            .partition(|r| !super::routes::is_catch_all(r));
         vh.routes = rest;
         vh.routes.extend(catch_all);
     }
@@ -821,7 +854,7 @@ fn tcp_route_filter(
     port: u32,
     stat_prefix: &str,
 ) -> Option<Filter> {
-    bound_virtual_services(mesh, b.gateway)
+    bound_virtual_services(mesh, b.gateway, b.proxy_ns)
         .filter(|(vs, spec)| !exposed_hosts(b, vs, spec).is_empty())
         .find_map(|(vs, spec)| {
             spec.tcp
@@ -951,7 +984,7 @@ fn passthrough_chains(
     stat_prefix: &str,
 ) -> Vec<FilterChain> {
     let mut out = Vec::new();
-    for (vs, spec) in bound_virtual_services(mesh, b.gateway) {
+    for (vs, spec) in bound_virtual_services(mesh, b.gateway, b.proxy_ns) {
         for route in &spec.tls {
             for m in &route.r#match {
                 if m.port.is_some_and(|p| p != port)
@@ -1081,6 +1114,33 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_virtual_service_visibility_follows_istio() {
+        let v = |export_to: &[&str], owner: &str, proxy: &str| {
+            let list: Vec<String> = export_to.iter().map(|e| e.to_string()).collect();
+            Visibility::of(&list, owner, proxy)
+        };
+        use Visibility::*;
+        assert_eq!(v(&[], "shop", "ingress"), Some(Public));
+        assert_eq!(v(&["*"], "shop", "ingress"), Some(Public));
+        // `*` wins over anything else listed.
+        assert_eq!(v(&[".", "*"], "ingress", "ingress"), Some(Public));
+        assert_eq!(v(&["."], "ingress", "ingress"), Some(Private));
+        assert_eq!(v(&["ingress"], "ingress", "ingress"), Some(Private));
+        assert_eq!(
+            v(&["ingress"], "shop", "ingress"),
+            Some(ExportedToNamespace)
+        );
+        assert_eq!(
+            v(&[".", "ingress"], "shop", "ingress"),
+            Some(ExportedToNamespace)
+        );
+        assert_eq!(v(&["."], "shop", "ingress"), None);
+        assert_eq!(v(&["other"], "shop", "ingress"), None);
+        assert_eq!(v(&["~"], "ingress", "ingress"), None);
+        assert!(Private < ExportedToNamespace && ExportedToNamespace < Public);
+    }
 
     #[test]
     fn gateway_references_and_host_intersection() {

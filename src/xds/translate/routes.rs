@@ -151,7 +151,11 @@ fn default_retry_policy() -> RetryPolicy {
 
 /// A VirtualService's HTTP routes for one service port. Each `match` of an
 /// HTTP route becomes one Envoy route (they are ORed); matches for another
-/// port or only for gateways are left out.
+/// port or only for gateways are left out. As in Istio, the routes end at
+/// the first catch-all (a rule without matches, or a match that becomes a
+/// route matching every request): Envoy would never pass it, so the
+/// remaining rules and matches are dropped (`pilotfish analyze` and the
+/// config warnings report them as IST0130).
 /// Route tables are shared by the proxies of a view, so a match on
 /// `sourceNamespace` is decided here, and one on `sourceLabels` against
 /// `mesh.source_labels` (the labels of the view's clients: views are split
@@ -213,10 +217,31 @@ pub fn http_routes(
                 r.typed_per_filter_config
                     .insert(http_policy::CORS_FILTER.to_string(), http_policy::cors(c));
             }
+            let last = is_catch_all(&r);
             out.push(r);
+            if last {
+                return out;
+            }
         }
     }
     out
+}
+
+/// Whether an Envoy route matches every request (Istio's `IsCatchAllRoute`):
+/// path prefix `/` (or regex `.*`) and no header or query conditions.
+pub(super) fn is_catch_all(r: &Route) -> bool {
+    let Some(m) = &r.r#match else {
+        return false;
+    };
+    let all_paths = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) | Some(PathSpecifier::PathSeparatedPrefix(p)) => p == "/",
+        Some(PathSpecifier::SafeRegex(re)) => re.regex == ".*",
+        _ => false,
+    };
+    all_paths
+        && m.headers.is_empty()
+        && m.query_parameters.is_empty()
+        && m.dynamic_metadata.is_empty()
 }
 
 /// Istio's `retryOn`: Envoy policies, and HTTP status codes which become
