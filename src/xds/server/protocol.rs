@@ -110,6 +110,11 @@ struct TypeState {
     synced: Option<Vec<Arc<crate::xds::cache::Layer>>>,
     /// SotW named types: names subscribed since the last push.
     fresh: HashSet<Arc<str>>,
+    /// Delta: the layers the client was last brought fully in sync with
+    /// (every subscribed resource as these layers hold it); None after any
+    /// change of subscription. A push then looks only at the layers' diffs
+    /// instead of every subscribed name.
+    delta_synced: Option<Vec<Arc<crate::xds::cache::Layer>>>,
 }
 
 type NameSet = BTreeSet<Arc<str>>;
@@ -231,6 +236,9 @@ impl StreamProtocol {
         st.requested = true;
         let mut push = first;
         if delta {
+            if first || !req.subscribe.is_empty() || !req.unsubscribe.is_empty() {
+                st.delta_synced = None;
+            }
             if first {
                 if let Some(initial) = req.initial_versions {
                     st.initial = initial.clone();
@@ -415,53 +423,70 @@ impl StreamProtocol {
     }
 
     fn push_delta(&mut self, t: XdsType, res: &ProxyResources, force: bool) -> Option<Push> {
-        let st = &self.types[t.index()];
-        let mut resources = Vec::new();
-        let mut removed = Vec::new();
-        let mut seen: BTreeSet<&str> = BTreeSet::new();
-        if st.wildcard {
-            for e in res.all(t) {
-                seen.insert(&*e.name);
-                if !st.has(e) {
-                    resources.push(Arc::clone(e));
-                }
-            }
-        }
-        for name in st.names.iter() {
-            match res.get(t, name) {
-                Some(e) if seen.insert(&**name) && !st.has(e) => {
-                    resources.push(Arc::clone(e));
-                }
-                Some(_) => {}
-                None if !seen.contains(&**name) => {
-                    // Tell the client once that a subscribed name does not exist.
-                    if !matches!(st.sent.get(name), Some(None)) {
-                        removed.push(name.to_string());
-                    }
-                    seen.insert(&**name);
-                }
-                None => {}
-            }
-        }
-        for (name, sent) in &st.sent {
-            if !seen.contains(&**name) && sent.is_some() {
-                removed.push(name.to_string());
-            }
-        }
-        for name in st.initial.keys() {
-            if !seen.contains(name.as_str()) && !st.sent.contains_key(name.as_str()) {
-                removed.push(name.clone());
-            }
-        }
-        if resources.is_empty() && removed.is_empty() && !force {
-            return None;
-        }
-        let all: Vec<&Arc<Encoded>> = if st.wildcard {
-            res.all(t).collect()
+        let layers = &res.layers[t.index()];
+        let fast = if force {
+            None
         } else {
-            st.names.iter().filter_map(|n| res.get(t, n)).collect()
+            self.types[t.index()].delta_changed_since_sync(t, res)
         };
-        let version = set_version(&all);
+        let (resources, mut removed, version) = if let Some((resources, removed)) = fast {
+            let st = &mut self.types[t.index()];
+            if resources.is_empty() && removed.is_empty() {
+                st.delta_synced = Some(layers.clone());
+                return None;
+            }
+            let version = st.layered_version(layers);
+            (resources, removed, version)
+        } else {
+            let st = &self.types[t.index()];
+            let mut resources = Vec::new();
+            let mut removed = Vec::new();
+            let mut seen: BTreeSet<&str> = BTreeSet::new();
+            if st.wildcard {
+                for e in res.all(t) {
+                    seen.insert(&*e.name);
+                    if !st.has(e) {
+                        resources.push(Arc::clone(e));
+                    }
+                }
+            }
+            for name in st.names.iter() {
+                match res.get(t, name) {
+                    Some(e) if seen.insert(&**name) && !st.has(e) => {
+                        resources.push(Arc::clone(e));
+                    }
+                    Some(_) => {}
+                    None if !seen.contains(&**name) => {
+                        // Tell the client once that a subscribed name does not exist.
+                        if !matches!(st.sent.get(name), Some(None)) {
+                            removed.push(name.to_string());
+                        }
+                        seen.insert(&**name);
+                    }
+                    None => {}
+                }
+            }
+            for (name, sent) in &st.sent {
+                if !seen.contains(&**name) && sent.is_some() {
+                    removed.push(name.to_string());
+                }
+            }
+            for name in st.initial.keys() {
+                if !seen.contains(name.as_str()) && !st.sent.contains_key(name.as_str()) {
+                    removed.push(name.clone());
+                }
+            }
+            if resources.is_empty() && removed.is_empty() && !force {
+                return None;
+            }
+            let all: Vec<&Arc<Encoded>> = if st.wildcard {
+                res.all(t).collect()
+            } else {
+                st.names.iter().filter_map(|n| res.get(t, n)).collect()
+            };
+            let version = set_version(&all);
+            (resources, removed, version)
+        };
         let nonce = self.next_nonce();
         let st = &mut self.types[t.index()];
         for e in &resources {
@@ -479,6 +504,7 @@ impl StreamProtocol {
         removed.sort();
         st.last_nonce = Some(nonce.clone());
         st.sent_version = Some(version.clone());
+        st.delta_synced = Some(layers.clone());
         Some(Push {
             t,
             version,
@@ -523,6 +549,64 @@ impl TypeState {
             h.update(&l.version.to_le_bytes());
         }
         format!("{:016x}", h.digest())
+    }
+
+    /// Delta: when the client was last brought in sync with the layers
+    /// these replaced (each unchanged, or changed exactly once since) and
+    /// its subscription has not changed, what to send and remove now,
+    /// looking only at the layers' diffs; None when that cannot be told
+    /// without a full pass.
+    #[allow(clippy::type_complexity)]
+    fn delta_changed_since_sync(
+        &self,
+        t: XdsType,
+        res: &ProxyResources,
+    ) -> Option<(Vec<Arc<Encoded>>, Vec<String>)> {
+        let st = self;
+        let synced = st.delta_synced.as_ref()?;
+        let layers = &res.layers[t.index()];
+        if synced.len() != layers.len() || !st.initial.is_empty() {
+            return None;
+        }
+        let wanted = |name: &str| st.wildcard || st.names.contains(name);
+        let mut changed: Vec<Arc<Encoded>> = Vec::new();
+        let mut removed = Vec::new();
+        for (l, s) in layers.iter().zip(synced) {
+            if l.version == s.version {
+                continue;
+            }
+            let d = l.diff.as_ref().filter(|d| d.from == s.version)?;
+            for e in &d.changed {
+                // The name's resource as the proxy sees it (an earlier layer
+                // may hold the same name).
+                if wanted(&e.name)
+                    && res.get(t, &e.name).is_some_and(|x| Arc::ptr_eq(x, e))
+                    && !st.has(e)
+                {
+                    changed.push(Arc::clone(e));
+                }
+            }
+            for name in &d.removed {
+                if !wanted(name) {
+                    continue;
+                }
+                match res.get(t, name) {
+                    // Still held by another layer: that one is what it sees.
+                    Some(e) => {
+                        if !st.has(e) && !changed.iter().any(|c| Arc::ptr_eq(c, e)) {
+                            changed.push(Arc::clone(e));
+                        }
+                    }
+                    None => {
+                        let name: &str = name;
+                        if matches!(st.sent.get(name), Some(Some(_))) {
+                            removed.push(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Some((changed, removed))
     }
 
     /// When the client is in sync with the layers these replaced (each
