@@ -33,6 +33,9 @@ pub struct Layer {
     /// full-set response (Listener, Cluster) to any number of proxies writes
     /// these shared bytes instead of copying small resources per stream.
     sotw_blob: std::sync::OnceLock<bytes::Bytes>,
+    /// The same for delta entries: a delta stream's first answer with every
+    /// resource of the layer shares these bytes too.
+    delta_blob: std::sync::OnceLock<bytes::Bytes>,
     /// What changed since the layer this one replaced, computed once when
     /// it was built: a stream in sync with that layer only looks at these.
     pub diff: Option<LayerDiff>,
@@ -120,6 +123,7 @@ impl Layer {
             version: h.digest(),
             resources,
             sotw_blob: Default::default(),
+            delta_blob: Default::default(),
             diff: None,
         }
     }
@@ -131,6 +135,19 @@ impl Layer {
             let mut b = bytes::BytesMut::with_capacity(len);
             for e in self.resources.values() {
                 b.extend_from_slice(&e.sotw);
+            }
+            b.freeze()
+        })
+    }
+
+    /// All resources' delta entries concatenated (see `delta_blob`).
+    pub fn delta_blob(&self) -> &bytes::Bytes {
+        self.delta_blob.get_or_init(|| {
+            let len = self.resources.values().map(|e| e.delta_len()).sum();
+            let mut b = bytes::BytesMut::with_capacity(len);
+            for e in self.resources.values() {
+                b.extend_from_slice(&e.delta_head);
+                b.extend_from_slice(&e.any());
             }
             b.freeze()
         })

@@ -487,6 +487,20 @@ impl StreamProtocol {
             let version = set_version(&all);
             (resources, removed, version)
         };
+        // Every resource of every layer, nothing removed, nothing the client
+        // already had (a first answer): the layers' shared delta bytes are
+        // the response body, no per-stream copy of small resources.
+        let whole_layers = {
+            let st = &self.types[t.index()];
+            let total: usize = layers.iter().map(|l| l.resources.len()).sum();
+            let whole = !resources.is_empty()
+                && removed.is_empty()
+                && st.initial.is_empty()
+                && st.sent.is_empty()
+                && resources.len() == total
+                && (st.wildcard || layers.len() == 1);
+            if whole { layers.clone() } else { Vec::new() }
+        };
         let nonce = self.next_nonce();
         let st = &mut self.types[t.index()];
         for e in &resources {
@@ -511,7 +525,7 @@ impl StreamProtocol {
             nonce,
             resources,
             removed,
-            whole_layers: Vec::new(),
+            whole_layers,
         })
     }
 

@@ -44,7 +44,7 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
         .sum();
 
     // Small responses fit in one chunk; larger ones start a new one after the head.
-    let whole = !delta && !push.whole_layers.is_empty();
+    let whole = !push.whole_layers.is_empty();
     let head_cap = if whole {
         5 + head_len
     } else {
@@ -75,7 +75,13 @@ pub fn frame(push: &Push, delta: bool) -> Vec<Bytes> {
         chunks.extend(
             push.whole_layers
                 .iter()
-                .map(|l| l.sotw_blob().clone())
+                .map(|l| {
+                    if delta {
+                        l.delta_blob().clone()
+                    } else {
+                        l.sotw_blob().clone()
+                    }
+                })
                 .filter(|b| !b.is_empty()),
         );
         return chunks;
@@ -212,6 +218,34 @@ mod tests {
         );
         let resp = DiscoveryResponse::decode(&join(&chunks)[5..]).unwrap();
         assert_eq!(resp.resources.len(), 3);
+        assert_eq!(resp.nonce, "7");
+    }
+
+    #[test]
+    fn whole_layers_are_written_from_their_shared_delta_blob() {
+        let mut push = mk_push(&[10, 20, 30]);
+        push.removed.clear();
+        let layer = Arc::new(crate::xds::cache::Layer::from_encoded(
+            push.resources
+                .iter()
+                .map(|e| (e.name.to_string(), Arc::clone(e)))
+                .collect(),
+        ));
+        push.whole_layers = vec![Arc::clone(&layer)];
+        let chunks = frame(&push, true);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(
+            chunks[1].as_ptr(),
+            layer.delta_blob().as_ptr(),
+            "shared, not copied"
+        );
+        let bytes = join(&chunks);
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len, bytes.len() - 5);
+        let resp = DeltaDiscoveryResponse::decode(&bytes[5..]).unwrap();
+        assert_eq!(resp.resources.len(), 3);
+        assert_eq!(resp.resources[2].name, "c2");
+        assert_eq!(resp.resources[2].version, push.resources[2].version);
         assert_eq!(resp.nonce, "7");
     }
 
