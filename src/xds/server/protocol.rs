@@ -87,9 +87,6 @@ struct TypeState {
     /// Subscribed names, interned: the resource's own name when it exists.
     /// SotW streams with the same subscription share one set (see `intern_set`).
     names: Arc<NameSet>,
-    /// Delta: what the client has, by name: the resource last sent (None:
-    /// told it does not exist).
-    sent: HashMap<Arc<str>, Option<Arc<Encoded>>>,
     /// SotW Listener/Cluster to a named subscription: the set last sent.
     sent_all: Vec<Arc<Encoded>>,
     /// SotW Listener/Cluster to a wildcard subscription: the layers last
@@ -104,17 +101,15 @@ struct TypeState {
     /// Order-independent hash of `names` (XOR of each name's hash): an ACK
     /// that repeats the same subscription is recognized without lookups.
     names_hash: u64,
-    /// SotW named types: the layers the client was last brought in sync
-    /// with. It has, for every subscribed name not in `fresh`, exactly the
-    /// resource these layers hold (shared, so no per-name state per stream).
+    /// SotW named types, and every delta type: the layers the client was
+    /// last brought in sync with. It has, for every wanted name (subscribed,
+    /// or any under a wildcard) not in `fresh`, exactly the resource these
+    /// layers hold, and knows that a wanted name they lack does not exist
+    /// (shared, so no per-name state per stream: a delta stream of 6,000
+    /// resources used to keep a 6,000-entry map of what it was sent).
     synced: Option<Vec<Arc<crate::xds::cache::Layer>>>,
-    /// SotW named types: names subscribed since the last push.
+    /// Names wanted since the last push: the client has nothing for them.
     fresh: HashSet<Arc<str>>,
-    /// Delta: the layers the client was last brought fully in sync with
-    /// (every subscribed resource as these layers hold it); None after any
-    /// change of subscription. A push then looks only at the layers' diffs
-    /// instead of every subscribed name.
-    delta_synced: Option<Vec<Arc<crate::xds::cache::Layer>>>,
 }
 
 type NameSet = BTreeSet<Arc<str>>;
@@ -236,23 +231,37 @@ impl StreamProtocol {
         st.requested = true;
         let mut push = first;
         if delta {
-            if first || !req.subscribe.is_empty() || !req.unsubscribe.is_empty() {
-                st.delta_synced = None;
-            }
             if first {
                 if let Some(initial) = req.initial_versions {
                     st.initial = initial.clone();
                 }
                 st.wildcard = t.is_wildcard_type() && req.subscribe.is_empty();
             }
+            let mut names_changed = false;
             for name in req.subscribe.iter().map(text) {
                 if name == "*" {
-                    st.wildcard = true;
+                    if !st.wildcard {
+                        st.wildcard = true;
+                        // What the wildcard adds, the client does not have.
+                        if let Some(layers) = &st.synced {
+                            for l in layers {
+                                for e in l.resources.values() {
+                                    if !st.names.contains(&*e.name) {
+                                        st.fresh.insert(Arc::clone(&e.name));
+                                    }
+                                }
+                            }
+                        }
+                    }
                     push = true;
                 } else if !st.names.contains(name) {
                     st.names_hash ^= name_hash(name.as_bytes());
-                    Arc::make_mut(&mut st.names).insert(intern(name));
-                    st.sent.remove(name);
+                    let name = intern(name);
+                    if st.synced.is_some() && !st.wildcard {
+                        st.fresh.insert(Arc::clone(&name));
+                    }
+                    Arc::make_mut(&mut st.names).insert(name);
+                    names_changed = true;
                     push = true;
                 }
             }
@@ -262,9 +271,16 @@ impl StreamProtocol {
                 } else if st.names.contains(name) {
                     Arc::make_mut(&mut st.names).remove(name);
                     st.names_hash ^= name_hash(name.as_bytes());
+                    names_changed = true;
                 }
-                st.sent.remove(name);
+                // The client dropped it; subscribed again, it is fresh.
+                st.fresh.remove(name);
                 st.initial.remove(name);
+            }
+            if names_changed {
+                // Streams with the same subscription share one set.
+                let set = std::mem::take(&mut st.names);
+                st.names = intern_set(Arc::unwrap_or_clone(set), st.names_hash);
             }
         } else if !req.same_names {
             let wildcard = req.subscribe.iter().any(|n| n.as_ref() == b"*")
@@ -306,7 +322,6 @@ impl StreamProtocol {
         if !delta && ack == Ack::Initial {
             // A request without a nonce asks for the current state.
             push = true;
-            st.sent = HashMap::new();
             st.sent_all = Vec::new();
             st.sent_layers.clear();
             st.sent_version = None;
@@ -432,7 +447,7 @@ impl StreamProtocol {
         let (resources, mut removed, version) = if let Some((resources, removed)) = fast {
             let st = &mut self.types[t.index()];
             if resources.is_empty() && removed.is_empty() {
-                st.delta_synced = Some(layers.clone());
+                st.synced = Some(layers.clone());
                 return None;
             }
             let version = st.layered_version(layers);
@@ -458,7 +473,7 @@ impl StreamProtocol {
                     Some(_) => {}
                     None if !seen.contains(&**name) => {
                         // Tell the client once that a subscribed name does not exist.
-                        if !matches!(st.sent.get(name), Some(None)) {
+                        if !st.knows_absent(name) {
                             removed.push(name.to_string());
                         }
                         seen.insert(&**name);
@@ -466,13 +481,21 @@ impl StreamProtocol {
                     None => {}
                 }
             }
-            for (name, sent) in &st.sent {
-                if !seen.contains(&**name) && sent.is_some() {
-                    removed.push(name.to_string());
+            // What the client had that is gone now.
+            if let Some(synced) = &st.synced {
+                for l in synced {
+                    for name in l.resources.keys() {
+                        if st.wanted(name)
+                            && !st.fresh.contains(name.as_str())
+                            && seen.insert(name.as_str())
+                        {
+                            removed.push(name.to_string());
+                        }
+                    }
                 }
             }
             for name in st.initial.keys() {
-                if !seen.contains(name.as_str()) && !st.sent.contains_key(name.as_str()) {
+                if seen.insert(name.as_str()) {
                     removed.push(name.clone());
                 }
             }
@@ -495,30 +518,20 @@ impl StreamProtocol {
             let total: usize = layers.iter().map(|l| l.resources.len()).sum();
             let whole = !resources.is_empty()
                 && removed.is_empty()
-                && st.initial.is_empty()
-                && st.sent.is_empty()
                 && resources.len() == total
                 && (st.wildcard || layers.len() == 1);
             if whole { layers.clone() } else { Vec::new() }
         };
         let nonce = self.next_nonce();
         let st = &mut self.types[t.index()];
-        for e in &resources {
-            st.initial.remove(&*e.name);
-            st.sent.insert(Arc::clone(&e.name), Some(Arc::clone(e)));
-        }
-        for name in &removed {
-            st.initial.remove(name);
-            if let Some(n) = st.names.get(name.as_str()).cloned() {
-                st.sent.insert(n, None);
-            } else {
-                st.sent.remove(name.as_str());
-            }
-        }
         removed.sort();
+        // The client now has every wanted name as these layers hold it.
+        st.synced = Some(layers.clone());
+        // New collections, not clear(): cleared ones keep their capacity.
+        st.fresh = HashSet::new();
+        st.initial = HashMap::new();
         st.last_nonce = Some(nonce.clone());
         st.sent_version = Some(version.clone());
-        st.delta_synced = Some(layers.clone());
         Some(Push {
             t,
             version,
@@ -577,12 +590,12 @@ impl TypeState {
         res: &ProxyResources,
     ) -> Option<(Vec<Arc<Encoded>>, Vec<String>)> {
         let st = self;
-        let synced = st.delta_synced.as_ref()?;
+        let synced = st.synced.as_ref()?;
         let layers = &res.layers[t.index()];
-        if synced.len() != layers.len() || !st.initial.is_empty() {
+        if synced.len() != layers.len() || !st.initial.is_empty() || !st.fresh.is_empty() {
             return None;
         }
-        let wanted = |name: &str| st.wildcard || st.names.contains(name);
+        let wanted = |name: &str| st.wanted(name);
         let mut changed: Vec<Arc<Encoded>> = Vec::new();
         let mut removed = Vec::new();
         for (l, s) in layers.iter().zip(synced) {
@@ -612,8 +625,7 @@ impl TypeState {
                         }
                     }
                     None => {
-                        let name: &str = name;
-                        if matches!(st.sent.get(name), Some(Some(_))) {
+                        if synced_get(synced, name).is_some() {
                             removed.push(name.to_string());
                         }
                     }
@@ -652,34 +664,49 @@ impl TypeState {
         Some(out)
     }
 
+    /// Whether the client asked for this name (by name or by wildcard).
+    fn wanted(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
     /// Whether the client already has exactly this resource.
     fn has(&self, e: &Encoded) -> bool {
-        match self.sent.get(&*e.name) {
-            Some(Some(sent)) => sent.version == e.version,
-            Some(None) => false,
-            None => match &self.synced {
-                // SotW named types.
-                Some(layers) => {
-                    !self.fresh.contains(&*e.name)
-                        && synced_get(layers, &e.name).is_some_and(|s| s.version == e.version)
-                }
-                // Delta: what it reported having on reconnect.
-                None => self.initial.get(&*e.name) == Some(&e.version),
-            },
+        match &self.synced {
+            Some(layers) => {
+                !self.fresh.contains(&*e.name)
+                    && synced_get(layers, &e.name).is_some_and(|s| s.version == e.version)
+            }
+            // Delta: what it reported having on reconnect.
+            None => self.initial.get(&*e.name) == Some(&e.version),
         }
+    }
+
+    /// Delta: whether the client was told that this wanted name does not
+    /// exist (it was in sync with layers that lack it).
+    fn knows_absent(&self, name: &str) -> bool {
+        self.synced
+            .as_ref()
+            .is_some_and(|l| !self.fresh.contains(name) && synced_get(l, name).is_none())
     }
 
     /// What the client was last sent, by name (SotW or delta).
     fn sent_entries(&self) -> Vec<Arc<Encoded>> {
         let mut v: Vec<Arc<Encoded>> = self
-            .sent
-            .values()
-            .flatten()
-            .chain(self.sent_all.iter())
+            .sent_all
+            .iter()
             .chain(self.sent_layers.iter().flat_map(|l| l.resources.values()))
             .cloned()
             .collect();
         if let Some(layers) = &self.synced {
+            if self.wildcard {
+                v.extend(
+                    layers
+                        .iter()
+                        .flat_map(|l| l.resources.values())
+                        .filter(|e| !self.fresh.contains(&*e.name))
+                        .cloned(),
+                );
+            }
             v.extend(
                 self.names
                     .iter()

@@ -439,3 +439,129 @@ fn streams_with_the_same_subscription_share_one_set() {
     );
     assert!(Arc::ptr_eq(sa, sb));
 }
+
+fn delta_sub<'a>(nonce: &'a str, sub: &'a [String], unsub: &'a [String]) -> Request<'a> {
+    Request {
+        nonce,
+        subscribe: sub,
+        unsubscribe: unsub,
+        ..Default::default()
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn delta_named_state_follows_the_layers_without_a_per_name_map() {
+    let (l1, r1) = eds_from(None, &[("a", "1"), ("b", "1")]);
+    let mut p = StreamProtocol::new(true);
+    let sub = strings(&["a", "b", "x"]);
+    p.on_request(XdsType::Endpoint, &delta_sub("", &sub, &[]));
+    let first = p.push(XdsType::Endpoint, &r1, true).unwrap();
+    assert_eq!(names(&first), ["a", "b"]);
+    assert_eq!(first.removed, ["x"], "a missing name is reported once");
+    let st = &p.types[XdsType::Endpoint.index()];
+    assert!(st.synced.is_some() && st.fresh.is_empty());
+
+    // x appears, b goes: the diff path sends x and removes b.
+    let (l2, r2) = eds_from(Some(&l1), &[("a", "1"), ("x", "1")]);
+    assert!(
+        p.types[XdsType::Endpoint.index()]
+            .delta_changed_since_sync(XdsType::Endpoint, &r2)
+            .is_some(),
+        "the diff path applies"
+    );
+    let second = p.push(XdsType::Endpoint, &r2, false).unwrap();
+    assert_eq!(names(&second), ["x"]);
+    assert_eq!(second.removed, ["b"]);
+    assert!(p.push(XdsType::Endpoint, &r2, false).is_none());
+
+    // x goes again: removed; b, still subscribed and still absent, is not
+    // reported a second time.
+    let (l3, r3) = eds_from(Some(&l2), &[("a", "1")]);
+    let third = p.push(XdsType::Endpoint, &r3, false).unwrap();
+    assert!(third.resources.is_empty());
+    assert_eq!(third.removed, ["x"]);
+
+    // Unsubscribed, then subscribed again: the client dropped it, so it is
+    // sent again although the layers did not change.
+    p.on_request(
+        XdsType::Endpoint,
+        &delta_sub(&third.nonce, &[], &strings(&["a"])),
+    );
+    assert!(p.push(XdsType::Endpoint, &r3, false).is_none());
+    let (_, push) = p.on_request(
+        XdsType::Endpoint,
+        &delta_sub(&third.nonce, &strings(&["a"]), &[]),
+    );
+    assert!(push);
+    let again = p.push(XdsType::Endpoint, &r3, false).unwrap();
+    assert_eq!(names(&again), ["a"]);
+    assert!(again.removed.is_empty());
+
+    // A missed snapshot (two changes at once): the full pass still removes
+    // what the client had and sends only what changed.
+    let (l4, _) = eds_from(Some(&l3), &[("a", "2"), ("b", "1")]);
+    let (_, r5) = eds_from(Some(&l4), &[("b", "2"), ("x", "1")]);
+    assert!(
+        p.types[XdsType::Endpoint.index()]
+            .delta_changed_since_sync(XdsType::Endpoint, &r5)
+            .is_none()
+    );
+    let fifth = p.push(XdsType::Endpoint, &r5, false).unwrap();
+    assert_eq!(names(&fifth), ["b", "x"]);
+    assert_eq!(fifth.removed, ["a"]);
+}
+
+#[test]
+fn delta_wildcard_added_later_sends_what_it_adds() {
+    let (_, res) = eds_from(None, &[("a", "1"), ("b", "1"), ("c", "1")]);
+    let mut p = StreamProtocol::new(true);
+    let sub = strings(&["a"]);
+    p.on_request(XdsType::Endpoint, &delta_sub("", &sub, &[]));
+    let first = p.push(XdsType::Endpoint, &res, true).unwrap();
+    assert_eq!(names(&first), ["a"]);
+    let (_, push) = p.on_request(
+        XdsType::Endpoint,
+        &delta_sub(&first.nonce, &strings(&["*"]), &[]),
+    );
+    assert!(push);
+    let second = p.push(XdsType::Endpoint, &res, false).unwrap();
+    assert_eq!(names(&second), ["b", "c"]);
+    let dump: Vec<String> = p
+        .sent_resources(XdsType::Endpoint)
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    assert_eq!(
+        dump,
+        ["a", "b", "c"],
+        "config dumps list what the client has"
+    );
+}
+
+#[test]
+fn delta_streams_with_the_same_subscription_share_one_set() {
+    let (_, res) = eds_from(None, &[("x1", "1"), ("x2", "1")]);
+    let mut a = StreamProtocol::new(true);
+    let mut b = StreamProtocol::new(true);
+    a.on_request(
+        XdsType::Endpoint,
+        &delta_sub("", &strings(&["x1", "x2"]), &[]),
+    );
+    b.on_request(XdsType::Endpoint, &delta_sub("", &strings(&["x2"]), &[]));
+    let pb = b.push(XdsType::Endpoint, &res, true).unwrap();
+    b.on_request(
+        XdsType::Endpoint,
+        &delta_sub(&pb.nonce, &strings(&["x1"]), &[]),
+    );
+    let (sa, sb) = (
+        &a.types[XdsType::Endpoint.index()].names,
+        &b.types[XdsType::Endpoint.index()].names,
+    );
+    assert!(Arc::ptr_eq(sa, sb));
+    let more = b.push(XdsType::Endpoint, &res, false).unwrap();
+    assert_eq!(names(&more), ["x1"]);
+}
