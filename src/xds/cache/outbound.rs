@@ -41,6 +41,7 @@ pub(super) fn build(
     // The Sidecar scopes, once each (several templates may share one).
     let mut scopes: HashMap<(String, Option<String>), Scope<'_>> = HashMap::new();
     let mut bound = HashMap::new();
+    let matches = outbound_tcp::SourceMatches::of(mesh.config);
     for (key, w) in &mesh.registry.workloads {
         if gateway::is_gateway(mesh, w) {
             continue;
@@ -50,7 +51,7 @@ pub(super) fn build(
             .get(key)
             .and_then(|v| v.sidecar.as_deref())
             .and_then(|name| sidecar_named(mesh, name));
-        let view = outbound_tcp::view_key(mesh, w, sidecar);
+        let view = outbound_tcp::view_key(mesh, w, sidecar, &matches);
         let t = match templates.get(&view) {
             Some(t) => Arc::clone(t),
             None => {

@@ -136,27 +136,14 @@ pub fn view_key(
     mesh: &Mesh<'_>,
     workload: &Workload,
     sidecar: Option<(&Resource, &SidecarSpec)>,
+    matches: &SourceMatches<'_>,
 ) -> ScopeKey {
     let src = Source::of(workload);
     let mut h = std::hash::DefaultHasher::new();
     let mut special = false;
-    for (_, spec) in mesh_virtual_services(mesh.config) {
-        let tcp = spec
-            .tcp
-            .iter()
-            .flat_map(|r| &r.r#match)
-            .map(|m| (&m.source_labels, m.source_namespace.as_deref(), &m.gateways));
-        let tls = spec
-            .tls
-            .iter()
-            .flat_map(|r| &r.r#match)
-            .map(|m| (&m.source_labels, m.source_namespace.as_deref(), &m.gateways));
-        for (labels, ns, gateways) in tcp.chain(tls) {
-            if !labels.is_empty() || ns.is_some() {
-                special = true;
-                src.admits(labels, ns, gateways).hash(&mut h);
-            }
-        }
+    for (labels, ns, gateways) in &matches.0 {
+        special = true;
+        src.admits(labels, *ns, gateways).hash(&mut h);
     }
     if let Some(log) = telemetry_log(mesh, src) {
         special = true;
@@ -174,6 +161,39 @@ pub fn view_key(
         namespace: src.namespace.to_string(),
         sidecar: sidecar.map(|(r, _)| format!("{}/{}", r.namespace, r.name)),
         source: if special { h.finish().max(1) } else { 0 },
+    }
+}
+
+/// Every `tcp`/`tls` match of the mesh's VirtualServices that depends on
+/// the client (`sourceLabels`, `sourceNamespace`), in order: gathered once
+/// per translation, so `view_key` does not walk every VirtualService for
+/// every workload.
+pub struct SourceMatches<'c>(Vec<(&'c BTreeMap<String, String>, Option<&'c str>, &'c [String])>);
+
+impl<'c> SourceMatches<'c> {
+    pub fn of(config: &'c ConfigSnapshot) -> Self {
+        let mut v = Vec::new();
+        for (_, spec) in mesh_virtual_services(config) {
+            let tcp = spec.tcp.iter().flat_map(|r| &r.r#match).map(|m| {
+                (
+                    &m.source_labels,
+                    m.source_namespace.as_deref(),
+                    m.gateways.as_slice(),
+                )
+            });
+            let tls = spec.tls.iter().flat_map(|r| &r.r#match).map(|m| {
+                (
+                    &m.source_labels,
+                    m.source_namespace.as_deref(),
+                    m.gateways.as_slice(),
+                )
+            });
+            v.extend(
+                tcp.chain(tls)
+                    .filter(|(l, ns, _)| !l.is_empty() || ns.is_some()),
+            );
+        }
+        SourceMatches(v)
     }
 }
 
@@ -395,12 +415,13 @@ pub fn warnings(mesh: &Mesh<'_>) -> Vec<String> {
     let mut templates: BTreeMap<ScopeKey, Template> = BTreeMap::new();
     let mut ports = BTreeSet::new();
     let mut out = Vec::new();
+    let matches = SourceMatches::of(mesh.config);
     for w in mesh.registry.workloads.values() {
         if super::gateway::is_gateway(mesh, w) {
             continue;
         }
         let sidecar = sidecar_of(mesh, w);
-        let view = view_key(mesh, w, sidecar);
+        let view = view_key(mesh, w, sidecar, &matches);
         let t = templates.entry(view.clone()).or_insert_with(|| {
             let scope = Scope::new(mesh.config, mesh.registry, &w.key.namespace, sidecar);
             let t = template(&mesh.with_scope(&scope), Source::of(w), sidecar);
