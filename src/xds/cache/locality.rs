@@ -98,6 +98,8 @@ pub(super) struct ClusterLayers {
     memo: HashMap<(u64, Client), Arc<Layer>>,
     /// The previous snapshot's layers by version, to keep their identity.
     prev: HashMap<u64, Arc<Layer>>,
+    /// And by workload, to record what changed for its proxy.
+    prev_of: HashMap<WorkloadKey, Arc<Layer>>,
     out: HashMap<WorkloadKey, Arc<Layer>>,
 }
 
@@ -129,6 +131,7 @@ impl ClusterLayers {
                 .values()
                 .map(|l| (l.version, Arc::clone(l)))
                 .collect(),
+            prev_of: prev.views.dns_clusters.of.clone(),
             out: HashMap::new(),
         })
     }
@@ -172,8 +175,11 @@ impl ClusterLayers {
                             .into_iter()
                             .map(|c| (c.name.clone(), c)),
                     );
+                    // The same content keeps its identity; otherwise the
+                    // diff is from what this proxy had (streams of the
+                    // others sharing the layer fall back to a full pass).
                     let prev = self.prev.get(&layer.version);
-                    layer.reuse(prev)
+                    layer.reuse(prev.or(self.prev_of.get(&w.key)))
                 });
             if !layer.resources.is_empty() {
                 self.out.insert(w.key.clone(), Arc::clone(layer));

@@ -493,4 +493,17 @@ spec:
     let second = XdsSnapshot::build(&first, &snap, &reg, "cluster.local", false);
     let pp2 = cds(&second, "productpage-v1");
     assert!(pp.iter().zip(&pp2).all(|(a, b)| Arc::ptr_eq(a, b)));
+
+    // An endpoint of the DNS service changes: the client's layer is
+    // replaced with a diff from the one its proxy had; the shared clusters
+    // stay as they were.
+    let moved = ext.replace("two.example.com", "three.example.com");
+    let (snap3, reg3) = mk_snapshot(&[MESH, &located, &moved]);
+    let third = XdsSnapshot::build(&second, &snap3, &reg3, "cluster.local", false);
+    let pp3 = cds(&third, "productpage-v1");
+    assert!(Arc::ptr_eq(&pp[0], &pp3[0]));
+    assert!(!Arc::ptr_eq(&pp[2], &pp3[2]));
+    let diff = pp3[2].diff.as_ref().expect("a diff");
+    assert_eq!(diff.from, pp[2].version);
+    assert_eq!(&*diff.changed[0].name, name);
 }
