@@ -176,9 +176,20 @@ fn host_stat(mesh: &Mesh, cluster: &str, port: u16, stat: &str) -> Option<String
 
 #[test]
 fn dns_endpoints_stay_local_and_fail_over_by_outlier_detection() {
+    stay_local_then_fail_over(false);
+}
+
+/// The same over delta xDS, where the client-shaped cluster is one more
+/// cluster layer the stream merges.
+#[test]
+fn dns_endpoints_stay_local_and_fail_over_over_delta_xds() {
+    stay_local_then_fail_over(true);
+}
+
+fn stay_local_then_fail_over(delta: bool) {
     let mut local = Server::start("local");
     let remote = Server::start("remote");
-    let mut mesh = Mesh::start(next_net(NET_BASE), &[], false);
+    let mut mesh = Mesh::start(next_net(NET_BASE), &[], delta);
     // productpage's locality and network, after its address line.
     let path = mesh.config.join("workloads.yaml");
     let text = fs::read_to_string(&path).unwrap();
