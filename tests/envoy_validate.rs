@@ -76,11 +76,7 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
     if let Some(labels) = endpoints::client_labels(&mesh) {
         let mut n = 0;
         for w in registry.workloads.values() {
-            let client = pilotfish::xds::translate::locality::Client::of(
-                w.locality.as_deref(),
-                &w.labels,
-                &labels,
-            );
+            let client = pilotfish::xds::translate::locality::Client::of_workload(w, &labels);
             for cla in endpoints::for_client(&mesh, &client) {
                 let name = format!("eds-locality-check-{n}");
                 n += 1;
@@ -88,6 +84,24 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
                 cla["clusterName"] = json!(name);
                 clusters.push(json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
                     "common_lb_config": {"locality_weighted_lb_config": {}}, "load_assignment": cla}));
+            }
+        }
+    }
+    // Locality-balanced DNS clusters, per client: the first under its own
+    // name (routes name it), the others renamed.
+    if let Some(labels) = endpoints::dns_client_labels(&mesh) {
+        let mut n = 0;
+        for w in registry.workloads.values() {
+            let client = pilotfish::xds::translate::locality::Client::of_workload(w, &labels);
+            for c in clusters::for_client(&mesh, &client) {
+                let mut c = message_json(&c);
+                if clusters.iter().any(|x| x["name"] == c["name"]) {
+                    let name = format!("dns-locality-check-{n}");
+                    n += 1;
+                    c["name"] = json!(name);
+                    c["loadAssignment"]["clusterName"] = json!(name);
+                }
+                clusters.push(c);
             }
         }
     }

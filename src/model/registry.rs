@@ -83,6 +83,10 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u32>,
     pub labels: BTreeMap<String, String>,
     pub locality: Option<String>,
+    /// The L3 network it is in (`network` of its WorkloadEntry or
+    /// ServiceEntry endpoint), for failoverPriority's synthesized
+    /// `topology.istio.io/network` label.
+    pub network: Option<String>,
     pub weight: Option<u32>,
     pub service_account: Option<String>,
     pub workload: Option<WorkloadKey>,
@@ -95,6 +99,7 @@ impl Endpoint {
             ports: spec.ports.clone(),
             labels: spec.labels.clone(),
             locality: spec.locality.clone(),
+            network: spec.network.clone(),
             weight: spec.weight,
             service_account: spec.service_account.clone(),
             workload,
@@ -143,6 +148,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     pub service_account: Option<String>,
     pub locality: Option<String>,
+    /// The L3 network it is in (its WorkloadEntry's `network`).
+    pub network: Option<String>,
     pub weight: Option<u32>,
 }
 
@@ -191,6 +198,7 @@ impl Registry {
                     labels: spec.labels.clone(),
                     service_account: spec.service_account.clone(),
                     locality: spec.locality.clone(),
+                    network: spec.network.clone(),
                     weight: spec.weight,
                 }),
             );

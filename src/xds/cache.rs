@@ -1,7 +1,8 @@
 //! The xDS cache: every resource a proxy can be sent, encoded once.
 //!
 //! A proxy's resources of one type are the union of a few shared *layers*:
-//! clusters = mesh-wide outbound clusters + the workload's inbound clusters,
+//! clusters = mesh-wide outbound clusters + the workload's inbound clusters
+//! (plus per-client-locality DNS clusters, `cache/locality.rs`),
 //! endpoints = mesh-wide (plus per-client-locality layers, `cache/locality.rs`),
 //! routes = per view (namespace and Sidecar; see `cache/scope.rs`, which also
 //! narrows clusters and endpoints for views that do not see everything),
@@ -228,7 +229,10 @@ impl XdsSnapshot {
         let view = self.outbound_of(workload)?;
         Some(ProxyResources {
             layers: [
-                vec![Arc::clone(&view.clusters), Arc::clone(&own.clusters)],
+                self.cluster_layers(
+                    workload,
+                    [Arc::clone(&view.clusters), Arc::clone(&own.clusters)],
+                ),
                 self.endpoint_layers(workload, &view.endpoints),
                 std::iter::once(Arc::clone(&own.listeners))
                     .chain(

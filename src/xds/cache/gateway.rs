@@ -101,10 +101,12 @@ impl XdsSnapshot {
         };
         ProxyResources {
             layers: [
-                std::iter::once(clusters)
-                    .chain(Some(&gw.clusters).filter(|c| !c.resources.is_empty()))
-                    .cloned()
-                    .collect(),
+                self.cluster_layers(
+                    key,
+                    std::iter::once(clusters)
+                        .chain(Some(&gw.clusters).filter(|c| !c.resources.is_empty()))
+                        .cloned(),
+                ),
                 self.endpoint_layers(key, endpoints),
                 vec![Arc::clone(&gw.listeners)],
                 vec![Arc::clone(&gw.routes)],

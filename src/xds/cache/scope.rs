@@ -34,6 +34,8 @@ pub struct Views {
     pub of: HashMap<WorkloadKey, ScopeKey>,
     /// Sidecar conflicts (several Sidecars apply equally), as Istio reports them.
     pub conflicts: Vec<String>,
+    /// Locality-balanced DNS clusters per proxy, as its view sees them.
+    pub dns_clusters: super::locality::LocalityClusters,
 }
 
 /// One resource of a mesh-wide layer: its port, name and bytes.
@@ -138,6 +140,17 @@ pub(super) fn build(
         views.of.insert(key.clone(), scope_key);
     }
 
+    // Locality-balanced DNS clusters, per view and client (usually none).
+    let mut dns_clusters = super::locality::ClusterLayers::new(prev, mesh);
+    let mut members: HashMap<&ScopeKey, Vec<&crate::model::registry::Workload>> = HashMap::new();
+    if dns_clusters.is_some() {
+        for (key, w) in &mesh.registry.workloads {
+            if let Some(view) = views.of.get(key) {
+                members.entry(view).or_default().push(w);
+            }
+        }
+    }
+
     let mut cluster_index: Option<ByHost<'_>> = None;
     let mut endpoint_index: Option<ByHost<'_>> = None;
     let mut translated: HashMap<(String, usize, String), Translated> = HashMap::new();
@@ -160,6 +173,10 @@ pub(super) fn build(
     for (scope_key, sidecar) in sidecars {
         let scope = Scope::new(mesh.config, mesh.registry, &scope_key.namespace, sidecar);
         let scoped = mesh.with_scope(&scope);
+        if let Some(d) = &mut dns_clusters {
+            let workloads = members.get(&scope_key).into_iter().flatten().copied();
+            d.view(&scoped, workloads);
+        }
         // The route table also depends on the clients' labels when some
         // `sourceLabels` match holds for them (every client of the view
         // satisfies the same ones).
@@ -288,6 +305,7 @@ pub(super) fn build(
             },
         );
     }
+    views.dns_clusters = dns_clusters.map(|d| d.finish()).unwrap_or_default();
     if views.conflicts != prev.views.conflicts {
         for c in &views.conflicts {
             tracing::warn!(conflict = %c, "Sidecar conflict");

@@ -395,3 +395,115 @@ fn an_ingress_sidecar_rebuilds_only_the_workloads_it_selects() {
     };
     assert_eq!(lds(&second), lds(&third));
 }
+
+#[test]
+fn locality_balanced_dns_clusters_are_one_layer_per_view_and_client() {
+    // Without a DNS service with localities, no proxy gets an extra layer.
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, DR, VS]);
+    let plain = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
+    assert!(plain.views.dns_clusters.of.is_empty());
+    let cds = |s: &XdsSnapshot, w: &str| s.resources_for(&mk_key(w)).unwrap().layers[0].clone();
+    assert_eq!(cds(&plain, "productpage-v1").len(), 2);
+
+    // productpage, reviews-v1 and details in region1/zone1, ratings in
+    // region2/zone1; a DNS service with an endpoint in each and outlier
+    // detection; details' Sidecar does not import it.
+    let mut located = WORKLOADS.to_string();
+    for (address, locality) in [
+        ("127.0.0.11", "region1/zone1"),
+        ("127.0.0.12", "region1/zone1"),
+        ("127.0.0.13", "region1/zone1"),
+        ("127.0.0.16", "region2/zone1"),
+    ] {
+        located = located.replace(
+            &format!("  address: {address}\n"),
+            &format!("  address: {address}\n  locality: {locality}\n"),
+        );
+    }
+    let ext = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [ext.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: one.example.com, locality: region1/zone1}
+  - {address: two.example.com, locality: region2/zone1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext, namespace: default}
+spec:
+  host: ext.example.com
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: details, namespace: default}
+spec:
+  workloadSelector: {labels: {app: details}}
+  egress:
+  - hosts: [./ratings.default.svc.cluster.local]
+";
+    let (snap, reg) = mk_snapshot(&[MESH, &located, ext]);
+    let first = XdsSnapshot::build(&plain, &snap, &reg, "cluster.local", false);
+    let name = "outbound|80||ext.example.com";
+    let (pp, reviews, ratings, details) = (
+        cds(&first, "productpage-v1"),
+        cds(&first, "reviews-v1"),
+        cds(&first, "ratings-v1"),
+        cds(&first, "details-v1"),
+    );
+    // The view's shared clusters no longer hold it; each client's layer does.
+    assert!(!pp[0].resources.contains_key(name));
+    assert_eq!(pp.len(), 3);
+    assert!(pp[2].resources.contains_key(name));
+    assert_eq!(pp[2].resources.len(), 1, "only the DNS cluster");
+    // Same view and locality: one layer; another locality: another one.
+    assert!(Arc::ptr_eq(&pp[2], &reviews[2]));
+    assert!(!Arc::ptr_eq(&pp[2], &ratings[2]));
+    // A view that does not see the service gets no extra layer.
+    assert_eq!(details.len(), 2);
+    assert!(!details.iter().any(|l| l.resources.contains_key(name)));
+    // The priorities are the client's: its own locality first.
+    let priorities = |layer: &Layer| {
+        let enc = &layer.resources[name];
+        let any = envoy_types::pb::google::protobuf::Any::decode(enc.any()).unwrap();
+        let c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&*any.value).unwrap();
+        c.load_assignment
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|g| (g.locality.clone().unwrap().region, g.priority))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        priorities(&pp[2]),
+        [("region1".into(), 0), ("region2".into(), 1)]
+    );
+    assert_eq!(
+        priorities(&ratings[2]),
+        [("region1".into(), 1), ("region2".into(), 0)]
+    );
+
+    // Rebuilding keeps every layer's identity.
+    let second = XdsSnapshot::build(&first, &snap, &reg, "cluster.local", false);
+    let pp2 = cds(&second, "productpage-v1");
+    assert!(pp.iter().zip(&pp2).all(|(a, b)| Arc::ptr_eq(a, b)));
+
+    // An endpoint of the DNS service changes: the client's layer is
+    // replaced with a diff from the one its proxy had; the shared clusters
+    // stay as they were.
+    let moved = ext.replace("two.example.com", "three.example.com");
+    let (snap3, reg3) = mk_snapshot(&[MESH, &located, &moved]);
+    let third = XdsSnapshot::build(&second, &snap3, &reg3, "cluster.local", false);
+    let pp3 = cds(&third, "productpage-v1");
+    assert!(Arc::ptr_eq(&pp[0], &pp3[0]));
+    assert!(!Arc::ptr_eq(&pp[2], &pp3[2]));
+    let diff = pp3[2].diff.as_ref().expect("a diff");
+    assert_eq!(diff.from, pp[2].version);
+    assert_eq!(&*diff.changed[0].name, name);
+}

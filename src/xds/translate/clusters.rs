@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
+use super::locality::{Client, Group, Mode};
 use super::{
     CONNECT_TIMEOUT_SECS, Mesh, ads_config_source, cluster_policy, inbound_cluster_name, mtls,
     outbound_cluster_name, socket_address,
@@ -21,7 +22,9 @@ use crate::model::istio::{
 };
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 
-/// Every outbound cluster in the mesh, named as Istio names them.
+/// Every outbound cluster in the mesh that is the same for every client,
+/// named as Istio names them. DNS clusters with locality load balancing
+/// (see `for_client`) are left out.
 pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
     let mut out: Vec<Cluster> = mesh
         .zipkin
@@ -29,6 +32,63 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
         .into_iter()
         .chain(super::egress::clusters())
         .collect();
+    each_outbound(mesh, |svc, port, subset, policy, labels| {
+        if dns_locality_mode(svc, policy).is_none() {
+            out.push(cluster(
+                (mesh.trust_domain, mesh.mtls),
+                svc,
+                port,
+                subset,
+                policy,
+                labels,
+                None,
+            ));
+        }
+    });
+    out
+}
+
+/// The DNS clusters with locality load balancing, as `client` sees them:
+/// their inline `load_assignment` carries priorities (or weights) relative
+/// to the client's locality, as EDS assignments do (`endpoints::for_client`).
+pub fn for_client(mesh: &Mesh<'_>, client: &Client) -> Vec<Cluster> {
+    let mut out = Vec::new();
+    each_outbound(mesh, |svc, port, subset, policy, labels| {
+        if let Some(mode) = dns_locality_mode(svc, policy) {
+            out.push(cluster(
+                (mesh.trust_domain, mesh.mtls),
+                svc,
+                port,
+                subset,
+                policy,
+                labels,
+                Some((client, &mode)),
+            ));
+        }
+    });
+    out
+}
+
+/// The locality mode of a DNS cluster that differs per client, if it is one.
+fn dns_locality_mode<'a>(svc: &Service, policy: &EffectivePolicy<'a>) -> Option<Mode<'a>> {
+    if svc.resolution != Resolution::Dns {
+        return None;
+    }
+    super::endpoints::locality_mode(svc, policy)
+}
+
+/// Calls `f` for every outbound service cluster: each reachable port of
+/// each service, without subset and with each DestinationRule subset.
+fn each_outbound<'a>(
+    mesh: &Mesh<'a>,
+    mut f: impl FnMut(
+        &'a Service,
+        &'a ServicePort,
+        &'a str,
+        &EffectivePolicy<'a>,
+        Option<&'a BTreeMap<String, String>>,
+    ),
+) {
     for svc in mesh.registry.services.values() {
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
         let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
@@ -37,30 +97,20 @@ pub fn outbound(mesh: &Mesh<'_>) -> Vec<Cluster> {
             .iter()
             .filter(|p| mesh.reaches(&svc.hostname, p.number))
         {
-            let policy = EffectivePolicy::merge(top, None, port.number);
-            out.push(cluster(
-                (mesh.trust_domain, mesh.mtls),
+            f(
                 svc,
                 port,
                 "",
-                &policy,
+                &EffectivePolicy::merge(top, None, port.number),
                 None,
-            ));
+            );
             for subset in dr.map(|(_, d)| d.subsets.as_slice()).unwrap_or_default() {
                 let policy =
                     EffectivePolicy::merge(top, subset.traffic_policy.as_ref(), port.number);
-                out.push(cluster(
-                    (mesh.trust_domain, mesh.mtls),
-                    svc,
-                    port,
-                    &subset.name,
-                    &policy,
-                    Some(&subset.labels),
-                ));
+                f(svc, port, &subset.name, &policy, Some(&subset.labels));
             }
         }
     }
-    out
 }
 
 /// The traffic policy that applies to one port of one (subset) cluster, as
@@ -112,6 +162,7 @@ fn cluster(
     subset: &str,
     policy: &EffectivePolicy<'_>,
     subset_labels: Option<&BTreeMap<String, String>>,
+    client: Option<(&Client, &Mode<'_>)>,
 ) -> Cluster {
     let name = outbound_cluster_name(port.number, subset, &svc.hostname);
     let mut c = Cluster {
@@ -143,7 +194,7 @@ fn cluster(
             c.dns_lookup_family =
                 envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Only
                     as i32;
-            c.load_assignment = Some(dns_assignment(&name, svc, port, subset_labels));
+            c.load_assignment = Some(dns_assignment(&name, svc, port, subset_labels, client));
         }
         Resolution::None => {}
     }
@@ -198,48 +249,51 @@ fn set_http2(c: &mut Cluster) {
 /// The load assignment of a DNS cluster: its endpoints (the host names
 /// Envoy resolves) grouped by locality, as Istio groups them, so Envoy
 /// knows each host's locality; the service host itself when it has none.
+/// With a `client`, the groups get that client's locality priorities or
+/// weights (`locality::apply`, as for EDS).
 fn dns_assignment(
     name: &str,
     svc: &Service,
     port: &ServicePort,
     subset_labels: Option<&BTreeMap<String, String>>,
+    client: Option<(&Client, &Mode<'_>)>,
 ) -> ClusterLoadAssignment {
-    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    let mut by_locality: BTreeMap<&str, Group<'_>> = BTreeMap::new();
     for e in svc
         .endpoints
         .iter()
         .filter(|e| subset_labels.is_none_or(|s| s.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
     {
+        let locality = e.locality.as_deref().unwrap_or_default();
         by_locality
-            .entry(e.locality.as_deref().unwrap_or_default())
-            .or_default()
-            .push(lb_endpoint(&e.address, e.port_for(port), e.weight));
+            .entry(locality)
+            .or_insert_with(|| Group::new(locality))
+            .endpoints
+            .push((e, lb_endpoint(&e.address, e.port_for(port), e.weight)));
     }
-    if by_locality.is_empty() && svc.endpoints.is_empty() {
-        // DNS resolution with no endpoints: Envoy resolves the host itself.
-        by_locality.insert(
-            "",
-            vec![lb_endpoint(
-                &svc.hostname,
-                port.target_port.unwrap_or(port.number),
-                None,
-            )],
-        );
-    }
-    if by_locality.is_empty() {
+    let mut groups: Vec<Group<'_>> = by_locality.into_values().collect();
+    if groups.is_empty() {
+        if svc.endpoints.is_empty() {
+            // DNS resolution with no endpoints: Envoy resolves the host itself.
+            let lb = lb_endpoint(&svc.hostname, port.target_port.unwrap_or(port.number), None);
+            let endpoint = LocalityLbEndpoints {
+                lb_endpoints: vec![lb],
+                ..Default::default()
+            };
+            return ClusterLoadAssignment {
+                cluster_name: name.to_string(),
+                endpoints: vec![endpoint],
+                ..Default::default()
+            };
+        }
         // A subset selecting no endpoint: an empty group, as before.
-        by_locality.insert("", Vec::new());
+        groups.push(Group::new(""));
+    } else if let Some((client, mode)) = client {
+        groups = super::locality::apply(groups, client, mode);
     }
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: by_locality
-            .into_iter()
-            .map(|(locality, lb_endpoints)| LocalityLbEndpoints {
-                locality: super::locality::parse(locality),
-                lb_endpoints,
-                ..Default::default()
-            })
-            .collect(),
+        endpoints: groups.into_iter().map(Group::into_envoy).collect(),
         ..Default::default()
     }
 }

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use super::clusters::{EffectivePolicy, lb_endpoint};
 use super::locality::{self, Client, Group, Mode};
 use super::{Mesh, mtls, outbound_cluster_name};
-use crate::model::istio::Resolution;
+use crate::model::istio::{Resolution, SimpleLb};
 use crate::model::registry::{Service, ServicePort};
 
 /// Assignments every proxy shares: each EDS cluster (services with STATIC
@@ -19,39 +19,47 @@ use crate::model::registry::{Service, ServicePort};
 /// balancing.
 pub fn assignments(mesh: &Mesh<'_>) -> Vec<ClusterLoadAssignment> {
     let mut out = Vec::new();
-    each_cluster(mesh, |svc, port, subset, labels, mode| {
-        if mode.is_none() {
-            out.push(assignment(mesh.mtls, svc, port, subset, labels, None));
-        }
-    });
+    each_cluster(
+        mesh,
+        Resolution::Static,
+        |svc, port, subset, labels, mode| {
+            if mode.is_none() {
+                out.push(assignment(mesh.mtls, svc, port, subset, labels, None));
+            }
+        },
+    );
     out
 }
 
 /// The locality-balanced assignments, as `client` sees them.
 pub fn for_client(mesh: &Mesh<'_>, client: &Client) -> Vec<ClusterLoadAssignment> {
     let mut out = Vec::new();
-    each_cluster(mesh, |svc, port, subset, labels, mode| {
-        if let Some(mode) = mode {
-            out.push(assignment(
-                mesh.mtls,
-                svc,
-                port,
-                subset,
-                labels,
-                Some((client, &mode)),
-            ));
-        }
-    });
+    each_cluster(
+        mesh,
+        Resolution::Static,
+        |svc, port, subset, labels, mode| {
+            if let Some(mode) = mode {
+                out.push(assignment(
+                    mesh.mtls,
+                    svc,
+                    port,
+                    subset,
+                    labels,
+                    Some((client, &mode)),
+                ));
+            }
+        },
+    );
     out
 }
 
 /// The client labels locality load balancing reads (failoverPriority label
-/// names), or None when no cluster has locality load balancing: then every
-/// proxy gets the same endpoints.
+/// names), or None when no EDS cluster has locality load balancing: then
+/// every proxy gets the same endpoints.
 pub fn client_labels(mesh: &Mesh<'_>) -> Option<BTreeSet<String>> {
     let mut any = false;
     let mut labels = BTreeSet::new();
-    each_cluster(mesh, |_, _, _, _, mode| {
+    each_cluster(mesh, Resolution::Static, |_, _, _, _, mode| {
         if let Some(mode) = mode {
             any = true;
             labels.extend(locality::client_labels(&mode).map(str::to_string));
@@ -60,10 +68,12 @@ pub fn client_labels(mesh: &Mesh<'_>) -> Option<BTreeSet<String>> {
     any.then_some(labels)
 }
 
-/// Calls `f` for every EDS cluster with its locality mode. A service whose
-/// endpoints carry no locality is the same for every client.
+/// Calls `f` for every cluster of the services with `resolution` (EDS
+/// clusters for STATIC) with its locality mode. A service whose endpoints
+/// carry no locality is the same for every client.
 fn each_cluster<'a>(
     mesh: &Mesh<'a>,
+    resolution: Resolution,
     mut f: impl FnMut(
         &'a Service,
         &'a ServicePort,
@@ -74,7 +84,7 @@ fn each_cluster<'a>(
 ) {
     static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
     for svc in mesh.registry.services.values() {
-        if svc.resolution != Resolution::Static {
+        if svc.resolution != resolution {
             continue;
         }
         let dr = mesh.destination_rule(&svc.hostname, &svc.namespace);
@@ -102,13 +112,66 @@ fn each_cluster<'a>(
 }
 
 /// The locality mode of one of `svc`'s clusters under `policy`: only EDS
-/// services whose endpoints have localities differ per client.
+/// and STRICT_DNS services whose endpoints have localities differ per
+/// client (a DNS cluster forwarding to the original destination has no
+/// endpoints of its own).
 pub fn locality_mode<'a>(svc: &Service, policy: &EffectivePolicy<'a>) -> Option<Mode<'a>> {
-    let has_locality = svc.endpoints.iter().any(|e| e.locality.is_some());
-    if svc.resolution != Resolution::Static || !has_locality {
+    let shaped = match svc.resolution {
+        Resolution::Static => true,
+        Resolution::Dns => {
+            policy.load_balancer.and_then(|l| l.simple) != Some(SimpleLb::Passthrough)
+        }
+        _ => false,
+    };
+    if !shaped || !has_locality(svc) {
         return None;
     }
     locality::mode(policy)
+}
+
+/// Whether any endpoint of `svc` names its locality.
+pub fn has_locality(svc: &Service) -> bool {
+    svc.endpoints.iter().any(|e| e.locality.is_some())
+}
+
+/// The client labels that locality-balanced DNS clusters may read: the
+/// failoverPriority label names of every DestinationRule (a view may see a
+/// rule the mesh-wide translation does not), or None when no DNS service
+/// has endpoints with a locality: then DNS clusters are the same for every
+/// client.
+pub fn dns_client_labels(mesh: &Mesh<'_>) -> Option<BTreeSet<String>> {
+    let any = mesh
+        .registry
+        .services
+        .values()
+        .any(|s| s.resolution == Resolution::Dns && has_locality(s));
+    if !any {
+        return None;
+    }
+    let mut labels = BTreeSet::new();
+    for (_, dr) in mesh.config.destination_rules() {
+        let policies = dr
+            .traffic_policy
+            .iter()
+            .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        for p in policies {
+            let lbs = p.load_balancer.iter().chain(
+                p.port_level_settings
+                    .iter()
+                    .filter_map(|l| l.load_balancer.as_ref()),
+            );
+            for lb in lbs {
+                if let Some(s) = &lb.locality_lb_setting {
+                    let mode = Mode::Failover {
+                        failover: &[],
+                        failover_priority: &s.failover_priority,
+                    };
+                    labels.extend(locality::client_labels(&mode).map(str::to_string));
+                }
+            }
+        }
+    }
+    Some(labels)
 }
 
 fn assignment(

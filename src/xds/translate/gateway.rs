@@ -953,8 +953,15 @@ pub fn sni_dnat_clusters(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Cluster> {
     if targets.is_empty() {
         return Vec::new();
     }
+    // Locality-balanced DNS clusters as this gateway's locality sees them.
+    let client = super::endpoints::dns_client_labels(mesh)
+        .map(|labels| super::locality::Client::of_workload(workload, &labels));
+    let shaped = client
+        .iter()
+        .flat_map(|c| super::clusters::for_client(mesh, c));
     let mut out: Vec<Cluster> = super::clusters::outbound(mesh)
         .into_iter()
+        .chain(shaped)
         .filter_map(|mut c| {
             let sni = targets.get(&c.name)?.clone();
             let original = std::mem::replace(&mut c.name, sni.clone());

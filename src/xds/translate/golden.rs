@@ -112,16 +112,25 @@ fn render(dir: &Path) -> String {
     });
 
     let locality_labels = endpoints::client_labels(&mesh);
+    let dns_labels = endpoints::dns_client_labels(&mesh);
     let mut workloads = Map::new();
     for (key, w) in &registry.workloads {
         let mut out = Map::new();
         if let Some(labels) = &locality_labels {
             // Locality-balanced endpoints, as this proxy's locality sees them.
-            let client = super::locality::Client::of(w.locality.as_deref(), &w.labels, labels);
+            let client = super::locality::Client::of_workload(w, labels);
             out.insert(
                 "locality_endpoints".into(),
                 json_all(&endpoints::for_client(&mesh, &client)),
             );
+        }
+        if let Some(labels) = &dns_labels {
+            // Locality-balanced DNS clusters, as this proxy's locality sees them.
+            let client = super::locality::Client::of_workload(w, labels);
+            let shaped = clusters::for_client(&mesh, &client);
+            if !shaped.is_empty() {
+                out.insert("locality_clusters".into(), json_all(&shaped));
+            }
         }
         if gateway::is_gateway(&mesh, w) {
             // A gateway proxy: its own listeners, route tables and credentials.

@@ -36,7 +36,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::clusters::EffectivePolicy;
 use crate::model::istio::{LocalityDistribute, LocalityFailover, LocalityLoadBalancerSetting};
-use crate::model::registry::Endpoint;
+use crate::model::registry::{Endpoint, Workload};
 
 /// Istio's mesh-wide default `localityLbSetting`: enabled, no rules.
 static MESH_DEFAULT: LocalityLoadBalancerSetting = LocalityLoadBalancerSetting {
@@ -92,6 +92,43 @@ pub fn client_labels<'a>(mode: &Mode<'a>) -> impl Iterator<Item = &'a str> {
         .map(String::as_str)
 }
 
+/// Istio's topology labels, which it adds to the labels of every proxy and
+/// endpoint (from their locality and network) so failoverPriority can name
+/// them: region, zone and subzone come from the locality (over a label of
+/// the same name), the network from a label if one is set, else from the
+/// workload's `network`.
+pub const TOPOLOGY_NETWORK: &str = "topology.istio.io/network";
+pub const TOPOLOGY_REGION: &str = "topology.kubernetes.io/region";
+pub const TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+pub const TOPOLOGY_SUBZONE: &str = "topology.istio.io/subzone";
+
+/// The value of `label` on a proxy or endpoint with `labels`, `locality` and
+/// `network`, with Istio's synthesized topology labels (see `TOPOLOGY_*`).
+pub fn label_value<'a>(
+    labels: &'a BTreeMap<String, String>,
+    locality: Option<&'a str>,
+    network: Option<&'a str>,
+    label: &str,
+) -> Option<&'a str> {
+    let part = match label {
+        TOPOLOGY_REGION => Some(0),
+        TOPOLOGY_ZONE => Some(1),
+        TOPOLOGY_SUBZONE => Some(2),
+        _ => None,
+    };
+    if let Some(i) = part {
+        let value = split(locality.unwrap_or_default())[i];
+        if !value.is_empty() {
+            return Some(value);
+        }
+    }
+    let own = labels.get(label).map(String::as_str);
+    if label == TOPOLOGY_NETWORK {
+        return own.or(network.filter(|n| !n.is_empty()));
+    }
+    own
+}
+
 /// What locality load balancing needs to know about a client proxy: its
 /// locality and the labels failoverPriority reads. Proxies with equal
 /// `Client`s get the same endpoints.
@@ -99,6 +136,7 @@ pub fn client_labels<'a>(mode: &Mode<'a>) -> impl Iterator<Item = &'a str> {
 pub struct Client {
     /// `region/zone/subzone` (empty when unknown).
     pub locality: String,
+    /// The labels in `wanted` (synthesized topology labels included).
     pub labels: BTreeMap<String, String>,
 }
 
@@ -106,17 +144,29 @@ impl Client {
     /// The client key of a workload, keeping only the labels in `wanted`.
     pub fn of(
         locality: Option<&str>,
+        network: Option<&str>,
         labels: &BTreeMap<String, String>,
         wanted: &BTreeSet<String>,
     ) -> Client {
         Client {
             locality: locality.unwrap_or_default().to_string(),
-            labels: labels
+            labels: wanted
                 .iter()
-                .filter(|(k, _)| wanted.contains(*k))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .filter_map(|k| {
+                    label_value(labels, locality, network, k).map(|v| (k.clone(), v.to_string()))
+                })
                 .collect(),
         }
+    }
+
+    /// The client key of `w`'s proxy.
+    pub fn of_workload(w: &Workload, wanted: &BTreeSet<String>) -> Client {
+        Client::of(
+            w.locality.as_deref(),
+            w.network.as_deref(),
+            &w.labels,
+            wanted,
+        )
     }
 }
 
@@ -130,7 +180,17 @@ pub struct Group<'e> {
     pub weight: Option<u32>,
 }
 
-impl Group<'_> {
+impl<'e> Group<'e> {
+    /// An empty group of `locality`, priority 0.
+    pub fn new(locality: &'e str) -> Self {
+        Group {
+            locality,
+            endpoints: Vec::new(),
+            priority: 0,
+            weight: None,
+        }
+    }
+
     pub fn into_envoy(self) -> LocalityLbEndpoints {
         LocalityLbEndpoints {
             locality: parse(self.locality),
@@ -296,7 +356,13 @@ fn by_labels<'e>(
             let mut p = 0;
             for (j, (label, fixed)) in wanted.iter().enumerate() {
                 let want = fixed.or_else(|| client.get(*label).map(String::as_str));
-                if want != e.labels.get(*label).map(String::as_str) {
+                let have = label_value(
+                    &e.labels,
+                    e.locality.as_deref(),
+                    e.network.as_deref(),
+                    label,
+                );
+                if want != have {
                     p = lowest - j as u32;
                     break;
                 }
@@ -352,6 +418,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             locality: Some(locality.to_string()),
+            network: None,
             weight: None,
             service_account: None,
             workload: None,
@@ -519,6 +586,57 @@ mod tests {
         assert_eq!(
             got,
             [("r1/z1", "a", 0), ("r1/z1", "b", 2), ("r2/z1", "c", 1)]
+        );
+    }
+
+    #[test]
+    fn topology_labels_are_synthesized_from_locality_and_network() {
+        let labels: BTreeMap<String, String> = [
+            (TOPOLOGY_ZONE.to_string(), "from-label".to_string()),
+            (TOPOLOGY_NETWORK.to_string(), "net-label".to_string()),
+            ("app".to_string(), "a".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let value = |labels, locality, network, key| label_value(labels, locality, network, key);
+        // The locality wins over a label for region/zone/subzone...
+        assert_eq!(
+            value(&labels, Some("r1/z1/s1"), None, TOPOLOGY_ZONE),
+            Some("z1")
+        );
+        assert_eq!(
+            value(&labels, Some("r1/z1/s1"), None, TOPOLOGY_REGION),
+            Some("r1")
+        );
+        assert_eq!(
+            value(&labels, Some("r1/z1/s1"), None, TOPOLOGY_SUBZONE),
+            Some("s1")
+        );
+        // ...and a locality without that part leaves the label.
+        assert_eq!(
+            value(&labels, Some("r1"), None, TOPOLOGY_ZONE),
+            Some("from-label")
+        );
+        assert_eq!(value(&labels, Some("r1"), None, TOPOLOGY_SUBZONE), None);
+        // The network label wins over the workload's network.
+        assert_eq!(
+            value(&labels, None, Some("n1"), TOPOLOGY_NETWORK),
+            Some("net-label")
+        );
+        let none = BTreeMap::new();
+        assert_eq!(value(&none, None, Some("n1"), TOPOLOGY_NETWORK), Some("n1"));
+        assert_eq!(value(&labels, None, Some("n1"), "app"), Some("a"));
+        // A client key keeps only the labels failoverPriority reads.
+        let wanted: BTreeSet<String> = [TOPOLOGY_REGION.to_string(), TOPOLOGY_NETWORK.to_string()]
+            .into_iter()
+            .collect();
+        let client = Client::of(Some("r1/z1"), Some("n1"), &none, &wanted);
+        assert_eq!(
+            client.labels.into_iter().collect::<Vec<_>>(),
+            [
+                (TOPOLOGY_NETWORK.to_string(), "n1".to_string()),
+                (TOPOLOGY_REGION.to_string(), "r1".to_string())
+            ]
         );
     }
 
