@@ -168,7 +168,10 @@ pub fn view_key(
 /// the client (`sourceLabels`, `sourceNamespace`), in order: gathered once
 /// per translation, so `view_key` does not walk every VirtualService for
 /// every workload.
-pub struct SourceMatches<'c>(Vec<(&'c BTreeMap<String, String>, Option<&'c str>, &'c [String])>);
+pub struct SourceMatches<'c>(Vec<SourceMatch<'c>>);
+
+/// A match's `sourceLabels`, `sourceNamespace` and `gateways`.
+type SourceMatch<'c> = (&'c BTreeMap<String, String>, Option<&'c str>, &'c [String]);
 
 impl<'c> SourceMatches<'c> {
     pub fn of(config: &'c ConfigSnapshot) -> Self {
