@@ -7,8 +7,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::istio::{Location, Resolution, WorkloadEntrySpec};
-use super::resource::ConfigSnapshot;
+use super::resource::{ConfigSnapshot, Timestamp};
 use super::{WorkloadKey, host};
+
+/// Prefix of the names of the ServiceEntries the Kubernetes source makes
+/// from Services (`svc:reviews`).
+pub const KUBERNETES_SERVICE_PREFIX: &str = "svc:";
 
 /// WorkloadEntry annotation naming the address the workload's application
 /// listens on; its sidecar forwards inbound traffic there. Istio's default
@@ -119,6 +123,9 @@ pub struct Service {
     pub namespace: String,
     /// `namespace/name` of the ServiceEntry.
     pub source: String,
+    /// The ServiceEntry's (or Kubernetes Service's) `creationTimestamp`.
+    #[serde(skip)]
+    pub created: Option<Timestamp>,
     pub ports: Vec<ServicePort>,
     pub resolution: Resolution,
     pub location: Location,
@@ -129,6 +136,19 @@ pub struct Service {
 impl Service {
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// Istio's order of services (`SortServicesByCreationTime`): the oldest
+    /// first (no creation time before any), then by name, then namespace.
+    /// Istio names a ServiceEntry's service by its host, a Kubernetes
+    /// Service's by the Service's name.
+    pub fn istio_order(&self) -> (Option<Timestamp>, &str, &str) {
+        let name = self
+            .source
+            .split_once('/')
+            .and_then(|(_, n)| n.strip_prefix(KUBERNETES_SERVICE_PREFIX))
+            .unwrap_or(&self.hostname);
+        (self.created, name, &self.namespace)
     }
 }
 
@@ -274,6 +294,7 @@ impl Registry {
                     hostname: hostname.clone(),
                     namespace: res.namespace.clone(),
                     source: source.clone(),
+                    created: res.created,
                     ports: ports.clone(),
                     resolution: spec.resolution.unwrap_or_default(),
                     location: spec.location.unwrap_or_default(),

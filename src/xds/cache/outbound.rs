@@ -5,11 +5,12 @@
 //! bound to each workload's address in a layer of its own, so a sidecar's
 //! other listeners do not depend on every service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::scope::Views;
 use super::{Layer, XdsSnapshot};
+use crate::config::ConfigError;
 use crate::model::istio::SidecarSpec;
 use crate::model::{Kind, Resource, ResourceKey, Spec, WorkloadKey};
 use crate::xds::translate::outbound_tcp::{self, Source, Template};
@@ -87,6 +88,58 @@ pub(super) fn build(
         bound.insert(key.clone(), layer);
     }
     (templates, bound)
+}
+
+impl XdsSnapshot {
+    /// The TCP services left out of a port another TCP service keeps, in
+    /// every view, once each.
+    pub fn tcp_conflicts(&self) -> BTreeSet<&outbound_tcp::Conflict> {
+        self.outbound_listeners
+            .values()
+            .flat_map(|t| &t.conflicts)
+            .collect()
+    }
+
+    /// Istio's `pilot_conflict_outbound_listener_tcp_over_current_tcp`:
+    /// the listeners (bind and port; no bind: each sidecar's own address,
+    /// Istio's `0.0.0.0_PORT`) where a TCP service was left out.
+    pub fn tcp_conflicted_listeners(&self) -> usize {
+        self.tcp_conflicts()
+            .iter()
+            .map(|c| (&c.bind, c.port))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// `tcp_conflicts` as config warnings on the ServiceEntry (file,
+    /// document, port) of the service left out.
+    pub fn tcp_conflict_warnings(&self) -> Vec<ConfigError> {
+        self.tcp_conflicts()
+            .into_iter()
+            .map(|c| {
+                let se = c.source.split_once('/').and_then(|(namespace, name)| {
+                    self.config.snapshot.resources.get(&ResourceKey {
+                        kind: Kind::ServiceEntry,
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    })
+                });
+                let port = se.and_then(|r| match &r.spec {
+                    Spec::ServiceEntry(s) => s.ports.iter().position(|p| p.number == c.port),
+                    _ => None,
+                });
+                ConfigError {
+                    file: se
+                        .map(|r| r.origin.file.display().to_string())
+                        .unwrap_or_default(),
+                    document: se.map(|r| r.origin.document).filter(|d| *d > 0),
+                    resource: Some(format!("ServiceEntry {}", c.source)),
+                    path: port.map(|i| format!("spec.ports[{i}]")),
+                    message: c.message(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The Sidecar `namespace/name`.

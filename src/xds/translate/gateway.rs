@@ -519,6 +519,7 @@ fn destination_service(
             hostname,
             namespace: vs.namespace.clone(),
             source: String::new(),
+            created: None,
             ports: vec![port.clone()],
             resolution: Default::default(),
             location: Default::default(),
