@@ -346,4 +346,72 @@ spec:
         let other = s.resources_for(&mk_key("details-v1")).unwrap();
         assert!(other.get(XdsType::Route, "9080").is_none());
     }
+
+    /// Two TCP services on 9000 without creation times: `a-echo` wins by
+    /// name; a third on 9100 is alone.
+    const TWO_ON_9000: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: z-entry}
+spec:
+  hosts: [b-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.1.90}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: y-entry}
+spec:
+  hosts: [a-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 9100, name: tcp-other, protocol: TCP}
+  - {number: 9000, name: tcp, protocol: TCP}
+  endpoints: [{address: 127.0.1.91}]
+";
+
+    #[test]
+    fn tcp_conflicts_are_counted_once_per_listener_and_name_the_service_entry() {
+        let files = [MESH, WORKLOADS, TWO_ON_9000];
+        let mut s = mk_build(&XdsSnapshot::default(), &files);
+        // serve hands each snapshot the config it was translated from.
+        let mut config = ConfigSnapshot::default();
+        for (i, text) in files.iter().enumerate() {
+            let parsed = parse_file(std::path::Path::new(&format!("f{i}.yaml")), text);
+            for r in parsed.resources {
+                config.resources.insert(r.key(), Arc::new(r));
+            }
+        }
+        s.config = Arc::new(crate::config::ConfigState {
+            snapshot: config,
+            ..Default::default()
+        });
+        // Every sidecar keeps a-echo (by name; the ServiceEntry's own name
+        // does not count) on its 9000.
+        for (name, ip) in [
+            ("productpage-v1", "127.0.0.11"),
+            ("details-v1", "127.0.0.12"),
+        ] {
+            let layer = &lds(&s, name)[1];
+            let l = layer.resources.get(&format!("{ip}_9000")).expect("9000");
+            assert!(format!("{:?}", l).contains("a-echo"));
+        }
+        // One listener (each sidecar's own address at 9000) in conflict.
+        assert_eq!(s.tcp_conflicted_listeners(), 1);
+        let warnings = s.tcp_conflict_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert_eq!(w.file, "f2.yaml");
+        assert_eq!(w.document, Some(1));
+        assert_eq!(w.resource.as_deref(), Some("ServiceEntry default/z-entry"));
+        assert_eq!(w.path.as_deref(), Some("spec.ports[0]"));
+        assert!(
+            w.message
+                .contains("a-echo.default.svc.cluster.local (first"),
+            "{}",
+            w.message
+        );
+    }
 }
