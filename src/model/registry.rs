@@ -323,3 +323,39 @@ impl Registry {
             .map(|s| s.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_service(hostname: &str, source: &str, created: Option<&str>) -> Service {
+        Service {
+            hostname: hostname.into(),
+            namespace: "shop".into(),
+            source: source.into(),
+            created: created.map(|t| t.parse().unwrap()),
+            ports: Vec::new(),
+            resolution: Default::default(),
+            location: Default::default(),
+            endpoints: Vec::new(),
+            selector: None,
+        }
+    }
+
+    #[test]
+    fn istio_order_is_oldest_then_istio_name_then_namespace() {
+        // A ServiceEntry's service is named by its host, a Kubernetes
+        // Service's by its name: `zeta` before `zeta-a`, although the host
+        // `zeta-a.shop...` sorts before `zeta.shop...`.
+        let zeta = mk_service("zeta.shop.svc.cluster.local", "shop/svc:zeta", None);
+        let zeta_a = mk_service("zeta-a.shop.svc.cluster.local", "shop/svc:zeta-a", None);
+        assert!(zeta.istio_order() < zeta_a.istio_order());
+        let entry = mk_service("zeta.example.com", "shop/a-entry", None);
+        assert_eq!(entry.istio_order().1, "zeta.example.com");
+        // No creation time sorts before any; then the oldest.
+        let old = mk_service("b.example.com", "shop/b", Some("2024-01-01T00:00:00Z"));
+        let new = mk_service("a.example.com", "shop/a", Some("2024-06-01T00:00:00Z"));
+        assert!(entry.istio_order() < old.istio_order());
+        assert!(old.istio_order() < new.istio_order());
+    }
+}
