@@ -55,6 +55,9 @@ pub struct Metrics {
     pub config_files_invalid: Gauge,
     pub config_reloads: Counter,
     pub services: Gauge,
+    /// Sidecar outbound listeners (bind and port) where a TCP service was
+    /// left out for another on the same port.
+    pub tcp_over_tcp_conflicts: Gauge,
     pub certs_issued: Counter,
     pub root_cert_expiry: Gauge,
     /// Earliest expiry on the CA's signing chain (Unix seconds).
@@ -104,6 +107,7 @@ impl Default for Metrics {
             config_files_invalid: Gauge::default(),
             config_reloads: Counter::default(),
             services: Gauge::default(),
+            tcp_over_tcp_conflicts: Gauge::default(),
             certs_issued: Counter::default(),
             root_cert_expiry: Gauge::default(),
             cert_chain_expiry: Gauge::default(),
@@ -170,6 +174,11 @@ impl Metrics {
             "pilot_services",
             "Services in the mesh registry",
             metrics.services.clone(),
+        );
+        registry.register(
+            "pilot_conflict_outbound_listener_tcp_over_current_tcp",
+            "Number of conflicting tcp listeners with current tcp listener (sidecar outbound ports where TCP services without VIPs collide; the first in Istio's order keeps the port)",
+            metrics.tcp_over_tcp_conflicts.clone(),
         );
         registry.register(
             "citadel_server_success_cert_issuance_count",

@@ -88,11 +88,15 @@ async fn syncz(State(s): State<AdminState>) -> Json<serde_json::Value> {
 
 async fn config_errors(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let state = Arc::clone(&s.config.borrow());
+    // Found in translation: TCP services left out of a shared port.
+    let xds = Arc::clone(&s.xds.borrow());
+    let mut warnings = state.warnings.clone();
+    warnings.extend(xds.tcp_conflict_warnings());
     Json(json!({
         "version": state.version,
         "files": state.files,
         "errors": state.errors,
-        "warnings": state.warnings,
+        "warnings": warnings,
     }))
 }
 

@@ -25,7 +25,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Name prefix of the ServiceEntries made from Services. `:` never appears
 /// in a Kubernetes object name, so they cannot collide with a ServiceEntry
 /// object of the same name (a user may well create one).
-pub const SERVICE_ENTRY_PREFIX: &str = "svc:";
+pub const SERVICE_ENTRY_PREFIX: &str = crate::model::registry::KUBERNETES_SERVICE_PREFIX;
 
 /// The service account of a pod that names none.
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";

@@ -7,8 +7,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::istio::{Location, Resolution, WorkloadEntrySpec};
-use super::resource::ConfigSnapshot;
+use super::resource::{ConfigSnapshot, Timestamp};
 use super::{WorkloadKey, host};
+
+/// Prefix of the names of the ServiceEntries the Kubernetes source makes
+/// from Services (`svc:reviews`).
+pub const KUBERNETES_SERVICE_PREFIX: &str = "svc:";
 
 /// WorkloadEntry annotation naming the address the workload's application
 /// listens on; its sidecar forwards inbound traffic there. Istio's default
@@ -124,6 +128,9 @@ pub struct Service {
     pub namespace: String,
     /// `namespace/name` of the ServiceEntry.
     pub source: String,
+    /// The ServiceEntry's (or Kubernetes Service's) `creationTimestamp`.
+    #[serde(skip)]
+    pub created: Option<Timestamp>,
     pub ports: Vec<ServicePort>,
     pub resolution: Resolution,
     pub location: Location,
@@ -134,6 +141,19 @@ pub struct Service {
 impl Service {
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// Istio's order of services (`SortServicesByCreationTime`): the oldest
+    /// first (no creation time before any), then by name, then namespace.
+    /// Istio names a ServiceEntry's service by its host, a Kubernetes
+    /// Service's by the Service's name.
+    pub fn istio_order(&self) -> (Option<Timestamp>, &str, &str) {
+        let name = self
+            .source
+            .split_once('/')
+            .and_then(|(_, n)| n.strip_prefix(KUBERNETES_SERVICE_PREFIX))
+            .unwrap_or(&self.hostname);
+        (self.created, name, &self.namespace)
     }
 }
 
@@ -282,6 +302,7 @@ impl Registry {
                     hostname: hostname.clone(),
                     namespace: res.namespace.clone(),
                     source: source.clone(),
+                    created: res.created,
                     ports: ports.clone(),
                     resolution: spec.resolution.unwrap_or_default(),
                     location: spec.location.unwrap_or_default(),
@@ -308,5 +329,41 @@ impl Registry {
             .unwrap_or_default()
             .iter()
             .map(|s| s.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_service(hostname: &str, source: &str, created: Option<&str>) -> Service {
+        Service {
+            hostname: hostname.into(),
+            namespace: "shop".into(),
+            source: source.into(),
+            created: created.map(|t| t.parse().unwrap()),
+            ports: Vec::new(),
+            resolution: Default::default(),
+            location: Default::default(),
+            endpoints: Vec::new(),
+            selector: None,
+        }
+    }
+
+    #[test]
+    fn istio_order_is_oldest_then_istio_name_then_namespace() {
+        // A ServiceEntry's service is named by its host, a Kubernetes
+        // Service's by its name: `zeta` before `zeta-a`, although the host
+        // `zeta-a.shop...` sorts before `zeta.shop...`.
+        let zeta = mk_service("zeta.shop.svc.cluster.local", "shop/svc:zeta", None);
+        let zeta_a = mk_service("zeta-a.shop.svc.cluster.local", "shop/svc:zeta-a", None);
+        assert!(zeta.istio_order() < zeta_a.istio_order());
+        let entry = mk_service("zeta.example.com", "shop/a-entry", None);
+        assert_eq!(entry.istio_order().1, "zeta.example.com");
+        // No creation time sorts before any; then the oldest.
+        let old = mk_service("b.example.com", "shop/b", Some("2024-01-01T00:00:00Z"));
+        let new = mk_service("a.example.com", "shop/a", Some("2024-06-01T00:00:00Z"));
+        assert!(entry.istio_order() < old.istio_order());
+        assert!(old.istio_order() < new.istio_order());
     }
 }

@@ -151,6 +151,9 @@ pub async fn run_translator(
                     }
                     registry = reg;
                     metrics.services.set(registry.services.len() as i64);
+                    metrics
+                        .tcp_over_tcp_conflicts
+                        .set(snap.tcp_conflicted_listeners() as i64);
                     if let Some(r) = refresh {
                         for e in &r.errors {
                             warn!(error = %e, "certificate not issued");

@@ -280,6 +280,14 @@ fn egress_port(
                 "sidecar: ports on IP bound listeners must be unique",
             );
         }
+        if listener.capture_mode == Some(CaptureMode::Iptables) {
+            f.warn(
+                format!("{path}.captureMode"),
+                format!(
+                    "pilotfish does not capture traffic: no listener is made for egress port {number} with captureMode IPTABLES"
+                ),
+            );
+        }
     }
 }
 

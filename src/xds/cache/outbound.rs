@@ -5,11 +5,12 @@
 //! bound to each workload's address in a layer of its own, so a sidecar's
 //! other listeners do not depend on every service.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::scope::Views;
 use super::{Layer, XdsSnapshot};
+use crate::config::ConfigError;
 use crate::model::istio::SidecarSpec;
 use crate::model::{Kind, Resource, ResourceKey, Spec, WorkloadKey};
 use crate::xds::translate::outbound_tcp::{self, Source, Template};
@@ -88,6 +89,58 @@ pub(super) fn build(
         bound.insert(key.clone(), layer);
     }
     (templates, bound)
+}
+
+impl XdsSnapshot {
+    /// The TCP services left out of a port another TCP service keeps, in
+    /// every view, once each.
+    pub fn tcp_conflicts(&self) -> BTreeSet<&outbound_tcp::Conflict> {
+        self.outbound_listeners
+            .values()
+            .flat_map(|t| &t.conflicts)
+            .collect()
+    }
+
+    /// Istio's `pilot_conflict_outbound_listener_tcp_over_current_tcp`:
+    /// the listeners (bind and port; no bind: each sidecar's own address,
+    /// Istio's `0.0.0.0_PORT`) where a TCP service was left out.
+    pub fn tcp_conflicted_listeners(&self) -> usize {
+        self.tcp_conflicts()
+            .iter()
+            .map(|c| (&c.bind, c.port))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// `tcp_conflicts` as config warnings on the ServiceEntry (file,
+    /// document, port) of the service left out.
+    pub fn tcp_conflict_warnings(&self) -> Vec<ConfigError> {
+        self.tcp_conflicts()
+            .into_iter()
+            .map(|c| {
+                let se = c.source.split_once('/').and_then(|(namespace, name)| {
+                    self.config.snapshot.resources.get(&ResourceKey {
+                        kind: Kind::ServiceEntry,
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    })
+                });
+                let port = se.and_then(|r| match &r.spec {
+                    Spec::ServiceEntry(s) => s.ports.iter().position(|p| p.number == c.port),
+                    _ => None,
+                });
+                ConfigError {
+                    file: se
+                        .map(|r| r.origin.file.display().to_string())
+                        .unwrap_or_default(),
+                    document: se.map(|r| r.origin.document).filter(|d| *d > 0),
+                    resource: Some(format!("ServiceEntry {}", c.source)),
+                    path: port.map(|i| format!("spec.ports[{i}]")),
+                    message: c.message(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The Sidecar `namespace/name`.
@@ -293,5 +346,73 @@ spec:
         );
         let other = s.resources_for(&mk_key("details-v1")).unwrap();
         assert!(other.get(XdsType::Route, "9080").is_none());
+    }
+
+    /// Two TCP services on 9000 without creation times: `a-echo` wins by
+    /// name; a third on 9100 is alone.
+    const TWO_ON_9000: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: z-entry}
+spec:
+  hosts: [b-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.1.90}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: y-entry}
+spec:
+  hosts: [a-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 9100, name: tcp-other, protocol: TCP}
+  - {number: 9000, name: tcp, protocol: TCP}
+  endpoints: [{address: 127.0.1.91}]
+";
+
+    #[test]
+    fn tcp_conflicts_are_counted_once_per_listener_and_name_the_service_entry() {
+        let files = [MESH, WORKLOADS, TWO_ON_9000];
+        let mut s = mk_build(&XdsSnapshot::default(), &files);
+        // serve hands each snapshot the config it was translated from.
+        let mut config = ConfigSnapshot::default();
+        for (i, text) in files.iter().enumerate() {
+            let parsed = parse_file(std::path::Path::new(&format!("f{i}.yaml")), text);
+            for r in parsed.resources {
+                config.resources.insert(r.key(), Arc::new(r));
+            }
+        }
+        s.config = Arc::new(crate::config::ConfigState {
+            snapshot: config,
+            ..Default::default()
+        });
+        // Every sidecar keeps a-echo (by name; the ServiceEntry's own name
+        // does not count) on its 9000.
+        for (name, ip) in [
+            ("productpage-v1", "127.0.0.11"),
+            ("details-v1", "127.0.0.12"),
+        ] {
+            let layer = &lds(&s, name)[1];
+            let l = layer.resources.get(&format!("{ip}_9000")).expect("9000");
+            assert!(format!("{:?}", l).contains("a-echo"));
+        }
+        // One listener (each sidecar's own address at 9000) in conflict.
+        assert_eq!(s.tcp_conflicted_listeners(), 1);
+        let warnings = s.tcp_conflict_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert_eq!(w.file, "f2.yaml");
+        assert_eq!(w.document, Some(1));
+        assert_eq!(w.resource.as_deref(), Some("ServiceEntry default/z-entry"));
+        assert_eq!(w.path.as_deref(), Some("spec.ports[0]"));
+        assert!(
+            w.message
+                .contains("a-echo.default.svc.cluster.local (first"),
+            "{}",
+            w.message
+        );
     }
 }

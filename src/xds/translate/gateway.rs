@@ -519,6 +519,7 @@ fn destination_service(
             hostname,
             namespace: vs.namespace.clone(),
             source: String::new(),
+            created: None,
             ports: vec![port.clone()],
             resolution: Default::default(),
             location: Default::default(),
@@ -848,6 +849,9 @@ fn http_manager(stat_prefix: String, route_name: String) -> Filter {
 /// The `tcp_proxy` of a TCP (or TLS-terminating TCP) server: the first
 /// `tcp` route, of the VirtualServices bound to its Gateway whose hosts the
 /// server exposes, whose matches admit this port and Gateway (Istio's rule).
+/// The gateway reports its connections as the source (Istio's gateway
+/// stats; without Istio's in-band metadata exchange the telemetry sink
+/// names both sides from the gateway's identity and the upstream address).
 fn tcp_route_filter(
     mesh: &Mesh<'_>,
     b: &BoundServer<'_>,
@@ -866,7 +870,13 @@ fn tcp_route_filter(
                                 && match_admits(&m.gateways, &vs.namespace, b.gateway)
                         })
                 })
-                .and_then(|r| tcp_proxy(mesh, stat_prefix.to_string(), vs, &r.route, port))
+                .and_then(|r| {
+                    tcp_proxy_to(
+                        stat_prefix.to_string(),
+                        &super::l4::route_clusters(mesh, vs, &r.route, port),
+                        vec![access_log::tcp_outbound()],
+                    )
+                })
         })
 }
 

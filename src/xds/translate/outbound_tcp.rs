@@ -10,11 +10,14 @@
 //!   ports (or one of the proxy's own ports, `RESERVED_PORTS`) gets none;
 //! * one TCP service on a port: its `tcp` routes (or the service itself);
 //!   two or more TCP services on one port cannot be told apart without a
-//!   VIP per service, so none of them gets a listener;
+//!   VIP per service: as Istio does on its wildcard listener, the first in
+//!   Istio's service order (`Service::istio_order`: oldest, then name, then
+//!   namespace) keeps the port and the others are reported as conflicts
+//!   (Istio's `pilot_conflict_outbound_listener_tcp_over_current_tcp`);
 //! * TLS services (TLS, HTTPS) on a port share one listener: a filter chain
 //!   per `tls` route match chosen by SNI (`sniHosts`), else by the service's
-//!   host name; a lone TCP service on the same port takes the connections
-//!   no SNI chain takes.
+//!   host name; the TCP service on the same port takes the connections no
+//!   SNI chain takes.
 //!
 //! Rules follow Istio's order: the first `tcp` route whose match applies
 //! (port, `sourceLabels`, `sourceNamespace`, `gateways: [mesh]`) is the
@@ -106,12 +109,48 @@ impl<'a> Source<'a> {
 #[derive(Clone, Debug)]
 pub struct PortListener {
     pub port: u32,
-    /// The address to bind (a Sidecar egress listener's `bind`); None: the
-    /// workload's own.
+    /// The address to bind (a Sidecar egress listener's `bind`: an IP or
+    /// `unix:///path`); None: the workload's own.
     pub bind: Option<String>,
+    /// A Sidecar egress listener's: it takes its address and port from the
+    /// catch-all's listeners.
+    pub egress: bool,
     /// The services it forwards to (for messages).
     pub hosts: Vec<String>,
     pub listener: Listener,
+}
+
+/// A TCP service left out of a port another TCP service keeps (Istio's
+/// TCP-over-TCP listener conflict).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Conflict {
+    /// The listener's bind (a Sidecar egress listener's; None: the
+    /// sidecar's own address) and port.
+    pub bind: Option<String>,
+    pub port: u32,
+    /// The service that keeps the port.
+    pub kept: String,
+    /// The service left out, and its ServiceEntry (`namespace/name`).
+    pub left_out: String,
+    pub source: String,
+}
+
+impl Conflict {
+    /// What a user reads in the log and on /debug/config_errors.
+    pub fn message(&self) -> String {
+        format!(
+            "TCP services {} and {} share outbound port {}{}; without a VIP per service one port forwards to one TCP service: {} (first in Istio's order: oldest creationTimestamp, then name, then namespace) keeps it and {} is left out (pilot_conflict_outbound_listener_tcp_over_current_tcp); give one a Sidecar egress listener with its own bind to reach it",
+            self.kept,
+            self.left_out,
+            self.port,
+            self.bind
+                .as_deref()
+                .map(|b| format!(" (bind {b})"))
+                .unwrap_or_default(),
+            self.kept,
+            self.left_out,
+        )
+    }
 }
 
 /// The outbound TCP/TLS listeners of one view, shared by every sidecar
@@ -121,6 +160,8 @@ pub struct Template {
     pub listeners: Vec<PortListener>,
     /// Ports left without a listener, and why.
     pub warnings: Vec<String>,
+    /// TCP services left out of a port another TCP service keeps.
+    pub conflicts: Vec<Conflict>,
     /// Hash of the listeners' content: equal means the same template.
     pub version: u64,
 }
@@ -232,7 +273,13 @@ pub fn template(
     sidecar: Option<(&Resource, &SidecarSpec)>,
 ) -> Template {
     let egress_ports = sidecar_egress::ports(sidecar);
-    let claimed: BTreeSet<u32> = egress_ports.iter().map(|e| e.port).collect();
+    // Ports an egress listener takes on the sidecar's own address (one
+    // with a `bind` of its own takes that address's port only: `bind`).
+    let claimed: BTreeSet<u32> = egress_ports
+        .iter()
+        .filter(|e| e.bind.is_none() && e.listens())
+        .map(|e| e.port)
+        .collect();
     let mut by_port: BTreeMap<u32, Vec<(&Service, &ServicePort)>> = BTreeMap::new();
     let mut out = Template::default();
     for svc in mesh.registry.services.values() {
@@ -256,6 +303,7 @@ pub fn template(
             services,
             &logs,
             &mut out.warnings,
+            &mut out.conflicts,
         ));
     }
     if let Some(sidecar) = sidecar {
@@ -267,6 +315,7 @@ pub fn template(
                 e,
                 &logs,
                 &mut out.warnings,
+                &mut out.conflicts,
             ));
         }
     }
@@ -274,8 +323,10 @@ pub fn template(
     for l in &out.listeners {
         l.port.hash(&mut h);
         l.bind.hash(&mut h);
+        l.egress.hash(&mut h);
         prost::Message::encode_to_vec(&l.listener).hash(&mut h);
     }
+    out.conflicts.hash(&mut h);
     out.version = h.finish();
     out
 }
@@ -295,7 +346,8 @@ pub(super) fn none_warning(svc: &Service, port: u32) -> String {
 }
 
 /// The listener of one port for `services` (non-HTTP ports of services
-/// that are not of resolution NONE), if any, by the rule in the module doc.
+/// that are not of resolution NONE), if any, by the rule in the module doc;
+/// TCP services left out go to `conflicts` (and `warnings`).
 pub(super) fn port_listener(
     mesh: &Mesh<'_>,
     src: Source<'_>,
@@ -303,6 +355,7 @@ pub(super) fn port_listener(
     services: Vec<(&Service, &ServicePort)>,
     logs: &[AccessLog],
     warnings: &mut Vec<String>,
+    conflicts: &mut Vec<Conflict>,
 ) -> Option<PortListener> {
     let hosts: Vec<String> = services.iter().map(|(s, _)| s.hostname.clone()).collect();
     if RESERVED_PORTS.contains(&port) {
@@ -312,28 +365,37 @@ pub(super) fn port_listener(
         ));
         return None;
     }
-    let (tls, tcp): (Vec<_>, Vec<_>) = services.into_iter().partition(|(_, p)| is_tls(p));
-    let mut chains = Vec::new();
+    let (tls, mut tcp): (Vec<_>, Vec<_>) = services.into_iter().partition(|(_, p)| is_tls(p));
+    tcp.sort_by(|a, b| a.0.istio_order().cmp(&b.0.istio_order()));
+    // Each chain with the service it came from; TLS chains first (they
+    // match by SNI, so TCP ones rarely meet them).
+    let mut chains: Vec<(FilterChain, &Service)> = Vec::new();
     for (svc, p) in &tls {
-        chains.extend(tls_chains(mesh, src, svc, p, logs, warnings));
+        for c in tls_chains(mesh, src, svc, p, logs, warnings) {
+            chains.push((c, *svc));
+        }
     }
-    let lone_tcp = match tcp.as_slice() {
-        [] => false,
-        [(svc, p)] => {
-            chains.extend(tcp_chains(mesh, src, svc, p, logs, warnings));
-            true
+    for (svc, p) in &tcp {
+        for c in tcp_chains(mesh, src, svc, p, logs, warnings) {
+            chains.push((c, *svc));
         }
-        many => {
-            let names: Vec<&str> = many.iter().map(|(s, _)| s.hostname.as_str()).collect();
-            warnings.push(format!(
-                "outbound port {port}: TCP services {} share it and cannot be told apart without a VIP: no outbound TCP listener for them{}",
-                names.join(", "),
-                if tls.is_empty() { "" } else { " (TLS services on the port are still routed by SNI)" }
-            ));
-            false
+    }
+    let (chains, lost) = distinct_chains(chains);
+    let mut reported = BTreeSet::new();
+    for (left_out, kept) in lost {
+        if is_tls_service(left_out, port) || !reported.insert(&left_out.hostname) {
+            continue;
         }
-    };
-    let chains = distinct_chains(chains);
+        let c = Conflict {
+            bind: None,
+            port,
+            kept: kept.hostname.clone(),
+            left_out: left_out.hostname.clone(),
+            source: left_out.source.clone(),
+        };
+        warnings.push(c.message());
+        conflicts.push(c);
+    }
     if chains.is_empty() {
         return None;
     }
@@ -344,26 +406,49 @@ pub(super) fn port_listener(
     if !tls.is_empty() {
         listener.listener_filters = vec![mtls::tls_inspector()];
         // A client of the TCP service may wait for the server to speak first.
-        if lone_tcp {
+        if !tcp.is_empty() {
             listener.continue_on_listener_filters_timeout = true;
         }
     }
     Some(PortListener {
         port,
         bind: None,
+        egress: false,
         hosts,
         listener,
     })
+}
+
+fn is_tls_service(svc: &Service, port: u32) -> bool {
+    svc.port(port).is_some_and(is_tls)
 }
 
 /// The template's listeners on `workload`'s address, leaving out its
 /// inbound ports; and what was left out.
 pub fn bind(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> (Vec<Listener>, Vec<String>) {
     let inbound = super::inbound::ports_on_address(mesh, workload);
+    let address_of = |pl: &PortListener| pl.bind.clone().unwrap_or(workload.address.clone());
+    // What egress listeners with a port bind: the catch-all leaves it alone.
+    let egress: BTreeSet<(String, u32)> = t
+        .listeners
+        .iter()
+        .filter(|pl| pl.egress)
+        .map(|pl| (address_of(pl), pl.port))
+        .collect();
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for pl in &t.listeners {
-        let address = pl.bind.as_deref().unwrap_or(&workload.address);
+        let address = address_of(pl);
+        if !pl.egress && egress.contains(&(address.clone(), pl.port)) {
+            continue;
+        }
+        if let Some(path) = address.strip_prefix(UNIX_PREFIX) {
+            let mut l = pl.listener.clone();
+            l.name = listener_name(&address, pl.port);
+            l.address = Some(pipe_address(path));
+            out.push(l);
+            continue;
+        }
         if address == workload.address && inbound.contains(&pl.port) {
             warnings.push(format!(
                 "sidecar {}: no outbound listener on port {} ({}): it is one of the workload's inbound ports",
@@ -374,11 +459,25 @@ pub fn bind(mesh: &Mesh<'_>, t: &Template, workload: &Workload) -> (Vec<Listener
             continue;
         }
         let mut l = pl.listener.clone();
-        l.name = listener_name(address, pl.port);
-        l.address = Some(socket_address(address, pl.port));
+        l.name = listener_name(&address, pl.port);
+        l.address = Some(socket_address(&address, pl.port));
         out.push(l);
     }
     (out, warnings)
+}
+
+/// Istio's prefix of a unix domain socket address (`unix:///path`).
+pub const UNIX_PREFIX: &str = "unix://";
+
+/// An Envoy pipe (unix domain socket) address at `path` (`@name`: abstract).
+pub fn pipe_address(path: &str) -> envoy_types::pb::envoy::config::core::v3::Address {
+    use envoy_types::pb::envoy::config::core::v3::{Address, Pipe, address};
+    Address {
+        address: Some(address::Address::Pipe(Pipe {
+            path: path.to_string(),
+            mode: 0,
+        })),
+    }
 }
 
 /// Inputs of `bind` besides the template: equal means the same output.
@@ -415,8 +514,21 @@ pub fn for_workload(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
 /// why: a port's problem once per view (`view_key`), an inbound port per
 /// workload. Gateway proxies have no such listeners.
 pub fn warnings(mesh: &Mesh<'_>) -> Vec<String> {
+    report(mesh).warnings
+}
+
+/// `warnings`, and the TCP conflicts of every view (once each).
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub warnings: Vec<String>,
+    pub conflicts: BTreeSet<Conflict>,
+}
+
+/// The `Report` of every sidecar's outbound TCP/TLS listeners.
+pub fn report(mesh: &Mesh<'_>) -> Report {
     let mut templates: BTreeMap<ScopeKey, Template> = BTreeMap::new();
     let mut ports = BTreeSet::new();
+    let mut conflicts = BTreeSet::new();
     let mut out = Vec::new();
     let matches = SourceMatches::of(mesh.config);
     for w in mesh.registry.workloads.values() {
@@ -433,11 +545,15 @@ pub fn warnings(mesh: &Mesh<'_>) -> Vec<String> {
                 None => format!("sidecars in namespace {}", view.namespace),
             };
             ports.extend(t.warnings.iter().map(|m| format!("{who}: {m}")));
+            conflicts.extend(t.conflicts.iter().cloned());
             t
         });
         out.extend(bind(mesh, t, w).1);
     }
-    ports.into_iter().chain(out).collect()
+    Report {
+        warnings: ports.into_iter().chain(out).collect(),
+        conflicts,
+    }
 }
 
 /// The `tcp_proxy` chain of one route, if it forwards anywhere.
@@ -609,11 +725,16 @@ fn tls_chains(
 
 /// Envoy rejects two chains that match the same connection: the first
 /// chain keeps each (destination ranges, SNI) pair, later chains lose it,
-/// and a chain left with no SNI it asked for is dropped.
-fn distinct_chains(chains: Vec<FilterChain>) -> Vec<FilterChain> {
-    let mut taken: BTreeSet<(Vec<String>, String)> = BTreeSet::new();
+/// and a chain left with no SNI it asked for is dropped. Returns the chains
+/// kept, and for each chain without SNI that lost its match, whose it was
+/// and whose chain kept the match.
+type Owned<'s> = (FilterChain, &'s Service);
+
+fn distinct_chains(chains: Vec<Owned<'_>>) -> (Vec<FilterChain>, Vec<(&Service, &Service)>) {
+    let mut taken: BTreeMap<(Vec<String>, String), &Service> = BTreeMap::new();
     let mut out = Vec::new();
-    for mut c in chains {
+    let mut lost = Vec::new();
+    for (mut c, owner) in chains {
         let m = c.filter_chain_match.clone().unwrap_or_default();
         let ranges: Vec<String> = {
             let mut r: Vec<String> = m
@@ -631,17 +752,26 @@ fn distinct_chains(chains: Vec<FilterChain>) -> Vec<FilterChain> {
             r
         };
         if m.server_names.is_empty() {
-            if taken.insert((ranges, String::new())) {
-                out.push(c);
+            match taken.get(&(ranges.clone(), String::new())) {
+                // A service's own repeated match is no conflict.
+                Some(first) if first.hostname == owner.hostname => {}
+                Some(first) => lost.push((owner, *first)),
+                None => {
+                    taken.insert((ranges, String::new()), owner);
+                    out.push(c);
+                }
             }
             continue;
         }
-        let names: Vec<String> = m
-            .server_names
-            .iter()
-            .filter(|n| taken.insert((ranges.clone(), n.to_string())))
-            .cloned()
-            .collect();
+        let mut names = Vec::new();
+        for n in &m.server_names {
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                taken.entry((ranges.clone(), n.to_string()))
+            {
+                e.insert(owner);
+                names.push(n.clone());
+            }
+        }
         if names.is_empty() {
             continue;
         }
@@ -650,5 +780,5 @@ fn distinct_chains(chains: Vec<FilterChain>) -> Vec<FilterChain> {
         }
         out.push(c);
     }
-    out
+    (out, lost)
 }

@@ -397,3 +397,17 @@ fn captured_ingress_listeners_are_a_warning() {
         )])
     );
 }
+
+#[test]
+fn captured_egress_listeners_are_a_warning() {
+    let doc = mk_sidecar(
+        "{egress: [{port: {number: 9000, protocol: TCP, name: tcp}, captureMode: IPTABLES, hosts: ['./*']}, {port: {number: 0, protocol: HTTP, name: http}, bind: 'unix:///var/run/a.sock', captureMode: NONE, hosts: ['./*']}]}",
+    );
+    assert_eq!(
+        mk_warnings(&doc, ID),
+        expect(&[(
+            "spec.egress[0].captureMode",
+            "pilotfish does not capture traffic: no listener is made for egress port 9000 with captureMode IPTABLES"
+        )])
+    );
+}
