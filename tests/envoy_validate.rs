@@ -110,7 +110,7 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
     let mut route_tables = vec![egress::outbound_routes(
         &mesh,
         "default",
-        mesh.outbound_policy,
+        mesh.outbound_policy.into(),
     )];
     let mut secrets = Vec::new();
     for w in registry.workloads.values() {
@@ -135,11 +135,13 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
                     ),
                     ca_pem: Some(std::fs::read_to_string(certs.join("ca.pem")).unwrap()),
                 };
-                secrets.extend(
-                    pilotfish::xds::credentials::secrets(&name, &cred)
-                        .iter()
-                        .map(message_json),
-                );
+                // Once per name: a sidecar may name the same credential.
+                for s in pilotfish::xds::credentials::secrets(&name, &cred) {
+                    let s = message_json(&s);
+                    if !secrets.iter().any(|x: &Value| x["name"] == s["name"]) {
+                        secrets.push(s);
+                    }
+                }
             }
             continue;
         }
@@ -162,7 +164,7 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
                 &mesh.with_scope(&view),
                 &w.key.namespace,
                 s,
-                mesh.outbound_policy,
+                egress::policy_of(&mesh, Some(s.1)),
             ));
         }
         // TLS origination credentials (CA only) of its namespace's DestinationRules.
@@ -174,7 +176,7 @@ fn bootstrap(in_yaml: &Path, certs: &Path) -> Value {
             };
             for s in pilotfish::xds::credentials::secrets(&name, &cred) {
                 let s = message_json(&s);
-                if !secrets.contains(&s) {
+                if !secrets.iter().any(|x: &Value| x["name"] == s["name"]) {
                     secrets.push(s);
                 }
             }

@@ -6,7 +6,8 @@
 //! the directory, plus `NAME.ca` (CA bundle: client CA for MUTUAL servers,
 //! server CA for TLS origination). `NAME.ca` alone is a CA-only credential
 //! (SIMPLE origination needs no key pair). Sidecars get the credentials
-//! their namespace's DestinationRules name.
+//! their namespace's DestinationRules name; gateways those their Gateways
+//! and the DestinationRules of their clusters name.
 //! pilotfish only reads the directory; it is re-read on every config change
 //! and polled for changes, so renewed certificates reach Envoy without a
 //! restart. Key material is kept as [`crate::ca::Secret`] (never printed).

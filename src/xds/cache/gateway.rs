@@ -18,7 +18,8 @@ pub struct GatewayLayers {
     /// Its own clusters besides the mesh's: the SNI-DNAT clusters of its
     /// AUTO_PASSTHROUGH servers.
     pub clusters: Arc<Layer>,
-    /// The `credentialName`s its servers terminate TLS with.
+    /// The `credentialName`s its servers terminate TLS with and its
+    /// DestinationRules originate TLS with.
     pub credential_names: Arc<BTreeSet<String>>,
 }
 

@@ -185,9 +185,9 @@ pub(super) fn build(
             _ => scoped.with_source_labels(clients.get(&scope_key).copied()),
         };
         let old = prev.views.layers.get(&scope_key);
-        // The catch-all follows the view's Sidecar `outboundTrafficPolicy`,
-        // else the mesh-wide one.
-        let mode = egress::mode_of(mesh, sidecar.map(|(_, s)| s));
+        // The catch-all follows the view's Sidecar `outboundTrafficPolicy`
+        // (and its `egressProxy`), else the mesh-wide one.
+        let mode = egress::policy_of(mesh, sidecar.map(|(_, s)| s));
         let rc = egress::outbound_routes(&routed, &scope_key.namespace, mode);
         // The Sidecar's HTTP egress listeners with a port have tables of their own.
         let own = sidecar

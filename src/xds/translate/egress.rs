@@ -6,8 +6,9 @@
 //! through to: an app names its target only in the Host header. So
 //! ALLOW_ANY routes unknown hosts to `PassthroughCluster`, an Envoy dynamic
 //! forward proxy cluster that resolves the Host header (name or IP, with
-//! its port; 80 when none) and connects there. REGISTRY_ONLY answers them
-//! with 502 from the `block_all` route, as Istio does.
+//! its port; 80 when none) and connects there, unless the Sidecar names an
+//! `egressProxy`: then they go to that service's cluster instead. REGISTRY_ONLY
+//! answers them with 502 from the `block_all` route, as Istio does.
 
 use std::collections::BTreeSet;
 
@@ -35,7 +36,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 
 use super::gateway::{credential_ca_secret, credential_secret, sds};
 use super::{CONNECT_TIMEOUT_SECS, Mesh, any, cluster_policy, duration, routes};
-use crate::model::istio::{ClientTlsSettings, OutboundMode, SidecarSpec, TlsMode, TrafficPolicy};
+use crate::model::istio::{
+    ClientTlsSettings, Destination, OutboundMode, SidecarSpec, TlsMode, TrafficPolicy,
+};
 use crate::model::registry::Workload;
 
 /// Istio's cluster for traffic to hosts outside the registry (ALLOW_ANY).
@@ -72,22 +75,69 @@ pub fn mode_of(mesh: &Mesh<'_>, sidecar: Option<&SidecarSpec>) -> OutboundMode {
         .map_or(mesh.outbound_policy, |p| p.mode.unwrap_or_default())
 }
 
-/// The outbound route table for sidecars in `namespace` under `mode`: the
-/// mesh's virtual hosts, then the catch-all for every other host.
-pub fn outbound_routes(mesh: &Mesh<'_>, namespace: &str, mode: OutboundMode) -> RouteConfiguration {
+/// What a sidecar does with traffic for hosts outside the registry: its
+/// outbound traffic policy's mode and, under ALLOW_ANY, the Sidecar's
+/// `egressProxy` that takes such traffic instead of `PassthroughCluster`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outbound<'a> {
+    pub mode: OutboundMode,
+    pub egress_proxy: Option<&'a Destination>,
+}
+
+impl From<OutboundMode> for Outbound<'_> {
+    fn from(mode: OutboundMode) -> Self {
+        Outbound {
+            mode,
+            egress_proxy: None,
+        }
+    }
+}
+
+/// The outbound traffic policy under `sidecar` (the one selected for a
+/// proxy, if any), with its `egressProxy`; else the mesh-wide mode.
+pub fn policy_of<'a>(mesh: &Mesh<'_>, sidecar: Option<&'a SidecarSpec>) -> Outbound<'a> {
+    let egress_proxy = sidecar
+        .and_then(|s| s.outbound_traffic_policy.as_ref())
+        .and_then(|p| p.egress_proxy.as_ref());
+    Outbound {
+        mode: mode_of(mesh, sidecar),
+        egress_proxy,
+    }
+}
+
+/// The cluster an `egressProxy` names, as Istio names it: its host as
+/// written (Istio resolves no short name here), its subset and port.
+pub fn egress_proxy_cluster(proxy: &Destination) -> String {
+    let port = proxy.port.as_ref().and_then(|p| p.number).unwrap_or(0);
+    let subset = proxy.subset.as_deref().unwrap_or_default();
+    super::outbound_cluster_name(port, subset, &proxy.host)
+}
+
+/// The outbound route table for sidecars in `namespace` under `policy`:
+/// the mesh's virtual hosts, then the catch-all for every other host.
+pub fn outbound_routes(
+    mesh: &Mesh<'_>,
+    namespace: &str,
+    policy: Outbound<'_>,
+) -> RouteConfiguration {
     // No service's domains are `*` (a ServiceEntry host cannot be), so the
     // catch-all takes exactly the hosts outside the registry.
     let mut rc = routes::outbound(mesh, namespace);
-    rc.virtual_hosts.push(catch_all(mode));
+    rc.virtual_hosts.push(catch_all(policy));
     rc
 }
 
-fn catch_all(mode: OutboundMode) -> VirtualHost {
-    let (name, action) = match mode {
+fn catch_all(policy: Outbound<'_>) -> VirtualHost {
+    let (name, action) = match policy.mode {
         OutboundMode::AllowAny => (
             ALLOW_ANY,
             Action::Route(RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH_CLUSTER.to_string())),
+                // Validation allows an egressProxy only under ALLOW_ANY, as Istio.
+                cluster_specifier: Some(ClusterSpecifier::Cluster(
+                    policy
+                        .egress_proxy
+                        .map_or_else(|| PASSTHROUGH_CLUSTER.to_string(), egress_proxy_cluster),
+                )),
                 timeout: Some(duration(std::time::Duration::ZERO)),
                 ..Default::default()
             }),
@@ -222,6 +272,39 @@ pub fn sidecar_credential_names(mesh: &Mesh<'_>, namespace: &str) -> BTreeSet<St
     out
 }
 
+/// The `credentialName`s a gateway proxy in `namespace` originates TLS
+/// with: those named by SIMPLE or MUTUAL policies of the DestinationRules
+/// its clusters use (looked up from its namespace, exportTo applied, as for
+/// its clusters). As in Istio, a gateway reads them from its own namespace
+/// (in Kubernetes mode; the flat credentials directory in file mode), so
+/// the rule naming one may live in any namespace that exports it there.
+pub fn gateway_credential_names(mesh: &Mesh<'_>, namespace: &str) -> BTreeSet<String> {
+    let scope = super::scope::Scope::new(mesh.config, mesh.registry, namespace, None);
+    let scoped = mesh.with_scope(&scope);
+    let mut rules: Vec<*const crate::model::Resource> = Vec::new();
+    let mut out = BTreeSet::new();
+    for host in scope.reachable.keys() {
+        let Some(svc) = mesh.registry.services.get(*host) else {
+            continue;
+        };
+        let Some((r, dr)) = scoped.destination_rule(&svc.hostname, &svc.namespace) else {
+            continue;
+        };
+        if rules.contains(&std::ptr::from_ref(r)) {
+            continue;
+        }
+        rules.push(r);
+        let policies = dr
+            .traffic_policy
+            .iter()
+            .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        for p in policies {
+            out.extend(policy_credentials(p));
+        }
+    }
+    out
+}
+
 fn policy_credentials(p: &TrafficPolicy) -> impl Iterator<Item = String> + '_ {
     p.tls
         .iter()
@@ -323,7 +406,7 @@ spec:
         let (config, registry) = mk_mesh(WORKLOADS);
         let mesh = Mesh::new(&config, &registry);
         let last = |mode| {
-            let rc = outbound_routes(&mesh, "default", mode);
+            let rc = outbound_routes(&mesh, "default", Outbound::from(mode));
             rc.virtual_hosts.last().cloned().unwrap()
         };
         let allow = last(OutboundMode::AllowAny);
@@ -341,6 +424,103 @@ spec:
             &block.routes[0].action,
             Some(Action::DirectResponse(d)) if d.status == 502
         ));
+    }
+
+    #[test]
+    fn egress_proxy_takes_the_catch_all_under_allow_any() {
+        let text = format!(
+            "{WORKLOADS}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy: {{host: squid.proxies.test, subset: v1, port: {{number: 3128}}}}
+"
+        );
+        let (config, registry) = mk_mesh(&text);
+        let mesh = Mesh::new(&config, &registry).with_outbound_policy(OutboundMode::RegistryOnly);
+        let sidecar = config.sidecars().next().map(|(_, s)| s);
+        let policy = policy_of(&mesh, sidecar);
+        assert_eq!(policy.mode, OutboundMode::AllowAny);
+        let rc = outbound_routes(&mesh, "default", policy);
+        let last = rc.virtual_hosts.last().unwrap();
+        assert_eq!(last.name, "allow_any");
+        assert!(matches!(
+            &last.routes[0].action,
+            Some(Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster(c)), .. }))
+                if c == "outbound|3128|v1|squid.proxies.test"
+        ));
+        // Without a Sidecar: the mesh-wide mode, no egress proxy.
+        assert_eq!(policy_of(&mesh, None), OutboundMode::RegistryOnly.into());
+    }
+
+    #[test]
+    fn gateways_get_the_credentials_of_the_rules_their_clusters_use() {
+        let mut text = String::from(WORKLOADS);
+        for host in ["a", "b", "c"] {
+            text.push_str(&format!(
+                "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}, namespace: default}}
+spec:
+  hosts: [{host}.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+"
+            ));
+        }
+        text.push_str(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: default}
+spec:
+  host: a.example.com
+  trafficPolicy: {tls: {mode: SIMPLE, credentialName: a-ca}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: b, namespace: istio-system}
+spec:
+  host: b.example.com
+  exportTo: [.]
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: b-client}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: c, namespace: other}
+spec:
+  host: c.example.com
+  exportTo: [other]
+  trafficPolicy: {tls: {mode: SIMPLE, credentialName: c-ca}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: c-here, namespace: istio-system}
+spec:
+  host: c.example.com
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+",
+        );
+        let (config, registry) = mk_mesh(&text);
+        let mesh = Mesh::new(&config, &registry);
+        let names = |ns| {
+            gateway_credential_names(&mesh, ns)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        // A gateway in istio-system: the rule exported to it from `default`
+        // and its own namespace's; not `other`'s (hidden), nor ISTIO_MUTUAL.
+        assert_eq!(names("istio-system"), ["a-ca", "b-client"]);
+        // In `other` its own rule for c wins; b's rule is not exported there.
+        assert_eq!(names("other"), ["a-ca", "c-ca"]);
     }
 
     #[test]

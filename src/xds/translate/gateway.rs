@@ -692,17 +692,24 @@ pub fn route_tables(mesh: &Mesh<'_>, workload: &Workload) -> Vec<RouteConfigurat
     out
 }
 
-/// The credentials (`credentialName`) `workload`'s gateway serves: the only
-/// ones its proxy is sent.
+/// The credentials (`credentialName`) `workload`'s gateway proxy is sent,
+/// and the only ones: those its servers terminate TLS with, and those the
+/// DestinationRules of its clusters originate TLS with.
 pub fn credential_names(mesh: &Mesh<'_>, workload: &Workload) -> BTreeSet<String> {
-    plan(mesh, workload)
+    let mut names: BTreeSet<String> = plan(mesh, workload)
         .ports
         .iter()
         .flat_map(|p| &p.servers)
         .filter(|b| matches!(b.kind, ServerKind::Terminate | ServerKind::TerminateTcp))
         .filter_map(|b| credential_of(b.server))
         .map(str::to_string)
-        .collect()
+        .collect();
+    // TLS origination toward external hosts (Istio's egress gateway tasks).
+    names.extend(super::egress::gateway_credential_names(
+        mesh,
+        &workload.key.namespace,
+    ));
+    names
 }
 
 fn credential_of(server: &Server) -> Option<&str> {

@@ -146,6 +146,16 @@ fn render(dir: &Path) -> String {
             if !sni_dnat.is_empty() {
                 out.insert("gateway_clusters".into(), json_all(&sni_dnat));
             }
+            // A line `# golden: gateway-clusters` renders the outbound
+            // clusters the gateway gets: its namespace's view, where its
+            // DestinationRules are looked up (TLS origination).
+            if text.lines().any(|l| l == "# golden: gateway-clusters") {
+                let scope = super::scope::Scope::new(&config, &registry, &key.namespace, None);
+                out.insert(
+                    "outbound_clusters".into(),
+                    json_all(&clusters::outbound(&mesh.with_scope(&scope))),
+                );
+            }
             let names: Vec<String> = gateway::credential_names(&mesh, w).into_iter().collect();
             out.insert("credentials".into(), names.into());
             let warnings = gateway::warnings(&mesh, w);
@@ -186,7 +196,7 @@ fn render(dir: &Path) -> String {
         Value::Array(vec![json(&egress::outbound_routes(
             &mesh,
             CLIENT_NAMESPACE,
-            mesh.outbound_policy,
+            mesh.outbound_policy.into(),
         ))]),
     );
     all.insert("workloads".into(), Value::Object(workloads));
@@ -240,7 +250,7 @@ fn render_views(mesh: &Mesh<'_>) -> Value {
             let mut out = Map::new();
             out.insert("clusters".into(), json_all(&clusters::outbound(&m)));
             out.insert("endpoints".into(), json_all(&endpoints::assignments(&m)));
-            let mode = egress::mode_of(mesh, choice.sidecar.map(|(_, s)| s));
+            let mode = egress::policy_of(mesh, choice.sidecar.map(|(_, s)| s));
             let rc = egress::outbound_routes(&m, &key.namespace, mode);
             out.insert("routes".into(), json(&rc));
             // Route tables of the Sidecar's HTTP egress listeners with a port.

@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 
 use super::outbound_tcp::{self, Conflict, PortListener, RESERVED_PORTS, Source, UNIX_PREFIX};
 use super::scope::Scope;
-use super::{Mesh, OutboundMode, access_log, egress, listeners};
+use super::{Mesh, access_log, egress, listeners};
 use crate::model::Resource;
 use crate::model::istio::{CaptureMode, Resolution, SidecarSpec};
 use crate::model::registry::Protocol;
@@ -244,7 +244,7 @@ pub fn route_tables(
     mesh: &Mesh<'_>,
     namespace: &str,
     sidecar: (&Resource, &SidecarSpec),
-    mode: OutboundMode,
+    mode: egress::Outbound<'_>,
 ) -> Vec<RouteConfiguration> {
     let mut out = Vec::new();
     for e in ports(Some(sidecar)) {

@@ -114,7 +114,7 @@ fn a_sidecar_narrows_its_view_and_shares_the_encoded_bytes() {
     let rc = egress::outbound_routes(
         &scoped,
         "default",
-        crate::model::istio::OutboundMode::AllowAny,
+        crate::model::istio::OutboundMode::AllowAny.into(),
     );
     let vhosts: Vec<&str> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
     // ... and the catch-all (outboundTrafficPolicy ALLOW_ANY).
