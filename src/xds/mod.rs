@@ -92,6 +92,7 @@ pub async fn run_translator(
                     }
                     gateway_warnings.extend(translate::outbound_tcp::warnings(&mesh));
                     gateway_warnings.extend(translate::inbound::warnings(&mesh));
+                    gateway_warnings.extend(translate::egress::warnings(&mesh));
                     (snap, registry)
                 } else {
                     let mut snap = (*prev).clone();

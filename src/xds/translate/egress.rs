@@ -127,6 +127,65 @@ pub fn outbound_routes(
     rc
 }
 
+/// Sidecars whose `egressProxy` names no cluster their proxies have (the
+/// host is not a registry service with that port, their egress hosts do
+/// not import it, or its DestinationRule lacks the subset): Envoy answers
+/// the requests it should take with 503, as in Istio, so each is reported.
+pub fn warnings(mesh: &Mesh<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (r, sidecar) in mesh.config.sidecars() {
+        let Some(proxy) = sidecar
+            .outbound_traffic_policy
+            .as_ref()
+            .filter(|p| p.mode == Some(OutboundMode::AllowAny))
+            .and_then(|p| p.egress_proxy.as_ref())
+        else {
+            continue;
+        };
+        let port = proxy.port.as_ref().and_then(|p| p.number).unwrap_or(0);
+        let subset = proxy.subset.as_deref().filter(|s| !s.is_empty());
+        let scope =
+            super::scope::Scope::new(mesh.config, mesh.registry, &r.namespace, Some((r, sidecar)));
+        let problem = match mesh.registry.services.get(proxy.host.as_str()) {
+            None => "is not a service in the registry (a ServiceEntry host, written in full)"
+                .to_string(),
+            Some(svc) if !svc.ports.iter().any(|p| p.number == port) => {
+                format!("has no port {port}")
+            }
+            Some(_)
+                if !scope
+                    .reachable
+                    .get(proxy.host.as_str())
+                    .is_some_and(|p| p.contains(port)) =>
+            {
+                "is not imported by the Sidecar's egress hosts (or not exported to its namespace)"
+                    .to_string()
+            }
+            Some(svc) => {
+                let scoped = mesh.with_scope(&scope);
+                let rule = scoped.destination_rule(&svc.hostname, &svc.namespace);
+                match subset {
+                    Some(name)
+                        if !rule
+                            .is_some_and(|(_, dr)| dr.subsets.iter().any(|s| s.name == name)) =>
+                    {
+                        format!("has no subset {name} in a DestinationRule this Sidecar sees")
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        out.push(format!(
+            "Sidecar {}/{} spec.outboundTrafficPolicy.egressProxy: {} {problem}: requests for hosts outside the registry get 503 (no cluster {})",
+            r.namespace,
+            r.name,
+            proxy.host,
+            egress_proxy_cluster(proxy)
+        ));
+    }
+    out
+}
+
 fn catch_all(policy: Outbound<'_>) -> VirtualHost {
     let (name, action) = match policy.mode {
         OutboundMode::AllowAny => (

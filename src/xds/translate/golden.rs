@@ -212,6 +212,10 @@ fn render(dir: &Path) -> String {
     if !outbound.is_empty() {
         all.insert("outbound_tcp_warnings".into(), outbound.into());
     }
+    let egress_proxy = egress::warnings(&mesh);
+    if !egress_proxy.is_empty() {
+        all.insert("egress_proxy_warnings".into(), egress_proxy.into());
+    }
     let inbound = super::inbound::warnings(&mesh);
     if !inbound.is_empty() {
         all.insert("inbound_warnings".into(), inbound.into());
