@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{Layer, ProxyResources, XdsSnapshot};
 use crate::model::WorkloadKey;
-use crate::xds::translate::{Mesh, gateway};
+use crate::xds::translate::{Mesh, egress, gateway};
 use crate::xds::types::XdsType;
 
 /// What one gateway proxy gets instead of a sidecar's listeners and routes.
@@ -31,6 +31,8 @@ type RouteKey = (Vec<String>, String);
 /// whose content did not change.
 pub(super) fn build(prev: &XdsSnapshot, mesh: &Mesh<'_>) -> HashMap<WorkloadKey, GatewayLayers> {
     let mut routes: HashMap<RouteKey, Arc<Layer>> = HashMap::new();
+    // TLS origination credentials depend on the namespace only.
+    let mut originating: HashMap<&str, BTreeSet<String>> = HashMap::new();
     let mut out = HashMap::new();
     for (key, w) in &mesh.registry.workloads {
         let selecting = gateway::gateways_of(mesh, w);
@@ -68,7 +70,14 @@ pub(super) fn build(prev: &XdsSnapshot, mesh: &Mesh<'_>) -> HashMap<WorkloadKey,
                 .map(|c| (c.name.clone(), c)),
         )
         .reuse(old.map(|o| &o.clusters));
-        let names = gateway::credential_names(mesh, w);
+        let mut names = gateway::server_credential_names(mesh, w);
+        names.extend(
+            originating
+                .entry(key.namespace.as_str())
+                .or_insert_with(|| egress::gateway_credential_names(mesh, &key.namespace))
+                .iter()
+                .cloned(),
+        );
         let credential_names = match old {
             Some(o) if *o.credential_names == names => Arc::clone(&o.credential_names),
             _ => Arc::new(names),

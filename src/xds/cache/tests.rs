@@ -507,3 +507,59 @@ spec:
     assert_eq!(diff.from, pp[2].version);
     assert_eq!(&*diff.changed[0].name, name);
 }
+
+#[test]
+fn gateways_want_the_credentials_of_the_destination_rules_they_use() {
+    let extra = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec:
+  address: 127.0.0.40
+  labels: {istio: egressgateway}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [api.example.com]
+    tls: {mode: SIMPLE, credentialName: server-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: istio-system}
+spec:
+  host: api.example.com
+  exportTo: [.]
+  trafficPolicy: {tls: {mode: MUTUAL, credentialName: api-client}}
+";
+    let (snap, reg) = mk_snapshot(&[MESH, WORKLOADS, extra]);
+    let mut s = XdsSnapshot::build(&XdsSnapshot::default(), &snap, &reg, "cluster.local", false);
+    s.config = Arc::new(crate::config::ConfigState {
+        snapshot: snap.clone(),
+        ..Default::default()
+    });
+    let wants = s.credential_wants();
+    let gw = WorkloadKey {
+        namespace: "istio-system".into(),
+        name: "istio-egressgateway".into(),
+    };
+    // Its server's credential and the one its DestinationRule originates with.
+    assert_eq!(
+        wants[&gw].iter().collect::<Vec<_>>(),
+        ["api-client", "server-cert"]
+    );
+    // The rule is exported to istio-system only: no sidecar wants its credential.
+    assert!(!wants.contains_key(&mk_key("productpage-v1")));
+}

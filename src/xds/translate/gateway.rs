@@ -696,20 +696,25 @@ pub fn route_tables(mesh: &Mesh<'_>, workload: &Workload) -> Vec<RouteConfigurat
 /// and the only ones: those its servers terminate TLS with, and those the
 /// DestinationRules of its clusters originate TLS with.
 pub fn credential_names(mesh: &Mesh<'_>, workload: &Workload) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = plan(mesh, workload)
-        .ports
-        .iter()
-        .flat_map(|p| &p.servers)
-        .filter(|b| matches!(b.kind, ServerKind::Terminate | ServerKind::TerminateTcp))
-        .filter_map(|b| credential_of(b.server))
-        .map(str::to_string)
-        .collect();
+    let mut names = server_credential_names(mesh, workload);
     // TLS origination toward external hosts (Istio's egress gateway tasks).
     names.extend(super::egress::gateway_credential_names(
         mesh,
         &workload.key.namespace,
     ));
     names
+}
+
+/// The credentials `workload`'s Gateway servers terminate TLS with.
+pub fn server_credential_names(mesh: &Mesh<'_>, workload: &Workload) -> BTreeSet<String> {
+    plan(mesh, workload)
+        .ports
+        .iter()
+        .flat_map(|p| &p.servers)
+        .filter(|b| matches!(b.kind, ServerKind::Terminate | ServerKind::TerminateTcp))
+        .filter_map(|b| credential_of(b.server))
+        .map(str::to_string)
+        .collect()
 }
 
 fn credential_of(server: &Server) -> Option<&str> {
