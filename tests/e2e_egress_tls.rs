@@ -152,10 +152,11 @@ fn get(mesh: &Mesh, url: &str) -> (u16, String) {
 }
 
 /// Istio's task, for two external hosts: `api.external.test` (SIMPLE
-/// origination, CA from credential `api-ca`) and `mtls.external.test`
-/// (MUTUAL, key pair and CA from credential `client-credential`), each on
-/// port 80 (plain HTTP from the app) and 443 (HTTPS, where the gateway
-/// sends it).
+/// origination, CA from credential `api-ca`, a rule in the client's
+/// namespace exported everywhere) and `mtls.external.test` (MUTUAL, key
+/// pair and CA from credential `client-credential`, a rule in the gateway's
+/// namespace `istio-system` exported there only), each on port 80 (plain
+/// HTTP from the app) and 443 (HTTPS, where the gateway sends it).
 fn tls_origination_config(net: u8) -> String {
     format!(
         r#"
@@ -185,16 +186,16 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
-metadata: {{name: istio-egressgateway}}
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
 spec:
   address: 127.{net}.0.{EGRESS_HOST}
   labels: {{istio: egressgateway, app: istio-egressgateway}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: istio-egressgateway}}
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
 spec:
-  hosts: [istio-egressgateway.default.svc.cluster.local]
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{number: 80, name: http2, protocol: HTTP2}}]
@@ -202,7 +203,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {{name: istio-egressgateway}}
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
 spec:
   selector: {{istio: egressgateway}}
   servers:
@@ -214,7 +215,7 @@ apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: egressgateway-for-external}}
 spec:
-  host: istio-egressgateway.default.svc.cluster.local
+  host: istio-egressgateway.istio-system.svc.cluster.local
   subsets:
   - name: api
     trafficPolicy:
@@ -232,12 +233,12 @@ kind: VirtualService
 metadata: {{name: direct-api-through-egress-gateway}}
 spec:
   hosts: [api.external.test]
-  gateways: [istio-egressgateway, mesh]
+  gateways: [istio-system/istio-egressgateway, mesh]
   http:
   - match: [{{gateways: [mesh], port: 80}}]
     route:
-    - destination: {{host: istio-egressgateway.default.svc.cluster.local, subset: api, port: {{number: 80}}}}
-  - match: [{{gateways: [istio-egressgateway], port: 80}}]
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: api, port: {{number: 80}}}}
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: 80}}]
     route:
     - destination: {{host: api.external.test, port: {{number: 443}}}}
 ---
@@ -246,12 +247,12 @@ kind: VirtualService
 metadata: {{name: direct-mtls-through-egress-gateway}}
 spec:
   hosts: [mtls.external.test]
-  gateways: [istio-egressgateway, mesh]
+  gateways: [istio-system/istio-egressgateway, mesh]
   http:
   - match: [{{gateways: [mesh], port: 80}}]
     route:
-    - destination: {{host: istio-egressgateway.default.svc.cluster.local, subset: mtls, port: {{number: 80}}}}
-  - match: [{{gateways: [istio-egressgateway], port: 80}}]
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, subset: mtls, port: {{number: 80}}}}
+  - match: [{{gateways: [istio-system/istio-egressgateway], port: 80}}]
     route:
     - destination: {{host: mtls.external.test, port: {{number: 443}}}}
 ---
@@ -271,9 +272,10 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {{name: originate-mtls-for-mtls}}
+metadata: {{name: originate-mtls-for-mtls, namespace: istio-system}}
 spec:
   host: mtls.external.test
+  exportTo: [.]
   trafficPolicy:
     portLevelSettings:
     - port: {{number: 443}}
@@ -333,7 +335,13 @@ fn egress_gateway_originates_simple_and_mutual_tls() {
     mesh.start_envoy_with(
         "istio-egressgateway",
         EGRESS_HOST,
-        &["--gateway", "--config-dir", &config],
+        &[
+            "--gateway",
+            "--config-dir",
+            &config,
+            "--namespace",
+            "istio-system",
+        ],
         |_| {},
     );
     mesh.wait_envoy_ready(CLIENT);
@@ -419,6 +427,20 @@ fn egress_gateway_originates_simple_and_mutual_tls() {
             "gateway lacks {secret}: {secrets:?}"
         );
     }
+    // The sidecar (namespace `default`) gets its namespace's rule's CA,
+    // never the gateway's client key pair.
+    let dump: Value = serde_json::from_str(&mesh.envoy_admin(CLIENT, "/config_dump")).unwrap();
+    let secrets = active_secrets(&dump);
+    assert!(
+        secrets.iter().any(|s| s == "credential://api-ca-cacert"),
+        "{secrets:?}"
+    );
+    assert!(
+        !secrets
+            .iter()
+            .any(|s| s.starts_with("credential://client-credential")),
+        "{secrets:?}"
+    );
 }
 
 /// The names of the SDS secrets an Envoy `/config_dump` shows as loaded.

@@ -294,17 +294,15 @@ impl Mesh {
     ) {
         let ip = format!("127.{}.0.{host}", self.net);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pilotfish"));
-        cmd.args([
-            "bootstrap",
-            "--workload",
-            workload,
-            "--namespace",
-            "default",
-        ])
-        .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
-        .args(["--admin-address", &format!("{ip}:15000")])
-        .arg("--state-dir")
-        .arg(self.dir.path().join("state"));
+        cmd.args(["bootstrap", "--workload", workload]);
+        // `default` unless `extra` names the namespace.
+        if !extra.contains(&"--namespace") {
+            cmd.args(["--namespace", "default"]);
+        }
+        cmd.args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
+            .args(["--admin-address", &format!("{ip}:15000")])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"));
         if self.delta {
             cmd.arg("--delta");
         }
