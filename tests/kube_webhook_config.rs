@@ -175,10 +175,11 @@ async fn a_replica_without_the_lease_does_not_patch_it() {
         .unwrap()
         .roots_pem();
     let (tx, rx) = watch::channel(false);
+    let (_roots_tx, roots_rx) = watch::channel(root.clone());
     let task = tokio::spawn(pilotfish::kube::webhook_config::keep_ca_bundle(
         client,
         NAME.to_string(),
-        root.clone(),
+        roots_rx,
         rx,
         Duration::from_millis(100),
     ));

@@ -234,15 +234,17 @@ fn rbac_grants_exactly_what_the_code_uses() {
         serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-secrets")["rules"]).unwrap(),
         json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}])
     );
-    // The CA: the two CA Secrets and the root ConfigMap by name (create
-    // cannot be limited by name), in pilotfish's namespace only.
+    // The CA: the two CA Secrets by name (read, and watched by a
+    // metadata.name field selector), istio-ca-secret updated to rotate its
+    // root (create cannot be limited by name), in pilotfish's namespace only.
     use pilotfish::kube::ca_secret::{CA_SECRET, CACERTS_SECRET, ROOT_CONFIGMAP};
     let ca = find(&docs, "Role", "pilotfish-ca");
     assert_eq!(ca["metadata"]["namespace"], "istio-system");
     assert_eq!(
         serde_json::to_value(&ca["rules"]).unwrap(),
         json!([
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET], "verbs": ["update"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         ])
     );

@@ -33,7 +33,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use authority::Ca;
+pub use authority::{Adopted, Ca};
 pub use identity::Identity;
 pub use inspect::{CertInfo, inspect};
 
@@ -153,6 +153,21 @@ pub struct WorkloadCert {
     pub not_after: SystemTime,
     /// The leaf's serial number, lowercase hex.
     pub serial_hex: String,
+}
+
+/// The certificates of `bundle_pem` other than `root_pem` (compared by
+/// DER, so PEM line breaks do not matter), as canonical PEM: the roots a
+/// CA Secret keeps trusted besides its signing root.
+pub fn other_roots(root_pem: &str, bundle_pem: &str) -> Result<Vec<String>, String> {
+    let root = pem::single_cert(root_pem)?;
+    let mut out: Vec<String> = Vec::new();
+    for der in pem::certs(bundle_pem)? {
+        let text = pem::cert_pem(&der);
+        if der != root && !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    Ok(out)
 }
 
 /// When to re-issue `cert`: at `not_before + fraction * lifetime`.

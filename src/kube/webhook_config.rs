@@ -62,19 +62,20 @@ pub fn plan(config: &ValidatingWebhookConfiguration, roots_pem: &str) -> Option<
     }))
 }
 
-/// Keeps the caBundle of `name` equal to `roots_pem` while this replica
+/// Keeps the caBundle of `name` equal to the latest `roots` while this replica
 /// holds the Lease (checked right before each write); reads it when the
 /// replica becomes the holder and every `every`. Runs until `leader` closes.
 pub async fn keep_ca_bundle(
     client: ::kube::Client,
     name: String,
-    roots_pem: String,
+    mut roots: watch::Receiver<String>,
     mut leader: watch::Receiver<bool>,
     every: Duration,
 ) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
     let mut missing_logged = false;
     loop {
+        let roots_pem = roots.borrow_and_update().clone();
         if *leader.borrow_and_update() {
             match api.get_opt(&name).await {
                 Ok(None) if !missing_logged => {
@@ -102,6 +103,7 @@ pub async fn keep_ca_bundle(
                         tokio::select! {
                             _ = tokio::time::sleep(every.min(Duration::from_secs(1))) => {}
                             changed = leader.changed() => if changed.is_err() { return },
+                            changed = roots.changed() => if changed.is_err() { return },
                         }
                         continue;
                     }
@@ -114,6 +116,7 @@ pub async fn keep_ca_bundle(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             changed = leader.changed() => if changed.is_err() { return },
+            changed = roots.changed() => if changed.is_err() { return },
         }
     }
 }
