@@ -175,7 +175,7 @@ async fn a_replica_without_the_lease_does_not_patch_it() {
         .unwrap()
         .roots_pem();
     let (tx, rx) = watch::channel(false);
-    let (_roots_tx, roots_rx) = watch::channel(root.clone());
+    let (roots_tx, roots_rx) = watch::channel(root.clone());
     let task = tokio::spawn(pilotfish::kube::webhook_config::keep_ca_bundle(
         client,
         NAME.to_string(),
@@ -195,5 +195,15 @@ async fn a_replica_without_the_lease_does_not_patch_it() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.writes_by(KIND, "b"), 1);
+    // The CA's bundle changes (a CA Secret replaced): patched at once, not
+    // at the next check.
+    let both = format!("{root}{root}");
+    roots_tx.send_replace(both.clone());
+    let start = std::time::Instant::now();
+    while bundle(&api).as_deref() != Some(both.as_str()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never patched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.writes_by(KIND, "b"), 2);
     task.abort();
 }

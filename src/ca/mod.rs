@@ -10,6 +10,10 @@
 //!   (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
 //! * [`Ca::ephemeral`]: in memory, for tests and benchmarks.
 //!
+//! In Kubernetes the root lives in a Secret ([`Ca::from_root_pem`],
+//! [`Ca::from_cacerts_pem`]); when the Secret changes, the CA in use
+//! [`Ca::adopt`]s the new one in place, so every holder of it follows.
+//!
 //! It mints ECDSA P-256 leaf certificates whose only SAN is the workload's
 //! SPIFFE URI ([`Ca::issue`]) and signs CSRs for the Istio CA API
 //! ([`Ca::sign_csr`]). [`renew_at`] says when a certificate is due again and
