@@ -887,6 +887,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             tokio::spawn(crate::kube::webhook_config::keep_ca_bundle(
                 client.clone(),
                 args.webhook_config_name.clone(),
+                args.leader_election_namespace.clone(),
                 roots_rx.clone(),
                 is_leader.clone(),
                 crate::kube::webhook_config::CHECK,
