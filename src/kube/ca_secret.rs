@@ -282,6 +282,11 @@ pub async fn follow(f: Follower) {
                     roots = roots.matches("BEGIN CERTIFICATE").count(),
                     "CA Secret changed: adopted"
                 );
+                // Proxies and publishers first, then our own serving
+                // certificates.
+                f.metrics.record_ca_expiry(&f.ca);
+                f.roots.send_replace(roots);
+                f.roots_changed.notify_one();
                 if change.roots_dropped {
                     // Our serving certificates may chain to the root just
                     // dropped: issue them again from the signer in force.
@@ -298,9 +303,6 @@ pub async fn follow(f: Follower) {
                         }
                     }
                 }
-                f.metrics.record_ca_expiry(&f.ca);
-                f.roots.send_replace(roots);
-                f.roots_changed.notify_one();
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "the changed CA Secret cannot be adopted"),
