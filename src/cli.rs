@@ -803,18 +803,24 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             kube_client = Some(client);
         }
     }
-    let ca = match (&kube_client, &leader, &args.ca.ca_dir) {
+    let (ca, ca_in_secret) = match (&kube_client, &leader, &args.ca.ca_dir) {
         // In Kubernetes the root lives in a Secret every replica shares.
-        (Some(client), Some((is_leader, _)), None) => crate::kube::ca_secret::load(
-            client.clone(),
-            &args.leader_election_namespace,
-            &args.ca.trust_domain,
-            is_leader.clone(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
-        _ => open_ca(&args.ca)?,
+        (Some(client), Some((is_leader, _)), None) => (
+            crate::kube::ca_secret::load(
+                client.clone(),
+                &args.leader_election_namespace,
+                &args.ca.trust_domain,
+                is_leader.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            true,
+        ),
+        _ => (open_ca(&args.ca)?, false),
     };
+    // The trust bundle, followed by the root ConfigMaps and the webhook's
+    // caBundle; it changes when a CA Secret does.
+    let (roots_tx, roots_rx) = watch::channel(ca.roots_pem());
     if let (Some(client), Some((is_leader, _)), Some(namespaces)) =
         (&kube_client, &leader, mesh_namespaces)
     {
@@ -822,7 +828,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(crate::kube::root_configmap::run(
             client.clone(),
             args.leader_election_namespace.clone(),
-            ca.roots_pem(),
+            roots_rx.clone(),
             namespaces,
             is_leader.clone(),
         ));
@@ -856,6 +862,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("xDS {e}"))?,
     ));
     let serving_renewal = tokio::spawn(Arc::clone(&serving).keep_fresh());
+    let mut serving_certs = vec![Arc::clone(&serving)];
     if let Some(listener) = webhook_listener {
         // The webhook's certificate: pilotfish's identity plus the DNS names
         // the API server calls it by; renewed like the xDS one.
@@ -873,13 +880,15 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         info!(address = %listener.local_addr()?, names = ?args.webhook_dns_name, "admission webhook listening");
         let shutdown = stopped(stop_rx.clone());
         tokio::spawn(Arc::clone(&cert).keep_fresh());
+        serving_certs.push(Arc::clone(&cert));
         // The API server verifies the webhook with the CA's roots, which the
         // Lease holder keeps in the ValidatingWebhookConfiguration.
         if let (Some(client), Some((is_leader, _))) = (&kube_client, &leader) {
             tokio::spawn(crate::kube::webhook_config::keep_ca_bundle(
                 client.clone(),
                 args.webhook_config_name.clone(),
-                ca.roots_pem(),
+                args.leader_election_namespace.clone(),
+                roots_rx.clone(),
                 is_leader.clone(),
                 crate::kube::webhook_config::CHECK,
             ));
@@ -891,11 +900,44 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         });
     }
     let certs = crate::xds::secrets::CertBook::new(Arc::clone(&ca), args.cert_ttl);
+    // Kept open for the whole run: the root and webhook publishers follow it.
+    let mut _roots_tx = Some(roots_tx);
+    let mut remote_rotation: Option<admin::RemoteRotation> = None;
+    if let (true, Some(client), Some((is_leader, _))) = (ca_in_secret, &kube_client, &leader) {
+        // Every replica adopts a changed CA Secret; the Lease holder
+        // writes rotation steps into istio-ca-secret.
+        tokio::spawn(crate::kube::ca_secret::follow(
+            crate::kube::ca_secret::Follower {
+                client: client.clone(),
+                namespace: args.leader_election_namespace.clone(),
+                trust_domain: args.ca.trust_domain.clone(),
+                ca: Arc::clone(&ca),
+                roots_changed: certs.roots_changed(),
+                roots: _roots_tx.take().expect("roots sender"),
+                serving: serving_certs,
+                metrics: metrics.clone(),
+            },
+        ));
+        let (client, namespace, leader) = (
+            client.clone(),
+            args.leader_election_namespace.clone(),
+            is_leader.clone(),
+        );
+        remote_rotation = Some(Arc::new(move |step: String| {
+            let (client, namespace, leader) = (client.clone(), namespace.clone(), leader.clone());
+            Box::pin(async move {
+                crate::kube::ca_secret::rotate(client, &namespace, &step, &leader)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    }
     let rotation = admin::Rotation {
         ca: Arc::clone(&ca),
         roots_changed: certs.roots_changed(),
         serving: Some(Arc::clone(&serving)),
         metrics: metrics.clone(),
+        remote: remote_rotation,
     };
     let creds = match (&args.credentials_dir, &kube_client) {
         (Some(dir), _) if !dir.is_dir() => {

@@ -70,10 +70,11 @@ async fn the_holder_keeps_the_root_in_every_mesh_namespace() {
         Metrics::default(),
     ));
     let (leader_tx, leader_rx) = watch::channel(false);
+    let (roots_tx, roots_rx) = watch::channel(root.clone());
     let publisher = tokio::spawn(root_configmap::run(
         client,
         "istio-system".into(),
-        root.clone(),
+        roots_rx,
         ns_rx,
         leader_rx,
     ));
@@ -118,6 +119,16 @@ async fn the_holder_keeps_the_root_in_every_mesh_namespace() {
     api.apply(namespace("late"));
     wait_for("late's copy", || {
         root_in(&api, "late").as_deref() == Some(root.as_str())
+    })
+    .await;
+
+    // The CA's bundle changes (a CA Secret replaced): every copy follows.
+    let both = format!("{root}{root}");
+    roots_tx.send_replace(both.clone());
+    wait_for("every copy holding the new bundle", || {
+        ["default", "bookinfo", "istio-system", "late"]
+            .iter()
+            .all(|ns| root_in(&api, ns).as_deref() == Some(both.as_str()))
     })
     .await;
 

@@ -548,3 +548,78 @@ async fn malformed_objects_are_skipped_with_an_error_and_the_watch_goes_on() {
             .all(|e| e.resource.as_deref() != Some("Service default/details"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_to_annotation_and_service_precedence_over_a_service_entry() {
+    use pilotfish::xds::translate::scope::service_exported;
+    let fake = FakeApi::start("127.0.0.1");
+    seed(&fake);
+    fake.apply(mk_namespace("prod"));
+    let mut reviews = mk_service("reviews");
+    reviews["metadata"]["annotations"] = json!({"networking.istio.io/exportTo": "."});
+    fake.apply(reviews.clone());
+    // An older ServiceEntry object claiming the Service's host, first by
+    // name too: the Service wins, as in Istio.
+    fake.apply(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "a-squatter", "namespace": "default",
+                     "creationTimestamp": "2020-01-01T00:00:00Z"},
+        "spec": {"hosts": [REVIEWS], "ports": [{"number": 80, "name": "http"}],
+                 "resolution": "STATIC", "endpoints": [{"address": "192.0.2.1"}]}
+    }));
+    let src = start(fake).await;
+    let visible = |s: &ConfigState, reg: &Registry, ns: &str| {
+        reg.services
+            .get(REVIEWS)
+            .is_some_and(|svc| service_exported(&s.snapshot, svc, ns))
+    };
+    let s = src
+        .wait("reviews private to default", |s, reg| {
+            seeded(s, reg) && visible(s, reg, "default") && !visible(s, reg, "prod")
+        })
+        .await;
+    let reg = Registry::build(&s.snapshot);
+    assert_eq!(reg.services[REVIEWS].source, "default/svc:reviews");
+    assert!(
+        reg.warnings
+            .iter()
+            .any(|w| w.contains("default/a-squatter") && w.contains("Kubernetes Service")),
+        "{:?}",
+        reg.warnings
+    );
+
+    // Exported to prod, with a bad value warned about and ignored.
+    reviews["metadata"]["annotations"] =
+        json!({"networking.istio.io/exportTo": "., prod, Not_A_Namespace"});
+    src.fake.apply(reviews.clone());
+    let s = src
+        .wait("reviews exported to prod", |s, reg| visible(s, reg, "prod"))
+        .await;
+    let e = s
+        .errors
+        .iter()
+        .find(|e| e.resource.as_deref() == Some("Service default/reviews"))
+        .expect("the bad value is reported");
+    assert_eq!(
+        e.path.as_deref(),
+        Some("metadata.annotations[networking.istio.io/exportTo]")
+    );
+    assert!(e.message.contains("Not_A_Namespace"), "{e}");
+    assert!(!visible(&s, &Registry::build(&s.snapshot), "istio-system"));
+    assert_eq!(
+        endpoints(&Registry::build(&s.snapshot), REVIEWS),
+        ["10.0.0.1", "10.0.0.2"],
+        "the Service still serves its endpoints"
+    );
+
+    // The annotation removed: visible everywhere, the report gone.
+    reviews["metadata"]["annotations"] = json!({});
+    src.fake.apply(reviews);
+    src.wait("reviews public again", |s, reg| {
+        visible(s, reg, "istio-system")
+            && s.errors
+                .iter()
+                .all(|e| e.resource.as_deref() != Some("Service default/reviews"))
+    })
+    .await;
+}

@@ -1,7 +1,9 @@
 //! The admission webhook's ValidatingWebhookConfiguration in Kubernetes
 //! mode (`src/kube/webhook_config.rs`) against the fake API server: the
 //! real `pilotfish serve --kubernetes` patches the manifest's object with
-//! its CA root (and fail-closed), restores it when it is changed, and the
+//! its CA root, switches it to fail-closed only once the fake API server's
+//! admission (which calls the webhook on a dry-run create) denies an
+//! invalid Gateway, restores it when it is changed, and the
 //! webhook's certificate verifies against that bundle for the Service's DNS
 //! name, as the API server checks it; a replica without the Lease writes
 //! nothing.
@@ -122,7 +124,24 @@ fn the_holder_patches_its_root_into_the_webhook_configuration_and_keeps_it() {
         &["--leader-election-identity", "pilotfish-a"],
     );
     common::wait_until("the caBundle", || bundle(&api).is_some());
-    // The CA's root, as published for bootstraps; fail-closed from now on.
+    // The webhook cannot be reached yet (no route to the Service): its
+    // dry-run check is accepted, so it stays fail-open.
+    common::wait_until("two dry-run checks", || api.dry_runs().0 >= 2);
+    assert_eq!(api.dry_runs().1, 0);
+    assert_eq!(policy(&api), "Ignore");
+    assert_eq!(api.writes_by(KIND, "pilotfish-a"), 1);
+    // Once the API server reaches it, the webhook denies the invalid
+    // Gateway: fail-closed from now on.
+    let addr = format!("{}:15017", mesh.pilotfish_ip());
+    api.route_service("istio-system", "pilotfish", 443, &addr);
+    common::wait_until("fail-closed", || policy(&api) == "Fail");
+    assert!(api.dry_runs().1 >= 1, "a denied dry-run");
+    assert!(
+        mesh.log()
+            .contains("denied a dry-run of an invalid Gateway")
+    );
+    let checks = api.dry_runs().0;
+    // The CA's root, as published for bootstraps.
     let root = api
         .get("ConfigMap", "istio-system", "istio-ca-root-cert")
         .unwrap()["data"]["root-cert.pem"]
@@ -130,18 +149,16 @@ fn the_holder_patches_its_root_into_the_webhook_configuration_and_keeps_it() {
         .unwrap()
         .to_string();
     assert_eq!(bundle(&api).as_deref(), Some(root.as_str()));
-    assert_eq!(policy(&api), "Fail");
     let patched = api.get(KIND, "", NAME).unwrap();
     assert_eq!(
         patched["webhooks"][0]["clientConfig"]["service"],
         manifest()["webhooks"][0]["clientConfig"]["service"],
         "only caBundle and failurePolicy change"
     );
-    assert_eq!(api.writes_by(KIND, "pilotfish-a"), 1);
+    assert_eq!(api.writes_by(KIND, "pilotfish-a"), 2);
 
     // What the API server does: verify the webhook with the bundle, for
     // the Service's name, and get a review back.
-    let addr = format!("{}:15017", mesh.pilotfish_ip());
     let answer = review_bad_vs(&addr, "pilotfish.istio-system.svc", &root).unwrap();
     assert_eq!(answer["response"]["uid"], "uid-1");
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
@@ -159,7 +176,9 @@ fn the_holder_patches_its_root_into_the_webhook_configuration_and_keeps_it() {
         bundle(&api).as_deref() == Some(root.as_str())
     });
     assert_eq!(policy(&api), "Fail");
-    assert_eq!(api.writes_by(KIND, "pilotfish-a"), 2);
+    assert_eq!(api.writes_by(KIND, "pilotfish-a"), 3);
+    // The check passed once: it is not made again.
+    assert_eq!(api.dry_runs().0, checks);
 }
 
 /// A replica that does not hold the Lease leaves the object alone.
@@ -175,10 +194,12 @@ async fn a_replica_without_the_lease_does_not_patch_it() {
         .unwrap()
         .roots_pem();
     let (tx, rx) = watch::channel(false);
+    let (roots_tx, roots_rx) = watch::channel(root.clone());
     let task = tokio::spawn(pilotfish::kube::webhook_config::keep_ca_bundle(
         client,
         NAME.to_string(),
-        root.clone(),
+        "istio-system".to_string(),
+        roots_rx,
         rx,
         Duration::from_millis(100),
     ));
@@ -194,5 +215,15 @@ async fn a_replica_without_the_lease_does_not_patch_it() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.writes_by(KIND, "b"), 1);
+    // The CA's bundle changes (a CA Secret replaced): patched at once, not
+    // at the next check.
+    let both = format!("{root}{root}");
+    roots_tx.send_replace(both.clone());
+    let start = std::time::Instant::now();
+    while bundle(&api).as_deref() != Some(both.as_str()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never patched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.writes_by(KIND, "b"), 2);
     task.abort();
 }

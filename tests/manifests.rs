@@ -217,6 +217,7 @@ fn rbac_grants_exactly_what_the_code_uses() {
             "Role/pilotfish-ca",
             "ClusterRole/pilotfish-status",
             "ClusterRole/pilotfish-webhook-config",
+            "Role/pilotfish-webhook-check",
             "ClusterRole/pilotfish-root-cert-publisher",
             "Role/pilotfish-bootstrap",
             "Role/pilotfish-root-cert"
@@ -234,15 +235,17 @@ fn rbac_grants_exactly_what_the_code_uses() {
         serde_json::to_value(&find(&docs, "ClusterRole", "pilotfish-secrets")["rules"]).unwrap(),
         json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}])
     );
-    // The CA: the two CA Secrets and the root ConfigMap by name (create
-    // cannot be limited by name), in pilotfish's namespace only.
+    // The CA: the two CA Secrets by name (read, and watched by a
+    // metadata.name field selector), istio-ca-secret updated to rotate its
+    // root (create cannot be limited by name), in pilotfish's namespace only.
     use pilotfish::kube::ca_secret::{CA_SECRET, CACERTS_SECRET, ROOT_CONFIGMAP};
     let ca = find(&docs, "Role", "pilotfish-ca");
     assert_eq!(ca["metadata"]["namespace"], "istio-system");
     assert_eq!(
         serde_json::to_value(&ca["rules"]).unwrap(),
         json!([
-            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CACERTS_SECRET, CA_SECRET], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET], "verbs": ["update"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         ])
     );
@@ -295,6 +298,16 @@ fn rbac_grants_exactly_what_the_code_uses() {
         json!([{"apiGroups": ["admissionregistration.k8s.io"],
                 "resources": ["validatingwebhookconfigurations"],
                 "resourceNames": [WEBHOOK_CONFIG], "verbs": WEBHOOK_CONFIG_VERBS}])
+    );
+    // The webhook check: a dry-run create of a Gateway in pilotfish's namespace.
+    use pilotfish::kube::webhook_config::DRY_RUN_VERBS;
+    let check = find(&docs, "Role", "pilotfish-webhook-check");
+    assert_eq!(check["metadata"]["namespace"], "istio-system");
+    let gateway =
+        pilotfish::kube::index::Watched::Istio(pilotfish::model::Kind::Gateway).api_resource();
+    assert_eq!(
+        serde_json::to_value(&check["rules"]).unwrap(),
+        json!([{"apiGroups": [gateway.group], "resources": [gateway.plural], "verbs": DRY_RUN_VERBS}])
     );
     // The example's bootstrap reads the public root, nothing more.
     assert_eq!(

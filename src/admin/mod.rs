@@ -43,7 +43,16 @@ pub struct Rotation {
     pub serving: Option<Arc<crate::ca::serving::ServingCert>>,
     /// Root and chain expiry gauges, set again after each step.
     pub metrics: crate::metrics::Metrics,
+    /// Where the root is kept when not in a state dir (a Kubernetes
+    /// Secret): the step is written there, and every replica follows.
+    pub remote: Option<RemoteRotation>,
 }
+
+/// A rotation step done elsewhere (`begin`/`finish` in, the number of
+/// roots trusted out, or why not).
+pub type RemoteRotation = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<usize, String>> + Send + Sync,
+>;
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -112,6 +121,15 @@ async fn rotate(State(s): State<AdminState>, Query(q): Query<RotateQuery>) -> Re
     let Some(r) = s.rotation else {
         return (StatusCode::CONFLICT, "this CA cannot rotate its root\n").into_response();
     };
+    if let Some(remote) = &r.remote {
+        return match remote(q.step.clone()).await {
+            Ok(roots) => {
+                tracing::info!(step = %q.step, "root rotation step written; every replica follows");
+                Json(json!({"step": q.step, "roots": roots})).into_response()
+            }
+            Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        };
+    }
     let ca = Arc::clone(&r.ca);
     let step = q.step.clone();
     let serving = r.serving.clone();

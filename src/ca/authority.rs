@@ -43,6 +43,28 @@ struct State {
     bundle: Vec<String>,
     /// The previous root while a rotation is in progress.
     old_root: Option<String>,
+    /// Counts replacements of the state (rotation steps, adopted Secrets),
+    /// so that holders of leaves see a new signer even when the bundle
+    /// stays the same.
+    generation: u64,
+}
+
+/// What [`Ca::adopt`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Leaves are now signed by another certificate or key.
+    pub signer: bool,
+    /// The trust bundle gained a root.
+    pub roots_added: bool,
+    /// The trust bundle lost a root: certificates chaining to it (pilotfish's
+    /// own serving certificates included) are no longer trusted.
+    pub roots_dropped: bool,
+}
+
+impl Adopted {
+    pub fn any(self) -> bool {
+        self.signer || self.roots_added || self.roots_dropped
+    }
 }
 
 impl Ca {
@@ -119,11 +141,16 @@ impl Ca {
     }
 
     /// A self-signed root given as PEM (istiod's `istio-ca-secret`), checked
-    /// as a state dir's root is; it does not rotate.
+    /// as a state dir's root is. `bundle_pem` is the Secret's
+    /// `root-cert.pem`: the roots trusted besides the signing one (the
+    /// previous root while a rotation is in progress); empty or holding just
+    /// the signing root outside one. It does not rotate by itself: the
+    /// Kubernetes source rewrites the Secret and [`Ca::adopt`]s the result.
     pub fn from_root_pem(
         source: &str,
         cert_pem: String,
         key_pem: Secret,
+        bundle_pem: &str,
         trust_domain: &str,
     ) -> Result<Ca, CaError> {
         check_trust_domain(trust_domain)?;
@@ -132,12 +159,56 @@ impl Ca {
             key_pem,
             old_cert_pem: None,
         };
-        let state = state_from_dir(Path::new(source), files)?;
+        let dir = Path::new(source);
+        let mut state = state_from_dir(dir, files)?;
+        for der in pem::certs(bundle_pem).map_err(|p| invalid(dir, ROOT_CERT, p))? {
+            pem::parse_cert(&der).map_err(|p| invalid(dir, ROOT_CERT, p))?;
+            let root = pem::cert_pem(&der);
+            if !state.bundle.contains(&root) {
+                state.old_root.get_or_insert_with(|| root.clone());
+                state.bundle.push(root);
+            }
+        }
         Ok(Ca::new(
             trust_domain,
             Origin::Cacerts(PathBuf::from(source)),
             state,
         ))
+    }
+
+    /// Takes `next`'s signing chain and trust bundle (a CA Secret that
+    /// changed), keeping this CA's identity so that every holder of the
+    /// `Arc` (SDS, the CA API, serving certificates) follows. Nothing
+    /// changes when `next` signs and trusts the same as this CA.
+    pub fn adopt(&self, next: Ca) -> Result<Adopted, CaError> {
+        if next.trust_domain != self.trust_domain {
+            return Err(CaError::Rotation(format!(
+                "the new CA is for trust domain {:?}, this one for {:?}",
+                next.trust_domain, self.trust_domain
+            )));
+        }
+        let _serial = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = next
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.write();
+        let signer = |c: &Chain| (c.intermediates.clone(), c.anchor_pem.clone());
+        let change = Adopted {
+            signer: signer(&state.chain) != signer(&next.chain),
+            roots_added: next.bundle.iter().any(|r| !state.bundle.contains(r)),
+            roots_dropped: state.bundle.iter().any(|r| !next.bundle.contains(r)),
+        };
+        if change.any() {
+            let generation = state.generation + 1;
+            *state = State { generation, ..next };
+        }
+        Ok(change)
+    }
+
+    /// Changes each time the signing chain or the bundle is replaced.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
     }
 
     /// A new self-signed root (certificate and key, PEM), for a caller that
@@ -162,6 +233,7 @@ impl Ca {
             chain: Arc::new(chain),
             bundle,
             old_root: None,
+            generation: 0,
         };
         let ca = Ca::new(trust_domain, Origin::Cacerts(dir.to_path_buf()), state);
         tracing::info!(
@@ -181,6 +253,7 @@ impl Ca {
             chain: Arc::new(self_signed_chain(&cert_pem, key)?),
             bundle: vec![cert_pem],
             old_root: None,
+            generation: 0,
         };
         Ok(Ca::new(trust_domain, Origin::Ephemeral, state))
     }
@@ -302,11 +375,14 @@ impl Ca {
         store::install_root(dir, &cert_pem, &Secret::new(key.serialize_pem()))?;
         let chain = self_signed_chain(&cert_pem, key)?;
         let not_after = chain.anchor_not_after;
-        *self.write() = State {
+        let mut state = self.write();
+        *state = State {
             chain: Arc::new(chain),
             bundle: vec![cert_pem, current.anchor_pem.clone()],
             old_root: Some(current.anchor_pem.clone()),
+            generation: state.generation + 1,
         };
+        drop(state);
         tracing::info!(
             dir = %dir.display(),
             new_root_not_after = %OffsetDateTime::from(not_after),
@@ -331,6 +407,7 @@ impl Ca {
         let mut state = self.write();
         state.bundle = vec![state.chain.anchor_pem.clone()];
         state.old_root = None;
+        state.generation += 1;
         tracing::info!(dir = %dir.display(), "root rotation finished: old root removed from the trust bundle");
         Ok(())
     }
@@ -431,6 +508,7 @@ fn state_from_dir(dir: &Path, files: store::StateFiles) -> Result<State, CaError
         chain: Arc::new(chain),
         bundle,
         old_root,
+        generation: 0,
     })
 }
 

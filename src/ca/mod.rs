@@ -10,6 +10,10 @@
 //!   (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
 //! * [`Ca::ephemeral`]: in memory, for tests and benchmarks.
 //!
+//! In Kubernetes the root lives in a Secret ([`Ca::from_root_pem`],
+//! [`Ca::from_cacerts_pem`]); when the Secret changes, the CA in use
+//! [`Ca::adopt`]s the new one in place, so every holder of it follows.
+//!
 //! It mints ECDSA P-256 leaf certificates whose only SAN is the workload's
 //! SPIFFE URI ([`Ca::issue`]) and signs CSRs for the Istio CA API
 //! ([`Ca::sign_csr`]). [`renew_at`] says when a certificate is due again and
@@ -33,7 +37,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use authority::Ca;
+pub use authority::{Adopted, Ca};
 pub use identity::Identity;
 pub use inspect::{CertInfo, inspect};
 
@@ -153,6 +157,21 @@ pub struct WorkloadCert {
     pub not_after: SystemTime,
     /// The leaf's serial number, lowercase hex.
     pub serial_hex: String,
+}
+
+/// The certificates of `bundle_pem` other than `root_pem` (compared by
+/// DER, so PEM line breaks do not matter), as canonical PEM: the roots a
+/// CA Secret keeps trusted besides its signing root.
+pub fn other_roots(root_pem: &str, bundle_pem: &str) -> Result<Vec<String>, String> {
+    let root = pem::single_cert(root_pem)?;
+    let mut out: Vec<String> = Vec::new();
+    for der in pem::certs(bundle_pem)? {
+        let text = pem::cert_pem(&der);
+        if der != root && !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    Ok(out)
 }
 
 /// When to re-issue `cert`: at `not_before + fraction * lifetime`.

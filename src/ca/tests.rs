@@ -709,3 +709,98 @@ fn minting_rate_on_one_core() {
         f64::from(n) / elapsed.as_secs_f64()
     );
 }
+
+/// A self-signed root's PEM pair, as a CA Secret holds it.
+fn mk_root_pem() -> (String, Secret) {
+    Ca::new_root_pem().expect("root")
+}
+
+fn root_ca(cert: &str, key: &Secret, bundle: &str) -> Ca {
+    Ca::from_root_pem("Secret ns/x", cert.to_string(), key.clone(), bundle, TD).expect("root CA")
+}
+
+#[test]
+fn a_secret_root_trusts_the_other_roots_of_its_bundle() {
+    let (old, _) = mk_root_pem();
+    let (new, new_key) = mk_root_pem();
+    // Outside a rotation: root-cert.pem empty or the signing root alone.
+    for bundle in ["", new.as_str()] {
+        let ca = root_ca(&new, &new_key, bundle);
+        assert_eq!(ders(&ca.roots_pem()), ders(&new));
+        assert!(!ca.rotation_in_progress());
+    }
+    // During one: the signing root first, then the old one.
+    let ca = root_ca(&new, &new_key, &format!("{new}{old}"));
+    assert_eq!(ders(&ca.roots_pem()), [ders(&new), ders(&old)].concat());
+    assert!(ca.rotation_in_progress());
+    assert_eq!(
+        other_roots(&new, &format!("{new}{old}{old}"))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(other_roots(&new, &new).unwrap().is_empty());
+    // Garbage in root-cert.pem is named.
+    let e = Ca::from_root_pem(
+        "Secret ns/x",
+        new.clone(),
+        new_key,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        TD,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("root-cert.pem") && e.contains("Secret ns/x"),
+        "{e}"
+    );
+}
+
+#[test]
+fn adopt_switches_signer_and_bundle_in_place_and_says_what_changed() {
+    let (old, old_key) = mk_root_pem();
+    let (new, new_key) = mk_root_pem();
+    let ca = std::sync::Arc::new(root_ca(&old, &old_key, ""));
+    let g0 = ca.generation();
+    let id = mk_id("default", "web");
+
+    // The same Secret again: nothing changes.
+    assert!(!ca.adopt(root_ca(&old, &old_key, "")).unwrap().any());
+    assert_eq!(ca.generation(), g0);
+
+    // A new signer with both roots trusted: leaves chain to the new root.
+    let change = ca
+        .adopt(root_ca(&new, &new_key, &format!("{new}{old}")))
+        .unwrap();
+    assert_eq!(
+        change,
+        Adopted {
+            signer: true,
+            roots_added: true,
+            roots_dropped: false
+        }
+    );
+    assert!(ca.generation() > g0);
+    assert_eq!(ders(&ca.roots_pem()), [ders(&new), ders(&old)].concat());
+    let leaf = ca.issue(&id, DAY).unwrap();
+    assert!(verifies(&ders(&leaf.cert_chain_pem)[0], &ders(&new)[0]));
+
+    // The old root leaves the Secret: dropped, signer unchanged.
+    let g1 = ca.generation();
+    let change = ca.adopt(root_ca(&new, &new_key, "")).unwrap();
+    assert_eq!(
+        change,
+        Adopted {
+            signer: false,
+            roots_added: false,
+            roots_dropped: true
+        }
+    );
+    assert!(ca.generation() > g1);
+    assert_eq!(ders(&ca.roots_pem()), ders(&new));
+
+    // Another trust domain is refused, and nothing changes.
+    let other = Ca::from_root_pem("Secret ns/x", old.clone(), old_key, "", "example.org").unwrap();
+    assert!(ca.adopt(other).is_err());
+    assert_eq!(ders(&ca.roots_pem()), ders(&new));
+}

@@ -15,7 +15,7 @@ use crate::model::istio::{
     Location, Resolution, ServiceEntrySpec, ServiceEntryWorkloadSelector, ServicePort,
     WorkloadEntrySpec,
 };
-use crate::model::registry::{APP_ADDRESS_ANNOTATION, READY_ANNOTATION};
+use crate::model::registry::{APP_ADDRESS_ANNOTATION, KUBERNETES_SERVICE_PREFIX, READY_ANNOTATION};
 use crate::model::resource::Origin;
 use crate::model::{DOMAIN_SUFFIX, Resource, Spec};
 
@@ -24,8 +24,13 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Name prefix of the ServiceEntries made from Services. `:` never appears
 /// in a Kubernetes object name, so they cannot collide with a ServiceEntry
-/// object of the same name (a user may well create one).
-pub const SERVICE_ENTRY_PREFIX: &str = crate::model::registry::KUBERNETES_SERVICE_PREFIX;
+/// object of the same name (a user may well create one); the registry also
+/// reads it to give Services precedence over ServiceEntries for one host.
+pub const SERVICE_ENTRY_PREFIX: &str = KUBERNETES_SERVICE_PREFIX;
+
+/// The annotation by which a Service limits where it is visible, as Istio
+/// reads it: comma-separated namespaces, `.` (its own), `*` (all), `~` (none).
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 
 /// The service account of a pod that names none.
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";
@@ -116,9 +121,21 @@ fn name_and_namespace(
 /// A Service as a ServiceEntry. With a selector its endpoints are the
 /// workloads it selects (pods and WorkloadEntries); without one, the ready
 /// addresses of its EndpointSlices (`slices`, already filtered to this
-/// Service); an ExternalName Service resolves its name by DNS.
-pub fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Result<Resource, Problem> {
+/// Service); an ExternalName Service resolves its name by DNS. Its
+/// `networking.istio.io/exportTo` annotation becomes the `exportTo`; the
+/// values ignored from it come back as problems beside the resource.
+pub fn service_entry(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+) -> Result<(Resource, Vec<Problem>), Problem> {
     let (name, namespace) = name_and_namespace(&svc.metadata)?;
+    let (export_to, problems) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+        .map(|v| export_to(v))
+        .unwrap_or_default();
     let spec = svc.spec.clone().unwrap_or_default();
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
@@ -149,6 +166,7 @@ pub fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Result<Resourc
         ports,
         location: Some(Location::MeshInternal),
         resolution: Some(Resolution::Static),
+        export_to,
         ..Default::default()
     };
     let selector = spec.selector.clone().unwrap_or_default();
@@ -176,7 +194,7 @@ pub fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Result<Resourc
         se.addresses = cluster_ips(&spec);
         se.endpoints = slice_endpoints(slices, &se.ports);
     }
-    Ok(Resource {
+    let resource = Resource {
         name: format!("{SERVICE_ENTRY_PREFIX}{name}"),
         namespace: namespace.clone(),
         labels: svc.metadata.labels.clone().unwrap_or_default(),
@@ -184,7 +202,56 @@ pub fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Result<Resourc
         created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
         spec: Spec::ServiceEntry(se),
         origin: origin("Service", &namespace, &name),
-    })
+    };
+    Ok((resource, problems))
+}
+
+/// The `exportTo` list of a `networking.istio.io/exportTo` annotation:
+/// comma-separated, blanks trimmed; each value `.`, `*`, `~` or a namespace
+/// name. Other values are left out, each reported. `~` (visible nowhere)
+/// beside namespaces keeps only `~`, as Istio's registry treats it (`*`
+/// still wins over it). Nothing usable left means Istio's default: visible
+/// everywhere.
+pub fn export_to(value: &str) -> (Vec<String>, Vec<Problem>) {
+    let path = format!("metadata.annotations[{EXPORT_TO_ANNOTATION}]");
+    let mut out: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    for v in value.split(',').map(str::trim) {
+        if v.is_empty() {
+            continue;
+        }
+        if matches!(v, "." | "*" | "~") || is_dns1123_label(v) {
+            if !out.iter().any(|o| o == v) {
+                out.push(v.to_string());
+            }
+        } else {
+            problems.push(problem(
+                &path,
+                format!("{v:?} is not a namespace name, \".\", \"*\" or \"~\"; ignored"),
+            ));
+        }
+    }
+    if out.len() > 1 && out.iter().any(|o| o == "~") && !out.iter().any(|o| o == "*") {
+        problems.push(problem(
+            &path,
+            format!(
+                "\"~\" (visible nowhere) cannot be combined with other values ({}); the Service is visible nowhere",
+                out.iter().filter(|o| *o != "~").cloned().collect::<Vec<_>>().join(",")
+            ),
+        ));
+        out = vec!["~".to_string()];
+    }
+    (out, problems)
+}
+
+/// A Kubernetes namespace name: 1-63 lowercase letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn is_dns1123_label(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.len() <= 63
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+        && s.chars().all(|c| alnum(c) || c == '-')
 }
 
 fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {

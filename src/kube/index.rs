@@ -433,7 +433,12 @@ pub fn build(ix: &Index, selectors: &[LabelSelector]) -> Built {
             .map(Vec::as_slice)
             .unwrap_or_default();
         match convert::service_entry(svc, own) {
-            Ok(r) => add_checked(&mut resources, &mut report, "Service", key, r),
+            Ok((r, problems)) => {
+                for p in problems {
+                    report("Service", key, p);
+                }
+                add_checked(&mut resources, &mut report, "Service", key, r)
+            }
             Err(p) => report("Service", key, p),
         }
     }

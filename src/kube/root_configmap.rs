@@ -107,13 +107,13 @@ async fn ensure(
     Ok(true)
 }
 
-/// Keeps `istio-ca-root-cert` equal to `roots_pem` in every namespace
+/// Keeps `istio-ca-root-cert` equal to the latest `roots` in every namespace
 /// [`targets`] names while this replica holds the Lease; never writes
 /// otherwise. Runs until `leader` closes.
 pub async fn run(
     client: ::kube::Client,
     own_namespace: String,
-    roots_pem: String,
+    mut roots: watch::Receiver<String>,
     mut mesh: watch::Receiver<BTreeSet<String>>,
     mut leader: watch::Receiver<bool>,
 ) {
@@ -126,6 +126,7 @@ pub async fn run(
     let mut due: BTreeSet<String> = BTreeSet::new();
     let mut full_at = tokio::time::Instant::now();
     let mut retry = false;
+    let mut roots_pem = roots.borrow_and_update().clone();
     loop {
         let wait = if retry {
             RETRY
@@ -138,6 +139,12 @@ pub async fn run(
                 right.clear();
             }
             changed = mesh.changed() => if changed.is_err() { return },
+            // The CA's bundle changed (a CA Secret was replaced): every copy is stale.
+            changed = roots.changed() => {
+                if changed.is_err() { return }
+                roots_pem = roots.borrow_and_update().clone();
+                right.clear();
+            }
             ev = events.next() => match ev {
                 Some(Ok(Event::Apply(cm) | Event::InitApply(cm))) if !holds(&cm, &roots_pem) => {
                     if let Some(ns) = cm.metadata.namespace {

@@ -84,7 +84,7 @@ fn app_protocol_wins_over_port_name_then_name_prefix_then_tcp() {
             {"port": 9094, "name": "https-admin", "protocol": "TCP"}
         ]),
     ));
-    let r = convert::service_entry(&svc, &[]).unwrap();
+    let (r, _) = convert::service_entry(&svc, &[]).unwrap();
     let Spec::ServiceEntry(se) = &r.spec else {
         panic!("not a ServiceEntry: {r:?}")
     };
@@ -135,7 +135,7 @@ fn external_name_service_resolves_by_dns() {
         "metadata": {"name": "db", "namespace": "prod"},
         "spec": {"type": "ExternalName", "externalName": "db.example.com", "ports": [{"name": "tcp", "port": 5432}]}
     }));
-    let r = convert::service_entry(&svc, &[]).unwrap();
+    let (r, _) = convert::service_entry(&svc, &[]).unwrap();
     let Spec::ServiceEntry(se) = &r.spec else {
         panic!()
     };
@@ -493,4 +493,98 @@ fn a_pod_and_a_workload_entry_with_the_same_name_the_pod_wins_and_it_is_reported
     assert_eq!(w.address, "10.0.0.1");
     assert_eq!(built.errors.len(), 1);
     assert!(built.errors[0].message.contains("WorkloadEntry"));
+}
+
+#[test]
+fn export_to_annotation_values_as_istio_reads_them() {
+    let list = |v: &str| convert::export_to(v);
+    assert_eq!(list("").0, Vec::<String>::new());
+    assert_eq!(list(" . , prod ,,*").0, vec![".", "prod", "*"]);
+    assert!(list(". , prod").1.is_empty());
+    assert_eq!(list("~").0, vec!["~"]);
+    // Bad values are left out, each reported with the annotation's path.
+    let (out, problems) = list("prod,Bad_NS,.,-x");
+    assert_eq!(out, vec!["prod", "."]);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        problems[0].path,
+        "metadata.annotations[networking.istio.io/exportTo]"
+    );
+    assert!(problems[0].message.contains("\"Bad_NS\""), "{problems:?}");
+    assert!(problems[1].message.contains("\"-x\""), "{problems:?}");
+    // Nothing usable: Istio's default (visible everywhere).
+    assert_eq!(list("Bad!").0, Vec::<String>::new());
+    // `~` beside namespaces: visible nowhere, reported; `*` still wins.
+    let (out, problems) = list("~,prod");
+    assert_eq!(out, vec!["~"]);
+    assert!(problems[0].message.contains("prod"), "{problems:?}");
+    assert_eq!(list("~,*").0, vec!["~", "*"]);
+    assert!(list("~,*").1.is_empty());
+}
+
+#[test]
+fn a_service_export_to_annotation_becomes_the_service_entry_export_to() {
+    let mut svc = mk_service(
+        "reviews",
+        json!({"app": "reviews"}),
+        json!([{"name": "http", "port": 9080}]),
+    );
+    svc["metadata"]["annotations"] =
+        json!({"networking.istio.io/exportTo": "., istio-system, NOT valid"});
+    let built = build(&mk_index(vec![(Watched::Service, svc)]), &[]);
+    let se = built
+        .resources
+        .values()
+        .next()
+        .expect("the Service is kept");
+    let Spec::ServiceEntry(spec) = &se.spec else {
+        panic!("{se:?}")
+    };
+    assert_eq!(spec.export_to, vec![".", "istio-system"]);
+    assert_eq!(built.errors.len(), 1, "{:?}", built.errors);
+    let e = &built.errors[0];
+    assert_eq!(e.resource.as_deref(), Some("Service default/reviews"));
+    assert_eq!(
+        e.path.as_deref(),
+        Some("metadata.annotations[networking.istio.io/exportTo]")
+    );
+    assert!(e.message.contains("\"NOT valid\""), "{}", e.message);
+}
+
+#[test]
+fn a_kubernetes_service_takes_precedence_over_a_service_entry_for_its_host() {
+    // The ServiceEntry comes first by name and is older; the Service still wins.
+    let ix = mk_index(vec![
+        (
+            Watched::Service,
+            mk_service(
+                "reviews",
+                json!({"app": "reviews"}),
+                json!([{"name": "http", "port": 9080}]),
+            ),
+        ),
+        (
+            Watched::Istio(crate::model::Kind::ServiceEntry),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                   "metadata": {"name": "a-squatter", "namespace": "default",
+                                "creationTimestamp": "2020-01-01T00:00:00Z"},
+                   "spec": {"hosts": ["reviews.default.svc.cluster.local"],
+                            "ports": [{"number": 80, "name": "http"}],
+                            "resolution": "STATIC",
+                            "endpoints": [{"address": "192.0.2.1"}]}}),
+        ),
+    ]);
+    let built = build(&ix, &[]);
+    let reg = Registry::build(&ConfigSnapshot::new(built.resources));
+    let svc = &reg.services["reviews.default.svc.cluster.local"];
+    assert_eq!(svc.source, "default/svc:reviews");
+    assert!(svc.from_kubernetes());
+    assert_eq!(svc.ports[0].number, 9080);
+    assert_eq!(reg.warnings.len(), 1, "{:?}", reg.warnings);
+    assert!(
+        reg.warnings[0].contains("default/a-squatter")
+            && reg.warnings[0].contains("a Kubernetes Service takes precedence"),
+        "{:?}",
+        reg.warnings
+    );
 }

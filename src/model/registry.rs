@@ -11,7 +11,8 @@ use super::resource::{ConfigSnapshot, Timestamp};
 use super::{WorkloadKey, host};
 
 /// Prefix of the names of the ServiceEntries the Kubernetes source makes
-/// from Services (`svc:reviews`).
+/// from Services (`svc:reviews`). `:` never appears in a Kubernetes object
+/// name, so no ServiceEntry object can carry it.
 pub const KUBERNETES_SERVICE_PREFIX: &str = "svc:";
 
 /// WorkloadEntry annotation naming the address the workload's application
@@ -139,6 +140,13 @@ pub struct Service {
 }
 
 impl Service {
+    /// Made by the Kubernetes source from a Service.
+    pub fn from_kubernetes(&self) -> bool {
+        self.source
+            .split_once('/')
+            .is_some_and(|(_, name)| name.starts_with(KUBERNETES_SERVICE_PREFIX))
+    }
+
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
     }
@@ -236,7 +244,15 @@ impl Registry {
                     .push((we, spec));
             }
         }
-        for (res, spec) in snapshot.service_entries() {
+        // Istio's precedence among ServiceEntries defining one host: a
+        // Kubernetes Service over any other (no one can squat a Service's
+        // name before it exists), then the oldest, then by namespace/name.
+        let mut entries: Vec<_> = snapshot.service_entries().collect();
+        entries.sort_by(|(a, _), (b, _)| {
+            let kube = |r: &crate::model::Resource| !r.name.starts_with(KUBERNETES_SERVICE_PREFIX);
+            (kube(a), a.creation_order()).cmp(&(kube(b), b.creation_order()))
+        });
+        for (res, spec) in entries {
             let ports: Vec<ServicePort> = spec
                 .ports
                 .iter()
@@ -292,8 +308,15 @@ impl Registry {
             for h in &spec.hosts {
                 let hostname = host::resolve(h, &res.namespace);
                 if let Some(existing) = reg.services.get(&hostname) {
+                    let why = if existing.from_kubernetes()
+                        && !res.name.starts_with(KUBERNETES_SERVICE_PREFIX)
+                    {
+                        " (a Kubernetes Service takes precedence)"
+                    } else {
+                        ""
+                    };
                     reg.warnings.push(format!(
-                        "host {hostname} is defined by ServiceEntry {} and {source}; using {}",
+                        "host {hostname} is defined by ServiceEntry {} and {source}; using {}{why}",
                         existing.source, existing.source
                     ));
                     continue;

@@ -60,6 +60,8 @@ pub fn secret_layer(cert: &WorkloadCert, roots_pem: &str) -> Layer {
 struct Entry {
     identity: Identity,
     roots_pem: String,
+    /// The CA's generation when issued: a new signer re-issues.
+    generation: u64,
     cert: Arc<WorkloadCert>,
     renew_at: SystemTime,
     layer: Arc<Layer>,
@@ -115,11 +117,13 @@ impl CertBook {
     }
 
     /// Issues certificates for new workloads and for those due for renewal,
-    /// whose identity changed, or whose trust bundle changed (root rotation);
+    /// whose identity changed, or whose trust bundle or signer changed
+    /// (root rotation, a CA Secret replaced);
     /// forgets workloads that are gone.
     pub fn refresh(&mut self, registry: &Registry, now: SystemTime) -> Refresh {
         let mut out = Refresh::default();
         let roots = self.ca.roots_pem();
+        let generation = self.ca.generation();
         self.entries
             .retain(|k, _| registry.workloads.contains_key(k));
         for (key, w) in &registry.workloads {
@@ -136,7 +140,10 @@ impl CertBook {
                 }
             };
             let fresh = self.entries.get(key).is_some_and(|e| {
-                e.identity == identity && e.roots_pem == roots && now < e.renew_at
+                e.identity == identity
+                    && e.roots_pem == roots
+                    && e.generation == generation
+                    && now < e.renew_at
             });
             if !fresh {
                 match self.ca.issue(&identity, self.ttl) {
@@ -149,6 +156,7 @@ impl CertBook {
                             renew_at: now + remaining.mul_f64(RENEW_FRACTION),
                             identity,
                             roots_pem: roots.clone(),
+                            generation,
                             cert: Arc::new(cert),
                             layer,
                         };
@@ -267,5 +275,37 @@ mod tests {
         book.refresh(&mk_registry(""), SystemTime::now());
         let cert = book.cert(&mk_key("a")).unwrap();
         assert!(!format!("{cert:?} {book:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_new_signer_with_the_same_bundle_reissues_every_leaf() {
+        // A cacerts Secret trusting roots 1 and 2 that switches its signer
+        // from 1 to 2: the bundle stays the same, the leaves must not.
+        let (r1, k1) = Ca::new_root_pem().unwrap();
+        let (r2, k2) = Ca::new_root_pem().unwrap();
+        let both = format!("{r1}{r2}");
+        let mk = |cert: &str, key: &crate::ca::Secret| {
+            Ca::from_cacerts_pem(
+                "Secret ns/cacerts",
+                cert.to_string(),
+                key.clone(),
+                both.clone(),
+                cert.to_string(),
+                "cluster.local",
+            )
+            .unwrap()
+        };
+        let ca = Arc::new(mk(&r1, &k1));
+        let mut book = CertBook::new(Arc::clone(&ca), Duration::from_secs(3600));
+        let now = SystemTime::now();
+        assert_eq!(book.refresh(&mk_registry(""), now).issued, 2);
+        // The same Secret adopted again: nothing to do.
+        assert!(!ca.adopt(mk(&r1, &k1)).unwrap().any());
+        assert_eq!(book.refresh(&mk_registry(""), now).issued, 0);
+        let roots = ca.roots_pem();
+        let change = ca.adopt(mk(&r2, &k2)).unwrap();
+        assert!(change.signer && !change.roots_added && !change.roots_dropped);
+        assert_eq!(ca.roots_pem(), roots);
+        assert_eq!(book.refresh(&mk_registry(""), now).issued, 2);
     }
 }

@@ -23,6 +23,14 @@
 //!   `/status` requests are recorded ([`FakeApi::status_patches`]) and
 //!   successful patches count as writes per client;
 //! * `metadata.generation`, bumped when `spec` changes (as for CRDs);
+//! * a dry-run create (`?dryRun=All`) goes through the stored
+//!   ValidatingWebhookConfigurations as the API server's admission does:
+//!   each matching webhook gets an AdmissionReview over TLS verified with
+//!   its `caBundle` for `SERVICE.NAMESPACE.svc` (reached at the address
+//!   [`FakeApi::route_service`] gives it), a denial is answered with the
+//!   API server's "admission webhook ... denied the request" error, an
+//!   unreachable webhook fails or is ignored by its `failurePolicy`; the
+//!   object is never stored;
 //! * a client cut off by its bearer token ([`FakeApi::block_token`]: every
 //!   request gets 503, a replica partitioned from the API server).
 //!
@@ -236,6 +244,11 @@ struct Store {
     writers: HashMap<(&'static str, String), usize>,
     /// Every `/status` PATCH request, answered or not.
     status_patches: Vec<StatusPatch>,
+    /// Where a Service's port is reached: (namespace, name, port) -> address.
+    services: HashMap<(String, String, u16), String>,
+    /// Dry-run creates answered, and how many a webhook denied.
+    dry_runs: usize,
+    denied: usize,
 }
 
 /// One `PATCH .../NAME/status` request as received.
@@ -570,6 +583,21 @@ impl FakeApi {
     }
 
     /// Every `/status` PATCH received so far, in order.
+    /// Where the fake's admission calls reach Service `namespace/name`'s
+    /// `port` (no cluster DNS here): `addr` is `IP:PORT`.
+    pub fn route_service(&self, namespace: &str, name: &str, port: u16, addr: &str) {
+        self.shared
+            .lock()
+            .services
+            .insert((namespace.into(), name.into(), port), addr.into());
+    }
+
+    /// Dry-run creates answered so far, and how many of them a webhook denied.
+    pub fn dry_runs(&self) -> (usize, usize) {
+        let s = self.shared.lock();
+        (s.dry_runs, s.denied)
+    }
+
     pub fn status_patches(&self) -> Vec<StatusPatch> {
         self.shared.lock().status_patches.clone()
     }
@@ -811,6 +839,11 @@ async fn handle(
             let name = name.unwrap_or_default();
             return patch_object(&shared, kind, ns, name, content_type, &body, token, false);
         }
+        Method::POST
+            if name.is_none() && query(&uri).get("dryRun").map(String::as_str) == Some("All") =>
+        {
+            return dry_run_create(&shared, kind, ns, &body).await;
+        }
         Method::POST if name.is_none() => return write(&shared, kind, ns, None, &body, token),
         Method::PUT if name.is_some() => return write(&shared, kind, ns, name, &body, token),
         _ => {
@@ -908,6 +941,191 @@ async fn handle(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
         .unwrap()
+}
+
+/// Whether one admission rule covers CREATE of `kind`.
+fn rule_covers(rule: &Value, kind: ApiKind) -> bool {
+    let has = |field: &str, want: &str| {
+        rule[field]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == want || v == "*"))
+    };
+    has("operations", "CREATE") && has("apiGroups", kind.group) && has("resources", kind.plural)
+}
+
+/// A dry-run create: admission by every matching validating webhook, as
+/// the API server runs it; nothing is stored.
+async fn dry_run_create(
+    shared: &Arc<Shared>,
+    kind: ApiKind,
+    ns: Option<String>,
+    body: &[u8],
+) -> Response {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        );
+    };
+    if let Some(ns) = &ns {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    if object["metadata"]["name"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        let prefix = object["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or_default();
+        object["metadata"]["name"] = json!(format!("{prefix}dryrun"));
+    }
+    // (webhook name, failure policy, address, server name, path, CA PEM)
+    let hooks: Vec<(String, String, Option<String>, String, String, String)> = {
+        let mut store = shared.lock();
+        store.dry_runs += 1;
+        let configs: Vec<Value> = store
+            .objects
+            .get(VALIDATING_WEBHOOK.kind)
+            .into_iter()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        configs
+            .iter()
+            .flat_map(|c| c["webhooks"].as_array().cloned().unwrap_or_default())
+            .filter(|h| {
+                h["rules"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| rule_covers(r, kind)))
+            })
+            .map(|h| {
+                let svc = &h["clientConfig"]["service"];
+                let (svc_ns, svc_name) = (
+                    svc["namespace"].as_str().unwrap_or_default().to_string(),
+                    svc["name"].as_str().unwrap_or_default().to_string(),
+                );
+                let port = svc["port"].as_u64().unwrap_or(443) as u16;
+                let ca = h["clientConfig"]["caBundle"]
+                    .as_str()
+                    .and_then(|b| {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.decode(b).ok()
+                    })
+                    .map(|b| String::from_utf8_lossy(&b).to_string())
+                    .unwrap_or_default();
+                (
+                    h["name"].as_str().unwrap_or_default().to_string(),
+                    h["failurePolicy"].as_str().unwrap_or("Fail").to_string(),
+                    store
+                        .services
+                        .get(&(svc_ns.clone(), svc_name.clone(), port))
+                        .cloned(),
+                    format!("{svc_name}.{svc_ns}.svc"),
+                    svc["path"].as_str().unwrap_or("/").to_string(),
+                    ca,
+                )
+            })
+            .collect()
+    };
+    for (name, policy, addr, server_name, path, ca) in hooks {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "dry-run", "dryRun": true, "operation": "CREATE",
+                "kind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
+                "resource": {"group": kind.group, "version": kind.version, "resource": kind.plural},
+                "namespace": object["metadata"]["namespace"], "name": object["metadata"]["name"],
+                "userInfo": {"username": "system:serviceaccount:istio-system:pilotfish"},
+                "object": object,
+            }
+        });
+        let called = match addr {
+            None => Err(format!("no route to service {server_name}")),
+            Some(addr) => tokio::task::spawn_blocking(move || {
+                call_webhook(&addr, &server_name, &path, &ca, &review)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+        };
+        match called {
+            Ok(answer) if answer["response"]["allowed"] == false => {
+                shared.lock().denied += 1;
+                let why = answer["response"]["status"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("admission webhook \"{name}\" denied the request: {why}"),
+                );
+            }
+            Ok(_) => {}
+            Err(_) if policy == "Ignore" => {}
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &format!("Internal error occurred: failed calling webhook \"{name}\": {e}"),
+                );
+            }
+        }
+    }
+    (StatusCode::CREATED, axum::Json(object)).into_response()
+}
+
+/// POSTs `review` to a webhook at `addr` over TLS, trusting only `ca_pem`
+/// and checking the certificate for `server_name`, as the API server does
+/// with a webhook's caBundle; the answer's JSON.
+pub fn call_webhook(
+    addr: &str,
+    server_name: &str,
+    path: &str,
+    ca_pem: &str,
+    review: &Value,
+) -> Result<Value, String> {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no caBundle to verify the webhook with".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path}?timeout=10s HTTP/1.1\r\nHost: {server_name}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    tls.write_all(&body).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (_, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
+    serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
 }
 
 /// `authentication.k8s.io/v1` TokenReview: authenticated for an issued
