@@ -226,8 +226,10 @@ impl Incoming {
     }
 }
 
-/// Which workload a proxy is: the bootstrap's node metadata (`NAMESPACE`,
-/// `WORKLOAD_NAME`), else Istio's node id `sidecar~IP~NAME.NAMESPACE~DOMAIN`.
+/// Which workload a proxy is: the entry it auto-registers as when its node
+/// names a WorkloadGroup (`AUTO_REGISTER_GROUP`), else the bootstrap's node
+/// metadata (`NAMESPACE`, `WORKLOAD_NAME`), else Istio's node id
+/// `sidecar~IP~NAME.NAMESPACE~DOMAIN`.
 pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
     let field = |key: &str| {
         use envoy_types::pb::google::protobuf::value::Kind;
@@ -236,6 +238,10 @@ pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
             _ => None,
         }
     };
+    // A proxy registering for a WorkloadGroup is its auto-registered entry.
+    if let Some(Ok(req)) = crate::xds::autoregister::request_of(node) {
+        return Some(req.entry_key());
+    }
     if let (Some(namespace), Some(name)) = (field("NAMESPACE"), field("WORKLOAD_NAME")) {
         return Some(WorkloadKey { namespace, name });
     }
@@ -274,39 +280,79 @@ pub async fn run(
             .await;
         return;
     };
-    let Some(workload) = workload_of(&node) else {
-        warn!(node = %node.id, "proxy names no workload (node metadata NAMESPACE and WORKLOAD_NAME, or node id sidecar~IP~NAME.NAMESPACE~...); closing");
-        let _ = tx
-            .send(Out::End(tonic::Status::invalid_argument(
-                "cannot tell which workload this proxy is: set node metadata NAMESPACE and WORKLOAD_NAME (pilotfish bootstrap does)",
-            )))
-            .await;
-        return;
+    // A proxy registering for a WorkloadGroup is the entry its registration
+    // names (checked against its credential there); others name theirs.
+    let registration = match crate::xds::autoregister::request_of(&node) {
+        None => None,
+        Some(req) => {
+            let registered = req.and_then(|req| match &shared.autoreg {
+                Some(r) => r.connect(&node.id, req, claims.as_ref()),
+                None => Err(crate::xds::autoregister::RegisterError::BadNode(
+                    "this port does not auto-register workloads".into(),
+                )),
+            });
+            match registered {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(node = %node.id, error = %e, "auto-registration refused");
+                    let status = match &e {
+                        crate::xds::autoregister::RegisterError::Identity { .. } => {
+                            shared.metrics.auth_failures.inc();
+                            tonic::Status::permission_denied(e.to_string())
+                        }
+                        crate::xds::autoregister::RegisterError::NoGroup { .. } => {
+                            tonic::Status::failed_precondition(e.to_string())
+                        }
+                        crate::xds::autoregister::RegisterError::BadNode(_) => {
+                            tonic::Status::invalid_argument(e.to_string())
+                        }
+                    };
+                    let _ = tx.send(Out::End(status)).await;
+                    return;
+                }
+            }
+        }
     };
-    // An authenticated proxy may only be the workload its credential names.
-    let workload_sa = shared
-        .snapshots
-        .borrow()
-        .registry
-        .workloads
-        .get(&workload)
-        .and_then(|w| w.service_account.clone());
-    if let Some(c) = &claims
-        && !c.allows(&workload, workload_sa.as_deref())
-    {
-        warn!(node = %node.id, %workload, credential = %format!("{}/{}", c.namespace, c.workload), "proxy claims another workload than its credential; refused");
-        shared.metrics.auth_failures.inc();
-        let _ = tx
-            .send(Out::End(tonic::Status::permission_denied(format!(
-                "the credential is for workload {}/{} (service account {}), not {workload}",
-                c.namespace, c.workload, c.service_account
-            ))))
-            .await;
-        return;
-    }
+    let workload = match &registration {
+        Some(c) => c.key.clone(),
+        None => {
+            let Some(workload) = workload_of(&node) else {
+                warn!(node = %node.id, "proxy names no workload (node metadata NAMESPACE and WORKLOAD_NAME, or node id sidecar~IP~NAME.NAMESPACE~...); closing");
+                let _ = tx
+                    .send(Out::End(tonic::Status::invalid_argument(
+                        "cannot tell which workload this proxy is: set node metadata NAMESPACE and WORKLOAD_NAME (pilotfish bootstrap does)",
+                    )))
+                    .await;
+                return;
+            };
+            // An authenticated proxy may only be the workload its credential names.
+            let workload_sa = shared
+                .snapshots
+                .borrow()
+                .registry
+                .workloads
+                .get(&workload)
+                .and_then(|w| w.service_account.clone());
+            if let Some(c) = &claims
+                && !c.allows(&workload, workload_sa.as_deref())
+            {
+                warn!(node = %node.id, %workload, credential = %format!("{}/{}", c.namespace, c.workload), "proxy claims another workload than its credential; refused");
+                shared.metrics.auth_failures.inc();
+                let _ = tx
+                    .send(Out::End(tonic::Status::permission_denied(format!(
+                        "the credential is for workload {}/{} (service account {}), not {workload}",
+                        c.namespace, c.workload, c.service_account
+                    ))))
+                    .await;
+                return;
+            }
+            workload
+        }
+    };
     let conn = Arc::new(ProxyConn {
         node_id: node.id.clone(),
         workload: workload.to_string(),
+        group: registration.as_ref().map(|c| c.group.clone()),
         peer,
         delta,
         connected_unix: std::time::SystemTime::now()
@@ -325,7 +371,8 @@ pub async fn run(
         workload,
         tx: &tx,
         resources: None,
-        warned_unknown: false,
+        // A registered entry reaches the snapshot just after it connects.
+        warned_unknown: registration.is_some(),
         pending: [None; XdsType::COUNT],
         names_hash: [None; XdsType::COUNT],
     };
@@ -363,6 +410,8 @@ pub async fn run(
     shared.syncs.remove(conn_id);
     shared.metrics.connected_proxies.dec();
     info!(node = %node.id, "proxy disconnected");
+    // An auto-registered entry's grace period starts now.
+    drop(registration);
 }
 
 /// The receiver is gone: the client closed the stream.
