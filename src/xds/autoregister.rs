@@ -40,15 +40,24 @@ pub enum RegisterError {
     #[error("auto-registration of {proxy} failed: cannot find WorkloadGroup {group}")]
     NoGroup { proxy: String, group: String },
     #[error(
-        "auto-registration as {entry}: the credential is for {namespace}/{workload} (service account {sa}), which may not register it: {why}"
+        "auto-registration as {entry}: the credential ({credential}) may not register it: {why}"
     )]
     Identity {
         entry: WorkloadKey,
-        namespace: String,
-        workload: String,
-        sa: String,
+        /// `namespace/workload (service account SA)` of the credential.
+        credential: String,
         why: String,
     },
+}
+
+fn describe(c: Option<&Claims>) -> String {
+    match c {
+        Some(c) => format!(
+            "{}/{} (service account {})",
+            c.namespace, c.workload, c.service_account
+        ),
+        None => "none".into(),
+    }
 }
 
 /// The registration request in a node's metadata, if it names a group:
@@ -190,9 +199,7 @@ fn check_identity(
         None => Ok(()),
         Some(why) => Err(RegisterError::Identity {
             entry: key.clone(),
-            namespace: c.namespace.clone(),
-            workload: c.workload.clone(),
-            sa: c.service_account.clone(),
+            credential: describe(Some(c)),
             why,
         }),
     }
@@ -252,11 +259,7 @@ impl AutoRegistry {
         let sa = model::service_account(group, claims.map(|c| c.service_account.as_str()))
             .map_err(|why| RegisterError::Identity {
                 entry: key.clone(),
-                namespace: claims.map(|c| c.namespace.clone()).unwrap_or_default(),
-                workload: claims.map(|c| c.workload.clone()).unwrap_or_default(),
-                sa: claims
-                    .map(|c| c.service_account.clone())
-                    .unwrap_or_default(),
+                credential: describe(claims),
                 why: why.to_string(),
             })?;
         check_identity(claims, &key, sa.as_deref())?;
