@@ -835,6 +835,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let autoreg = crate::xds::autoregister::AutoRegistry::new(
         config_rx.clone(),
         args.workload_entry_grace_period,
+        metrics.clone(),
     );
     let (model_tx, model_rx) = watch::channel(Arc::clone(&config_rx.borrow()));
     tokio::spawn(crate::xds::autoregister::run(autoreg.clone(), model_tx));

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Mesh, next_net, wait_until};
+use common::{Mesh, metric, next_net, wait_until};
 use serde_json::Value;
 
 /// 127.N blocks used by this test binary.
@@ -236,4 +236,14 @@ fn a_group_member_registers_serves_and_leaves_after_the_grace_period() {
     let regs = registrations(&mesh);
     assert_eq!(regs[0]["inForce"], false, "{regs:?}");
     assert_eq!(regs[0]["skipped"], "the WorkloadGroup no longer exists");
+
+    // Counted with istiod's names: two registrations, one reconnect, two
+    // disconnects, one deletion after the grace period, and the impostor.
+    let m = mesh.metrics();
+    let count = |name: &str| metric(&m, name).unwrap_or_else(|| panic!("{name} in {m}"));
+    assert_eq!(count("auto_registration_success_total"), 2.0);
+    assert_eq!(count("auto_registration_updates_total"), 1.0);
+    assert_eq!(count("auto_registration_unregister_total"), 2.0);
+    assert_eq!(count("auto_registration_deletes_total"), 1.0);
+    assert!(count("auto_registration_errors_total") >= 1.0);
 }

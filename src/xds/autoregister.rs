@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::ca::token::Claims;
 use crate::config::ConfigState;
+use crate::metrics::Metrics;
 use crate::model::autoregister::{self as model, Merged, Registration, Request};
 use crate::model::istio::WorkloadEntrySpec;
 use crate::model::{Spec, Timestamp, WorkloadKey};
@@ -136,6 +137,7 @@ struct Inner {
     source: watch::Receiver<Arc<ConfigState>>,
     changed: Notify,
     grace: Duration,
+    metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -206,21 +208,44 @@ fn check_identity(
 }
 
 impl AutoRegistry {
-    pub fn new(source: watch::Receiver<Arc<ConfigState>>, grace: Duration) -> Self {
+    pub fn new(
+        source: watch::Receiver<Arc<ConfigState>>,
+        grace: Duration,
+        metrics: Metrics,
+    ) -> Self {
         AutoRegistry {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 source,
                 changed: Notify::new(),
                 grace,
+                metrics,
             }),
         }
+    }
+
+    /// A proxy whose node could not be read as a registration request.
+    pub fn refused(&self) {
+        self.inner.metrics.autoreg_errors.inc();
     }
 
     /// Registers a connecting proxy (or finds the WorkloadEntry from the
     /// config that is it): the entry it is to be served as, kept until the
     /// returned connection is dropped and the grace period has passed.
     pub fn connect(
+        &self,
+        node_id: &str,
+        req: Request,
+        claims: Option<&Claims>,
+    ) -> Result<Connection, RegisterError> {
+        let result = self.register(node_id, req, claims);
+        if result.is_err() {
+            self.refused();
+        }
+        result
+    }
+
+    fn register(
         &self,
         node_id: &str,
         req: Request,
@@ -267,6 +292,11 @@ impl AutoRegistry {
         {
             let mut st = lock(&self.inner.state);
             st.expires.remove(&key);
+            let counter = match st.registrations.contains_key(&key) {
+                true => &self.inner.metrics.autoreg_updates,
+                false => &self.inner.metrics.autoreg_success,
+            };
+            counter.inc();
             let reg = st
                 .registrations
                 .entry(key.clone())
@@ -308,6 +338,7 @@ impl AutoRegistry {
                 .insert(key.clone(), Instant::now() + self.inner.grace);
             st.generation += 1;
         }
+        self.inner.metrics.autoreg_unregister.inc();
         info!(workload = %key, grace = ?self.inner.grace, "auto-registered workload disconnected; its entry goes after the grace period unless it reconnects");
         self.inner.changed.notify_one();
     }
@@ -324,6 +355,7 @@ impl AutoRegistry {
         for k in &due {
             st.expires.remove(k);
             st.registrations.remove(k);
+            self.inner.metrics.autoreg_deletes.inc();
             info!(workload = %k, "auto-registered WorkloadEntry deleted: its proxy did not reconnect within the grace period");
         }
         if !due.is_empty() {

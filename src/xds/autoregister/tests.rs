@@ -160,7 +160,8 @@ fn the_node_names_group_namespace_address_labels_and_locality() {
 #[test]
 fn only_the_groups_identity_may_register() {
     let (_tx, rx) = watch::channel(mk_state(1, true));
-    let r = AutoRegistry::new(rx, DEFAULT_GRACE);
+    let metrics = Metrics::default();
+    let r = AutoRegistry::new(rx, DEFAULT_GRACE, metrics.clone());
     // Another service account, another namespace, a credential bound to
     // another workload: refused, nothing registered.
     for claims in [
@@ -187,13 +188,23 @@ fn only_the_groups_identity_may_register() {
     assert_eq!(c.key, key());
     assert_eq!(c.group, "vm/billing");
     assert_eq!(r.debug()[0].connections, 1);
+    // Counted as istiod counts them.
+    assert_eq!(metrics.autoreg_errors.get(), 4);
+    assert_eq!(metrics.autoreg_success.get(), 1);
+    drop(c);
+    assert_eq!(metrics.autoreg_unregister.get(), 1);
+    let _again = r
+        .connect("n", mk_request(), Some(&mk_claims("billing-sa", "")))
+        .expect("reconnected");
+    assert_eq!(metrics.autoreg_updates.get(), 1);
 }
 
 #[tokio::test]
 async fn entries_live_while_connected_and_for_the_grace_period() {
     let (src_tx, src_rx) = watch::channel(mk_state(1, true));
     let grace = Duration::from_millis(300);
-    let r = AutoRegistry::new(src_rx.clone(), grace);
+    let metrics = Metrics::default();
+    let r = AutoRegistry::new(src_rx.clone(), grace, metrics.clone());
     let (out_tx, mut out) = watch::channel(Arc::clone(&src_rx.borrow()));
     tokio::spawn(run(r.clone(), out_tx));
     let claims = mk_claims("billing-sa", "");
@@ -237,6 +248,7 @@ async fn entries_live_while_connected_and_for_the_grace_period() {
         left.elapsed()
     );
     assert!(r.debug().is_empty());
+    assert_eq!(metrics.autoreg_deletes.get(), 1);
 
     // A config change from the source still flows through.
     src_tx.send_replace(mk_state(2, true));
@@ -246,7 +258,7 @@ async fn entries_live_while_connected_and_for_the_grace_period() {
 #[tokio::test]
 async fn deleting_the_group_removes_its_entries() {
     let (src_tx, src_rx) = watch::channel(mk_state(1, true));
-    let r = AutoRegistry::new(src_rx.clone(), DEFAULT_GRACE);
+    let r = AutoRegistry::new(src_rx.clone(), DEFAULT_GRACE, Metrics::default());
     let (out_tx, mut out) = watch::channel(Arc::clone(&src_rx.borrow()));
     tokio::spawn(run(r.clone(), out_tx));
     let _conn = r.connect("n", mk_request(), None).expect("registered");

@@ -294,6 +294,11 @@ pub async fn run(
             match registered {
                 Ok(c) => Some(c),
                 Err(e) => {
+                    if let (crate::xds::autoregister::RegisterError::BadNode(_), Some(r)) =
+                        (&e, &shared.autoreg)
+                    {
+                        r.refused();
+                    }
                     warn!(node = %node.id, error = %e, "auto-registration refused");
                     let status = match &e {
                         crate::xds::autoregister::RegisterError::Identity { .. } => {
