@@ -19,6 +19,7 @@ use super::wire;
 use crate::ca::token::Claims;
 use crate::metrics::Metrics;
 use crate::model::WorkloadKey;
+use crate::xds::autoregister::{self, Connection, RegisterError};
 use crate::xds::cache::ProxyResources;
 use crate::xds::types::XdsType;
 
@@ -239,7 +240,7 @@ pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
         }
     };
     // A proxy registering for a WorkloadGroup is its auto-registered entry.
-    if let Some(Ok(req)) = crate::xds::autoregister::request_of(node) {
+    if let Some(Ok(req)) = autoregister::request_of(node) {
         return Some(req.entry_key());
     }
     if let (Some(namespace), Some(name)) = (field("NAMESPACE"), field("WORKLOAD_NAME")) {
@@ -251,6 +252,40 @@ pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
     (!name.is_empty() && !namespace.is_empty()).then(|| WorkloadKey {
         namespace: namespace.to_string(),
         name: name.to_string(),
+    })
+}
+
+/// The auto-registration of a proxy whose node names a WorkloadGroup (None
+/// for other proxies), or the status that refuses it.
+fn register(
+    shared: &AdsShared,
+    node: &Node,
+    claims: Option<&Claims>,
+) -> Result<Option<Connection>, tonic::Status> {
+    let Some(req) = autoregister::request_of(node) else {
+        return Ok(None);
+    };
+    let registered = req.and_then(|req| match &shared.autoreg {
+        Some(r) => r.connect(&node.id, req, claims),
+        None => Err(RegisterError::BadNode(
+            "this port does not auto-register workloads".into(),
+        )),
+    });
+    registered.map(Some).map_err(|e| {
+        warn!(node = %node.id, error = %e, "auto-registration refused");
+        match &e {
+            RegisterError::Identity { .. } => {
+                shared.metrics.auth_failures.inc();
+                tonic::Status::permission_denied(e.to_string())
+            }
+            RegisterError::NoGroup { .. } => tonic::Status::failed_precondition(e.to_string()),
+            RegisterError::BadNode(_) => {
+                if let Some(r) = &shared.autoreg {
+                    r.refused();
+                }
+                tonic::Status::invalid_argument(e.to_string())
+            }
+        }
     })
 }
 
@@ -282,40 +317,11 @@ pub async fn run(
     };
     // A proxy registering for a WorkloadGroup is the entry its registration
     // names (checked against its credential there); others name theirs.
-    let registration = match crate::xds::autoregister::request_of(&node) {
-        None => None,
-        Some(req) => {
-            let registered = req.and_then(|req| match &shared.autoreg {
-                Some(r) => r.connect(&node.id, req, claims.as_ref()),
-                None => Err(crate::xds::autoregister::RegisterError::BadNode(
-                    "this port does not auto-register workloads".into(),
-                )),
-            });
-            match registered {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    if let (crate::xds::autoregister::RegisterError::BadNode(_), Some(r)) =
-                        (&e, &shared.autoreg)
-                    {
-                        r.refused();
-                    }
-                    warn!(node = %node.id, error = %e, "auto-registration refused");
-                    let status = match &e {
-                        crate::xds::autoregister::RegisterError::Identity { .. } => {
-                            shared.metrics.auth_failures.inc();
-                            tonic::Status::permission_denied(e.to_string())
-                        }
-                        crate::xds::autoregister::RegisterError::NoGroup { .. } => {
-                            tonic::Status::failed_precondition(e.to_string())
-                        }
-                        crate::xds::autoregister::RegisterError::BadNode(_) => {
-                            tonic::Status::invalid_argument(e.to_string())
-                        }
-                    };
-                    let _ = tx.send(Out::End(status)).await;
-                    return;
-                }
-            }
+    let registration = match register(&shared, &node, claims.as_ref()) {
+        Ok(r) => r,
+        Err(status) => {
+            let _ = tx.send(Out::End(status)).await;
+            return;
         }
     };
     let workload = match &registration {
