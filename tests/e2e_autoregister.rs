@@ -59,11 +59,18 @@ spec:
     labels: {app: billing}
 "#;
 
-/// Starts the VM's sidecar from a bootstrap for the group.
+/// Starts the VM's sidecar from a bootstrap for the group (over delta xDS,
+/// while productpage's speaks SotW).
 fn start_vm(mesh: &mut Mesh, host: u8, extra: &[&str]) {
     let address = format!("127.{}.0.{host}", mesh.net);
     let config = mesh.config.display().to_string();
-    let mut args = vec!["--workload-group", "default/billing", "--address", &address];
+    let mut args = vec![
+        "--workload-group",
+        "default/billing",
+        "--address",
+        &address,
+        "--delta",
+    ];
     if extra.is_empty() {
         args.extend(["--config-dir", &config]);
     }
@@ -145,6 +152,7 @@ fn a_group_member_registers_serves_and_leaves_after_the_grace_period() {
         .cloned()
         .unwrap_or_else(|| panic!("no registered proxy in {syncz}"));
     assert_eq!(vm["workload"], format!("default/{name}"));
+    assert_eq!(vm["delta"], true);
     // Nothing was written into the config directory.
     for f in std::fs::read_dir(&mesh.config).unwrap() {
         let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
