@@ -196,6 +196,11 @@ pub struct ServeArgs {
     /// `outboundTrafficPolicy` overrides it for the workloads it selects.
     #[arg(long, default_value = "ALLOW_ANY", value_parser = outbound_policy_arg)]
     pub outbound_traffic_policy: crate::xds::translate::OutboundMode,
+    /// How long a WorkloadEntry auto-registered for a WorkloadGroup stays
+    /// after its proxy disconnects (Istio's PILOT_WORKLOAD_ENTRY_GRACE_PERIOD):
+    /// a reconnect within it keeps the entry.
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    pub workload_entry_grace_period: Duration,
 }
 
 /// `--webhook-address`: an address, or `off`.
@@ -258,10 +263,25 @@ pub enum Format {
 #[derive(clap::Args, Debug)]
 pub struct BootstrapArgs {
     /// The WorkloadEntry this sidecar runs beside; in Kubernetes, its pod's name.
-    #[arg(long)]
-    pub workload: String,
+    #[arg(long, required_unless_present = "workload_group")]
+    pub workload: Option<String>,
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// A sidecar that auto-registers with this WorkloadGroup (`NAMESPACE/NAME`,
+    /// or `NAME` in --namespace) instead of naming a WorkloadEntry:
+    /// pilotfish makes its entry from the group's template when it
+    /// connects. Needs --address.
+    #[arg(long, conflicts_with_all = ["workload", "kubernetes", "gateway"], requires = "address")]
+    pub workload_group: Option<String>,
+    /// With --workload-group: the workload's IP address (Istio's
+    /// INSTANCE_IPS), where its sidecar binds.
+    #[arg(long, requires = "workload_group")]
+    pub address: Option<std::net::IpAddr>,
+    /// With --workload-group and no --config-dir: the service account the
+    /// credential names (it must be the group template's). With
+    /// --config-dir it is read from the template.
+    #[arg(long, requires = "workload_group")]
+    pub service_account: Option<String>,
     /// Config directory: when given, the WorkloadEntry must exist there and
     /// its address goes into the node id.
     #[arg(long, conflicts_with = "kubernetes")]
@@ -546,15 +566,76 @@ fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
+/// What a bootstrap for a WorkloadGroup member needs: the request its node
+/// carries, and the template's service account and locality when the
+/// config is at hand.
+fn group_member(
+    args: &BootstrapArgs,
+    group: &str,
+) -> Result<(
+    crate::model::autoregister::Request,
+    Option<String>,
+    Option<String>,
+)> {
+    let (namespace, name) = match group.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (args.namespace.clone(), group.to_string()),
+    };
+    let Some(ip) = args.address else {
+        bail!("--workload-group needs --address (the workload's IP)");
+    };
+    let req = crate::model::autoregister::Request {
+        namespace,
+        group: name,
+        ip: ip.to_string(),
+        network: None,
+        locality: None,
+        labels: Default::default(),
+    };
+    let Some(dir) = &args.config_dir else {
+        return Ok((req, args.service_account.clone(), None));
+    };
+    let (_, state) =
+        config::watch::load(dir, &Metrics::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some((_, g)) = crate::model::autoregister::group(&state.snapshot, &req) else {
+        bail!(
+            "no WorkloadGroup {}/{} in {} (known: {})",
+            req.namespace,
+            req.group,
+            dir.display(),
+            state
+                .snapshot
+                .workload_groups()
+                .map(|(r, _)| format!("{}/{}", r.namespace, r.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let sa = crate::model::autoregister::service_account(g, args.service_account.as_deref())
+        .map_err(|e| anyhow::anyhow!("--service-account: {e}"))?;
+    Ok((req, sa, g.template.locality.clone()))
+}
+
 fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
-    let workload = WorkloadKey {
-        namespace: args.namespace,
-        name: args.workload,
+    let member = match &args.workload_group {
+        Some(g) => Some(group_member(&args, g)?),
+        None => None,
+    };
+    let workload = match &member {
+        Some((req, _, _)) => req.entry_key(),
+        None => WorkloadKey {
+            namespace: args.namespace.clone(),
+            name: args.workload.clone().unwrap_or_default(),
+        },
     };
     let mut ip = None;
     let mut service_account = None;
     let mut locality = None;
-    if let Some(dir) = &args.config_dir {
+    if let Some((req, sa, loc)) = &member {
+        ip = Some(req.ip.clone());
+        service_account = sa.clone();
+        locality = loc.clone();
+    } else if let Some(dir) = &args.config_dir {
         let (_, state) =
             config::watch::load(dir, &Metrics::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let registry = crate::model::Registry::build(&state.snapshot);
@@ -649,7 +730,13 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
                     crate::ca::token::Claims {
                         namespace: workload.namespace.clone(),
                         service_account: service_account.unwrap_or_else(|| "default".into()),
-                        workload: workload.name.clone(),
+                        // A group member's credential names its service
+                        // account only (as a VM's ServiceAccount token
+                        // does): its entry is made when it connects.
+                        workload: match &member {
+                            Some(_) => String::new(),
+                            None => workload.name.clone(),
+                        },
                         exp: 0,
                     },
                     args.token_ttl,
@@ -676,6 +763,9 @@ fn print_bootstrap(args: BootstrapArgs) -> Result<()> {
     });
     if args.gateway {
         crate::xds::bootstrap::as_gateway(&mut b);
+    }
+    if let Some((req, _, _)) = &member {
+        crate::xds::bootstrap::as_group_member(&mut b, &req.group, &req.ip);
     }
     if let Some(l) = &locality {
         crate::xds::bootstrap::set_locality(&mut b, l);
@@ -740,6 +830,15 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let (metrics, mut registry) = Metrics::new();
     let source = ConfigSource::open(&args, &metrics).await?;
     let (config_tx, config_rx) = watch::channel(Arc::new(source.initial));
+    // The model: the source's config plus the WorkloadEntries proxies of
+    // WorkloadGroups auto-registered (in memory only).
+    let autoreg = crate::xds::autoregister::AutoRegistry::new(
+        config_rx.clone(),
+        args.workload_entry_grace_period,
+        metrics.clone(),
+    );
+    let (model_tx, model_rx) = watch::channel(Arc::clone(&config_rx.borrow()));
+    tokio::spawn(crate::xds::autoregister::run(autoreg.clone(), model_tx));
     let (xds_tx, xds_rx) = watch::channel(Arc::new(XdsSnapshot::default()));
     let syncs = SyncRegistry::default();
 
@@ -953,7 +1052,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         (None, None) => None,
     };
     tokio::spawn(crate::xds::run_translator(
-        config_rx.clone(),
+        model_rx.clone(),
         xds_tx,
         Some(certs),
         creds,
@@ -973,6 +1072,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         metrics: metrics.clone(),
         syncs: syncs.clone(),
         auth: Some(auth),
+        autoreg: Some(autoreg.clone()),
     };
     if let Some(addr) = args.plaintext_xds_address {
         let listener =
@@ -1014,10 +1114,11 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         AdminState {
             registry: Arc::new(registry),
             syncs,
-            config: config_rx,
+            config: model_rx,
             xds: xds_rx,
             telemetry: telemetry.sink.clone(),
             rotation: Some(rotation),
+            autoreg: Some(autoreg),
         },
         stopped(stop_rx),
     ));

@@ -65,6 +65,14 @@ pub struct Metrics {
     /// 1 while this replica holds the leader-election Lease (Kubernetes mode).
     pub leader: Gauge,
     pub auth_failures: Counter,
+    /// WorkloadGroup auto-registration, as istiod counts it: entries
+    /// created, re-connected, disconnected (grace period started), deleted
+    /// after the grace period, and registrations refused.
+    pub autoreg_success: Counter,
+    pub autoreg_updates: Counter,
+    pub autoreg_unregister: Counter,
+    pub autoreg_deletes: Counter,
+    pub autoreg_errors: Counter,
     /// CSRs received on Istio's CA API, and those not signed.
     pub csr_count: Counter,
     pub csr_sign_errors: Counter,
@@ -113,6 +121,11 @@ impl Default for Metrics {
             cert_chain_expiry: Gauge::default(),
             leader: Gauge::default(),
             auth_failures: Counter::default(),
+            autoreg_success: Counter::default(),
+            autoreg_updates: Counter::default(),
+            autoreg_unregister: Counter::default(),
+            autoreg_deletes: Counter::default(),
+            autoreg_errors: Counter::default(),
             csr_count: Counter::default(),
             csr_sign_errors: Counter::default(),
             csr_parse_errors: Counter::default(),
@@ -200,6 +213,35 @@ impl Metrics {
             "xDS connections refused: missing, forged or expired credential, or another workload's",
             metrics.auth_failures.clone(),
         );
+        for (name, help, c) in [
+            (
+                "auto_registration_success",
+                "WorkloadEntries auto-registered for WorkloadGroups",
+                &metrics.autoreg_success,
+            ),
+            (
+                "auto_registration_updates",
+                "Auto-registered WorkloadEntries whose proxy connected again",
+                &metrics.autoreg_updates,
+            ),
+            (
+                "auto_registration_unregister",
+                "Auto-registered WorkloadEntries whose proxy disconnected (grace period started)",
+                &metrics.autoreg_unregister,
+            ),
+            (
+                "auto_registration_deletes",
+                "Auto-registered WorkloadEntries deleted after the grace period",
+                &metrics.autoreg_deletes,
+            ),
+            (
+                "auto_registration_errors",
+                "Auto-registrations refused (no such group, identity mismatch, bad node metadata)",
+                &metrics.autoreg_errors,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         registry.register(
             "citadel_server_csr_count",
             "CSRs received on Istio's CA API (CreateCertificate)",

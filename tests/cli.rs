@@ -111,6 +111,98 @@ fn bootstrap_checks_the_workload_exists_and_uses_its_address() {
 }
 
 #[test]
+fn bootstrap_for_a_workload_group_names_the_group_and_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("group.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: billing, namespace: vm}\n\
+         spec:\n  metadata: {labels: {app: billing}}\n  template: {serviceAccount: billing-sa, locality: r1/z1}\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let base = [
+        "bootstrap",
+        "--workload-group",
+        "vm/billing",
+        "--address",
+        "10.1.2.3",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--config-dir",
+        config.to_str().unwrap(),
+    ];
+    let out = pilotfish(&[&base[..], &["-o", "json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        b["node"]["id"],
+        "sidecar~10.1.2.3~billing-10.1.2.3.vm~vm.svc.cluster.local"
+    );
+    let meta = &b["node"]["metadata"];
+    assert_eq!(meta["AUTO_REGISTER_GROUP"], "billing");
+    assert_eq!(meta["INSTANCE_IPS"], "10.1.2.3");
+    assert_eq!(meta["NAMESPACE"], "vm");
+    assert_eq!(b["node"]["locality"]["region"], "r1");
+    // The credential names the template's service account and no workload.
+    let bearer =
+        b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]["value"]
+            .as_str()
+            .unwrap();
+    let payload = bearer
+        .trim_start_matches("Bearer ")
+        .split('.')
+        .next()
+        .unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["namespace"], "vm");
+    assert_eq!(claims["service_account"], "billing-sa");
+    assert_eq!(claims["workload"], "");
+    // Envoy takes it.
+    let path = dir.path().join("group.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let envoy = Command::new(common::envoy_bin())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy --mode validate");
+    assert!(
+        envoy.status.success(),
+        "envoy rejected the bootstrap:\n{}",
+        String::from_utf8_lossy(&envoy.stderr)
+    );
+
+    // Another service account than the template's, a missing group, no address.
+    let out = pilotfish(&[&base[..], &["--service-account", "other"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("billing-sa") && err.contains("other"), "{err}");
+    let mut missing = base.to_vec();
+    missing[2] = "vm/nope";
+    let out = pilotfish(&missing);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no WorkloadGroup vm/nope") && err.contains("vm/billing"),
+        "{err}"
+    );
+    let out = pilotfish(&["bootstrap", "--workload-group", "vm/billing"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--address"));
+}
+
+#[test]
 fn bad_flags_are_rejected_with_usage() {
     let out = pilotfish(&["serve", "--config-dir", ".", "--debounce", "soon"]);
     assert!(!out.status.success());

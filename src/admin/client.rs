@@ -74,7 +74,7 @@ pub fn proxy_status(admin: &str, json: bool) -> Result<String> {
                     .iter()
                     .map(|t| (*t, sync_state(&p["types"][*t])))
                     .collect();
-                serde_json::json!({"proxy": p["node_id"], "workload": p["workload"],
+                serde_json::json!({"proxy": p["node_id"], "workload": p["workload"], "group": p["group"],
                     "xds": if p["delta"] == true { "delta" } else { "sotw" }, "status": states})
             })
             .collect();

@@ -31,6 +31,8 @@ pub struct AdminState {
     pub telemetry: crate::telemetry::sink::Sink,
     /// Root rotation (POST /ca/rotate); None when the CA cannot rotate here.
     pub rotation: Option<Rotation>,
+    /// WorkloadGroup auto-registration (/debug/autoregistration).
+    pub autoreg: Option<crate::xds::autoregister::AutoRegistry>,
 }
 
 /// What a root rotation step needs: the CA, and who to wake afterwards.
@@ -63,6 +65,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/config_errors", get(config_errors))
         .route("/debug/proxy_stats", get(proxy_stats))
+        .route("/debug/autoregistration", get(autoregistration))
         .route("/ca/rotate", axum::routing::post(rotate))
         .merge(ui::routes())
         .with_state(state)
@@ -160,6 +163,14 @@ async fn rotate(State(s): State<AdminState>, Query(q): Query<RotateQuery>) -> Re
 /// The latest Envoy stats summary of each proxy (from the metrics sink).
 async fn proxy_stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!(s.telemetry.proxies.all()))
+}
+
+/// The workloads auto-registered for WorkloadGroups: each entry as the
+/// model has it, its connections and grace period, or why it is left out.
+async fn autoregistration(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!(
+        s.autoreg.as_ref().map(|r| r.debug()).unwrap_or_default()
+    ))
 }
 
 #[derive(Deserialize)]

@@ -394,6 +394,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
             syncs: SyncRegistry::default(),
             // The loadgen speaks to pilotfish's plaintext port.
             auth: None,
+            autoreg: None,
         },
         tonic::service::Routes::default(),
         None,

@@ -1,6 +1,7 @@
 //! The domain every role shares: typed Istio resources, the config snapshot,
 //! and the service registry derived from it. Depends on nothing else in the crate.
 
+pub mod autoregister;
 pub mod crd;
 pub mod host;
 pub mod istio;

@@ -18,9 +18,7 @@ use super::security::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAu
 use super::telemetry::TelemetrySpec;
 use super::virtual_services::VirtualServiceIndex;
 
-/// The kinds pilotfish reads. (Gateway, Sidecar, WorkloadGroup,
-/// AuthorizationPolicy, RequestAuthentication and Telemetry are parsed and
-/// validated, and kept in the snapshot, but not translated yet.)
+/// The kinds pilotfish reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Kind {
     ServiceEntry,

@@ -166,6 +166,14 @@ pub fn as_gateway(b: &mut serde_json::Value) {
     }
 }
 
+/// Makes a bootstrap a WorkloadGroup member's: node metadata
+/// `AUTO_REGISTER_GROUP` and `INSTANCE_IPS`, as Istio's VM agent sends
+/// them; pilotfish registers its WorkloadEntry when it connects.
+pub fn as_group_member(b: &mut serde_json::Value, group: &str, ip: &str) {
+    b["node"]["metadata"]["AUTO_REGISTER_GROUP"] = json!(group);
+    b["node"]["metadata"]["INSTANCE_IPS"] = json!(ip);
+}
+
 /// Puts the workload's locality (`region/zone/subzone`) in the node, as
 /// Istio's agent does: Envoy reports it and uses it for zone-aware routing.
 /// (pilotfish shapes locality-balanced endpoints from the WorkloadEntry.)

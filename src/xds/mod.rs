@@ -1,6 +1,7 @@
 //! The Pilot role: translate the model into Envoy resources, encode them once,
 //! and serve them to every connected Envoy over ADS.
 
+pub mod autoregister;
 pub mod bootstrap;
 pub mod cache;
 pub mod credentials;

@@ -292,27 +292,44 @@ impl Mesh {
         extra: &[&str],
         edit: impl FnOnce(&mut Value),
     ) {
-        let ip = format!("127.{}.0.{host}", self.net);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pilotfish"));
-        cmd.args(["bootstrap", "--workload", workload]);
+        let mut args = vec!["--workload", workload];
         // `default` unless `extra` names the namespace.
         if !extra.contains(&"--namespace") {
-            cmd.args(["--namespace", "default"]);
+            args.extend(["--namespace", "default"]);
         }
-        cmd.args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
+        // With the config dir the bootstrap knows the workload's address (its
+        // node id and the address its connections leave from); a workload
+        // the config lacks is started without, as a stray proxy would be.
+        let config = self.config.display().to_string();
+        if BOOKINFO.iter().any(|b| b.0 == workload) {
+            args.extend(["--config-dir", &config]);
+        }
+        args.extend(extra);
+        self.start_envoy_bootstrap(workload, host, &args, edit);
+    }
+
+    /// Starts one Envoy on host number `host` from `pilotfish bootstrap
+    /// ARGS` (plus pilotfish's and the admin address, the state dir, and
+    /// `--delta` for a delta mesh); `name` names its files.
+    pub fn start_envoy_bootstrap(
+        &mut self,
+        name: &str,
+        host: u8,
+        bootstrap_args: &[&str],
+        edit: impl FnOnce(&mut Value),
+    ) {
+        let workload = name;
+        let ip = format!("127.{}.0.{host}", self.net);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pilotfish"));
+        cmd.arg("bootstrap")
+            .args(["--xds-address", &format!("{}:15010", self.pilotfish_ip())])
             .args(["--admin-address", &format!("{ip}:15000")])
             .arg("--state-dir")
             .arg(self.dir.path().join("state"));
         if self.delta {
             cmd.arg("--delta");
         }
-        // With the config dir the bootstrap knows the workload's address (its
-        // node id and the address its connections leave from); a workload
-        // the config lacks is started without, as a stray proxy would be.
-        if BOOKINFO.iter().any(|b| b.0 == workload) {
-            cmd.arg("--config-dir").arg(&self.config);
-        }
-        cmd.args(["-o", "json"]).args(extra);
+        cmd.args(["-o", "json"]).args(bootstrap_args);
         let out = cmd.output().expect("pilotfish bootstrap");
         assert!(
             out.status.success(),

@@ -110,6 +110,7 @@ fn mk_proxy(workload: &str, types: &[(&'static str, TypeStatus)]) -> ProxySync {
     ProxySync {
         node_id: format!("sidecar~127.0.0.1~{workload}.default~default.svc.cluster.local"),
         workload: format!("default/{workload}"),
+        group: None,
         peer: "127.0.0.1:5000".into(),
         delta: false,
         connected_unix: 1,
@@ -504,6 +505,7 @@ fn mk_state() -> AdminState {
         xds,
         telemetry: telemetry.sink,
         rotation: None,
+        autoreg: None,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct AdsShared {
     pub syncs: SyncRegistry,
     /// Verifies proxy credentials; None on an unauthenticated (plaintext) port.
     pub auth: Option<Authenticator>,
+    /// Registers proxies that name a WorkloadGroup; None: they are refused.
+    pub autoreg: Option<crate::xds::autoregister::AutoRegistry>,
 }
 
 /// The tower service that tonic's server routes ADS calls to.

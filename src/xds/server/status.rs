@@ -19,6 +19,8 @@ pub struct ProxyConn {
     pub node_id: String,
     /// `namespace/name` of its WorkloadEntry.
     pub workload: String,
+    /// `namespace/name` of the WorkloadGroup it registered with, if any.
+    pub group: Option<String>,
     pub peer: String,
     pub delta: bool,
     pub connected_unix: u64,
@@ -37,6 +39,9 @@ pub struct SyncRegistry {
 pub struct ProxySync {
     pub node_id: String,
     pub workload: String,
+    /// The WorkloadGroup it auto-registered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub peer: String,
     pub delta: bool,
     pub connected_unix: u64,
@@ -66,6 +71,7 @@ impl SyncRegistry {
                 ProxySync {
                     node_id: c.node_id.clone(),
                     workload: c.workload.clone(),
+                    group: c.group.clone(),
                     peer: c.peer.clone(),
                     delta: c.delta,
                     connected_unix: c.connected_unix,

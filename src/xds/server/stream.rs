@@ -19,6 +19,7 @@ use super::wire;
 use crate::ca::token::Claims;
 use crate::metrics::Metrics;
 use crate::model::WorkloadKey;
+use crate::xds::autoregister::{self, Connection, RegisterError};
 use crate::xds::cache::ProxyResources;
 use crate::xds::types::XdsType;
 
@@ -226,8 +227,10 @@ impl Incoming {
     }
 }
 
-/// Which workload a proxy is: the bootstrap's node metadata (`NAMESPACE`,
-/// `WORKLOAD_NAME`), else Istio's node id `sidecar~IP~NAME.NAMESPACE~DOMAIN`.
+/// Which workload a proxy is: the entry it auto-registers as when its node
+/// names a WorkloadGroup (`AUTO_REGISTER_GROUP`), else the bootstrap's node
+/// metadata (`NAMESPACE`, `WORKLOAD_NAME`), else Istio's node id
+/// `sidecar~IP~NAME.NAMESPACE~DOMAIN`.
 pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
     let field = |key: &str| {
         use envoy_types::pb::google::protobuf::value::Kind;
@@ -236,6 +239,10 @@ pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
             _ => None,
         }
     };
+    // A proxy registering for a WorkloadGroup is its auto-registered entry.
+    if let Some(Ok(req)) = autoregister::request_of(node) {
+        return Some(req.entry_key());
+    }
     if let (Some(namespace), Some(name)) = (field("NAMESPACE"), field("WORKLOAD_NAME")) {
         return Some(WorkloadKey { namespace, name });
     }
@@ -245,6 +252,40 @@ pub fn workload_of(node: &Node) -> Option<WorkloadKey> {
     (!name.is_empty() && !namespace.is_empty()).then(|| WorkloadKey {
         namespace: namespace.to_string(),
         name: name.to_string(),
+    })
+}
+
+/// The auto-registration of a proxy whose node names a WorkloadGroup (None
+/// for other proxies), or the status that refuses it.
+fn register(
+    shared: &AdsShared,
+    node: &Node,
+    claims: Option<&Claims>,
+) -> Result<Option<Connection>, tonic::Status> {
+    let Some(req) = autoregister::request_of(node) else {
+        return Ok(None);
+    };
+    let registered = req.and_then(|req| match &shared.autoreg {
+        Some(r) => r.connect(&node.id, req, claims),
+        None => Err(RegisterError::BadNode(
+            "this port does not auto-register workloads".into(),
+        )),
+    });
+    registered.map(Some).map_err(|e| {
+        warn!(node = %node.id, error = %e, "auto-registration refused");
+        match &e {
+            RegisterError::Identity { .. } => {
+                shared.metrics.auth_failures.inc();
+                tonic::Status::permission_denied(e.to_string())
+            }
+            RegisterError::NoGroup { .. } => tonic::Status::failed_precondition(e.to_string()),
+            RegisterError::BadNode(_) => {
+                if let Some(r) = &shared.autoreg {
+                    r.refused();
+                }
+                tonic::Status::invalid_argument(e.to_string())
+            }
+        }
     })
 }
 
@@ -274,39 +315,55 @@ pub async fn run(
             .await;
         return;
     };
-    let Some(workload) = workload_of(&node) else {
-        warn!(node = %node.id, "proxy names no workload (node metadata NAMESPACE and WORKLOAD_NAME, or node id sidecar~IP~NAME.NAMESPACE~...); closing");
-        let _ = tx
-            .send(Out::End(tonic::Status::invalid_argument(
-                "cannot tell which workload this proxy is: set node metadata NAMESPACE and WORKLOAD_NAME (pilotfish bootstrap does)",
-            )))
-            .await;
-        return;
+    // A proxy registering for a WorkloadGroup is the entry its registration
+    // names (checked against its credential there); others name theirs.
+    let registration = match register(&shared, &node, claims.as_ref()) {
+        Ok(r) => r,
+        Err(status) => {
+            let _ = tx.send(Out::End(status)).await;
+            return;
+        }
     };
-    // An authenticated proxy may only be the workload its credential names.
-    let workload_sa = shared
-        .snapshots
-        .borrow()
-        .registry
-        .workloads
-        .get(&workload)
-        .and_then(|w| w.service_account.clone());
-    if let Some(c) = &claims
-        && !c.allows(&workload, workload_sa.as_deref())
-    {
-        warn!(node = %node.id, %workload, credential = %format!("{}/{}", c.namespace, c.workload), "proxy claims another workload than its credential; refused");
-        shared.metrics.auth_failures.inc();
-        let _ = tx
-            .send(Out::End(tonic::Status::permission_denied(format!(
-                "the credential is for workload {}/{} (service account {}), not {workload}",
-                c.namespace, c.workload, c.service_account
-            ))))
-            .await;
-        return;
-    }
+    let workload = match &registration {
+        Some(c) => c.key.clone(),
+        None => {
+            let Some(workload) = workload_of(&node) else {
+                warn!(node = %node.id, "proxy names no workload (node metadata NAMESPACE and WORKLOAD_NAME, or node id sidecar~IP~NAME.NAMESPACE~...); closing");
+                let _ = tx
+                    .send(Out::End(tonic::Status::invalid_argument(
+                        "cannot tell which workload this proxy is: set node metadata NAMESPACE and WORKLOAD_NAME (pilotfish bootstrap does)",
+                    )))
+                    .await;
+                return;
+            };
+            // An authenticated proxy may only be the workload its credential names.
+            let workload_sa = shared
+                .snapshots
+                .borrow()
+                .registry
+                .workloads
+                .get(&workload)
+                .and_then(|w| w.service_account.clone());
+            if let Some(c) = &claims
+                && !c.allows(&workload, workload_sa.as_deref())
+            {
+                warn!(node = %node.id, %workload, credential = %format!("{}/{}", c.namespace, c.workload), "proxy claims another workload than its credential; refused");
+                shared.metrics.auth_failures.inc();
+                let _ = tx
+                    .send(Out::End(tonic::Status::permission_denied(format!(
+                        "the credential is for workload {}/{} (service account {}), not {workload}",
+                        c.namespace, c.workload, c.service_account
+                    ))))
+                    .await;
+                return;
+            }
+            workload
+        }
+    };
     let conn = Arc::new(ProxyConn {
         node_id: node.id.clone(),
         workload: workload.to_string(),
+        group: registration.as_ref().map(|c| c.group.clone()),
         peer,
         delta,
         connected_unix: std::time::SystemTime::now()
@@ -325,7 +382,8 @@ pub async fn run(
         workload,
         tx: &tx,
         resources: None,
-        warned_unknown: false,
+        // A registered entry reaches the snapshot just after it connects.
+        warned_unknown: registration.is_some(),
         pending: [None; XdsType::COUNT],
         names_hash: [None; XdsType::COUNT],
     };
@@ -363,6 +421,8 @@ pub async fn run(
     shared.syncs.remove(conn_id);
     shared.metrics.connected_proxies.dec();
     info!(node = %node.id, "proxy disconnected");
+    // An auto-registered entry's grace period starts now.
+    drop(registration);
 }
 
 /// The receiver is gone: the client closed the stream.
