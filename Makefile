@@ -53,7 +53,9 @@ bench:
 	  done; \
 	  S=1000 E=2 MODE=delta BIN=target/release/pilotfish OUT=.bench-1000-delta.md bash scripts/bench.sh >&2 && cat .bench-1000-delta.md && echo; \
 	  printf '### Configuration (issue 5): tests/config_figures.rs\n\n'; \
-	  cargo test --release --test config_figures -- --nocapture 2>/dev/null | sed -n 's/^figure: /* /p'; } > BENCHMARKS.md.new
+	  cargo test --release --test config_figures -- --nocapture 2>/dev/null | sed -n 's/^figure: /* /p'; \
+	  printf '\n### Certificates and edit-to-Envoy latency (issue 8): tests/perf_figures.rs\n\n'; \
+	  cargo test --release --test perf_figures -- --nocapture --test-threads 1 2>/dev/null | sed -n 's/^figure: /* /p'; } > BENCHMARKS.md.new
 	mv BENCHMARKS.md.new BENCHMARKS.md
 
 # Regenerate proto/envoy-descriptors.bin from the envoy-types crate.

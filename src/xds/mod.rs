@@ -59,7 +59,11 @@ pub async fn run_translator(
                 warn!(error = %e, "gateway credential not usable");
             }
         }
-        if config_changed || renewal_due || creds_changed {
+        // Version 0 is a source that has not loaded yet (Kubernetes before
+        // every watched kind is listed): build nothing, so /readyz stays
+        // unready, even if credentials or a renewal come first.
+        let loaded = state.version != 0;
+        if loaded && (config_changed || renewal_due || creds_changed) {
             last_version = state.version;
             let prev = Arc::clone(&out.borrow());
             let old_registry = Arc::clone(&registry);
@@ -201,3 +205,6 @@ pub async fn run_translator(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
