@@ -251,11 +251,29 @@ fn nack_is_surfaced_and_not_looped() {
         false,
     );
     mesh.start_bookinfo();
-    // A valid RE2 regex that Envoy refuses: its compiled program is larger
-    // than Envoy's default limit (100). Istio's validation accepts it too.
+    // An ordinary regex well over Envoy's default program-size limit (100)
+    // is served: the bootstrap raises it to Istio's 32768.
+    let fine = REVIEWS_V3.replace(
+        "  - route:\n",
+        "  - match:\n    - uri:\n        regex: \"^/(a|b)[a-z]{200}$\"\n    route:\n      - destination: {host: reviews, subset: v2}\n  - route:\n",
+    );
+    mesh.write("reviews.yaml", &fine);
+    wait_until("the regex route served", || {
+        mesh.envoy_admin(11, "/config_dump?resource=dynamic_route_configs")
+            .contains("[a-z]{200}")
+    });
+    assert!(
+        !mesh
+            .get_text(&mesh.admin_url("/debug/syncz"))
+            .contains("last_nack\":{"),
+        "no NACK for a regex within Istio's limit"
+    );
+    // A valid RE2 regex that Envoy still refuses: its compiled program is
+    // larger than that limit. Istio's validation accepts it too.
+    let huge = format!("^/(a|b){}$", "[a-z]{1000}".repeat(40));
     let bad = REVIEWS_V3.replace(
         "  - route:\n",
-        "  - match:\n    - uri:\n        regex: \"^/(a|b)[a-z]{200}$\"\n    route:\n",
+        &format!("  - match:\n    - uri:\n        regex: \"{huge}\"\n    route:\n"),
     );
     mesh.write("reviews.yaml", &bad);
     wait_until("a NACK in /debug/syncz", || {
@@ -272,9 +290,9 @@ fn nack_is_surfaced_and_not_looped() {
         metric(&m, "pilot_total_xds_rejects_total{type=\"rds\"}").unwrap_or(0.0) >= 1.0,
         "{m}"
     );
-    // The proxies keep their last good routes.
+    // The proxies keep their last good routes (the regex edit's: v3).
     for _ in 0..10 {
-        assert_eq!(mesh.reviews(None).0, "v1");
+        assert_eq!(mesh.reviews(None).0, "v3");
     }
     // Not resent in a loop: the RDS push count stays put.
     let pushes = |m: &str| metric(m, "pilot_xds_pushes_total{type=\"rds\"}").unwrap_or(0.0);

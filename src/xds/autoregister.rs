@@ -428,7 +428,10 @@ pub struct EntryView {
 /// ended. Runs until the source closes.
 pub async fn run(registry: AutoRegistry, out: watch::Sender<Arc<ConfigState>>) {
     let mut source = registry.inner.source.clone();
-    let mut last: Option<(u64, u64)> = None;
+    // The source state and generation last published: a new source state
+    // is recognised by identity, not version (a reload that only changes
+    // errors keeps the version).
+    let mut last: Option<(Arc<ConfigState>, u64)> = None;
     loop {
         let notified = registry.inner.changed.notified();
         let next = registry.expire(Instant::now());
@@ -437,7 +440,10 @@ pub async fn run(registry: AutoRegistry, out: watch::Sender<Arc<ConfigState>>) {
             let st = lock(&registry.inner.state);
             (st.generation, st.registrations.clone())
         };
-        if last != Some((src.version, generation)) {
+        let unchanged = last
+            .as_ref()
+            .is_some_and(|(s, g)| Arc::ptr_eq(s, &src) && *g == generation);
+        if !unchanged {
             let merged = model::merge(&src.snapshot, &registrations);
             for (key, why) in &merged.skipped {
                 let before = lock(&registry.inner.state).merged.skipped.get(key).cloned();
@@ -454,15 +460,15 @@ pub async fn run(registry: AutoRegistry, out: watch::Sender<Arc<ConfigState>>) {
                     errors: src.errors.clone(),
                     warnings: src.warnings.clone(),
                     files: src.files,
-                    changed_at: match last {
-                        Some((v, _)) if v == src.version => Some(Instant::now()),
+                    changed_at: match &last {
+                        Some((s, _)) if Arc::ptr_eq(s, &src) => Some(Instant::now()),
                         _ => src.changed_at,
                     },
                 })
             };
             lock(&registry.inner.state).merged = Arc::new(merged);
             out.send_replace(state);
-            last = Some((src.version, generation));
+            last = Some((src, generation));
         }
         let sleep = async {
             match next {

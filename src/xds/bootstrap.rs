@@ -190,6 +190,10 @@ pub fn set_locality(b: &mut serde_json::Value, locality: &str) {
     }
 }
 
+/// The largest compiled RE2 program Envoy accepts in a regex match, as
+/// Istio's bootstrap sets it.
+pub const RE2_MAX_PROGRAM_SIZE: u32 = 32768;
+
 /// The bootstrap as a JSON value (render with YAML or JSON).
 pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
     let xds_is_ip = p.xds_host.parse::<std::net::IpAddr>().is_ok();
@@ -221,6 +225,20 @@ pub fn bootstrap(p: &BootstrapParams) -> serde_json::Value {
             "clusters": [
                 pilotfish_cluster(XDS_CLUSTER, p, xds_is_ip),
                 pilotfish_cluster(TELEMETRY_CLUSTER, p, xds_is_ip),
+            ],
+        },
+        // Istio's bootstrap raises Envoy's RE2 program-size limit (100 by
+        // default) so VirtualService regexes its validation accepts are
+        // served: one ordinary `[a-z]{200}` would otherwise get the shared
+        // route table NACKed for every service. The admin layer keeps
+        // `/runtime_modify` working.
+        "layered_runtime": {
+            "layers": [
+                {"name": "pilotfish", "static_layer": {
+                    "re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE,
+                    "re2.max_program_size.warn_level": 1024,
+                }},
+                {"name": "admin", "admin_layer": {}},
             ],
         },
     });

@@ -272,3 +272,37 @@ async fn deleting_the_group_removes_its_entries() {
         Some("the WorkloadGroup no longer exists")
     );
 }
+
+#[tokio::test]
+async fn a_source_state_with_only_new_errors_is_passed_on() {
+    // A bad edit keeps the config (and its version) but adds an error: the
+    // model must carry it, or /debug/config_errors never shows it.
+    let (src_tx, src_rx) = watch::channel(mk_state(2, true));
+    let r = AutoRegistry::new(src_rx.clone(), Duration::from_secs(10), Metrics::default());
+    let (out_tx, mut out) = watch::channel(Arc::clone(&src_rx.borrow()));
+    tokio::spawn(run(r.clone(), out_tx));
+    for registered in [false, true] {
+        let _conn = registered.then(|| {
+            r.connect("n", mk_request(), Some(&mk_claims("billing-sa", "")))
+                .expect("registered")
+        });
+        if registered {
+            until(&mut out, "the entry", |s| entry_in(s).is_some()).await;
+        }
+        let same = &src_rx.borrow().clone();
+        let message = format!("invalid YAML ({registered})");
+        src_tx.send_replace(Arc::new(ConfigState {
+            version: same.version,
+            snapshot: same.snapshot.clone(),
+            errors: vec![crate::config::ConfigError::file(
+                std::path::Path::new("reviews.yaml"),
+                message.clone(),
+            )],
+            ..Default::default()
+        }));
+        until(&mut out, "the new error", |s| {
+            s.errors.iter().any(|e| e.message == message)
+        })
+        .await;
+    }
+}
