@@ -191,12 +191,16 @@ pub fn snapshot_of(resources: Vec<Resource>) -> ConfigSnapshot {
 }
 
 /// The cross-resource routing findings `serve` reports with its config
-/// warnings (on /debug/config_errors): VirtualServices competing for one
-/// host on the sidecars, delegates missing, hidden or conflicting, and
-/// rules no request reaches (IST0130; those after a catch-all are dropped
-/// from the route tables).
+/// warnings (on /debug/config_errors): route destinations naming a host
+/// or subset that does not exist (IST0101: Envoy answers 503 for them, as
+/// under Istio), VirtualServices competing for one host on the sidecars,
+/// delegates missing, hidden or conflicting, and rules no request reaches
+/// (IST0130; those after a catch-all are dropped from the route tables).
 pub fn serve_warnings(snapshot: &ConfigSnapshot) -> Vec<Message> {
-    let mut out = routing::conflicting_virtual_services(snapshot);
+    let registry = Registry::build(snapshot);
+    let mut out = routing::destination_hosts(snapshot, &registry);
+    out.extend(routing::destination_subsets(snapshot));
+    out.extend(routing::conflicting_virtual_services(snapshot));
     out.extend(routing::delegates(snapshot));
     out.extend(
         routing::unreachable_rules(snapshot)
