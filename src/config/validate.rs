@@ -317,6 +317,11 @@ fn virtual_service(s: &VirtualServiceSpec, p: &mut Problems) {
                 &retries.per_try_timeout,
                 p,
             );
+            duration(format!("{path}.retries.backoff"), &retries.backoff, p);
+        }
+        let body = r.direct_response.as_ref().and_then(|d| d.body.as_ref());
+        if let Some(Err(e)) = body.and_then(|b| b.decoded_bytes()) {
+            p.push((format!("{path}.directResponse.body.bytes"), e));
         }
     }
 }

@@ -339,3 +339,42 @@ fn destination_rule_connection_pools_and_peer_authentication_selector() {
         )])
     );
 }
+
+/// A `directResponse` body in bytes must be base64 (standard or URL-safe),
+/// and a retry `backoff` a duration; both are named by field path.
+#[test]
+fn direct_response_bytes_and_retry_backoff() {
+    let vs = |rule: &str| {
+        mk_doc(
+            "networking.istio.io/v1",
+            "VirtualService",
+            "default",
+            "vs",
+            &format!("{{hosts: [reviews], http: [{rule}]}}"),
+        )
+    };
+    assert_clean(
+        &vs("{directResponse: {status: 418, body: {bytes: SSdtIGEgdGVhcG90}}}"),
+        "VirtualService default/vs",
+    );
+    assert_clean(
+        &vs("{route: [{destination: {host: reviews}}], retries: {attempts: 2, backoff: 25ms}}"),
+        "VirtualService default/vs",
+    );
+    assert_eq!(
+        mk_errors(
+            &vs("{directResponse: {status: 200, body: {bytes: 'not base64!'}}}"),
+            "VirtualService default/vs"
+        ),
+        expect(&[(
+            "spec.http[0].directResponse.body.bytes",
+            "\"not base64!\" is not valid base64"
+        )])
+    );
+    let bad_backoff = mk_errors(
+        &vs("{route: [{destination: {host: reviews}}], retries: {attempts: 2, backoff: soon}}"),
+        "VirtualService default/vs",
+    );
+    assert_eq!(bad_backoff.len(), 1, "{bad_backoff:?}");
+    assert_eq!(bad_backoff[0].0, "spec.http[0].retries.backoff");
+}
