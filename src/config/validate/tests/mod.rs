@@ -378,3 +378,46 @@ fn direct_response_bytes_and_retry_backoff() {
     assert_eq!(bad_backoff.len(), 1, "{bad_backoff:?}");
     assert_eq!(bad_backoff[0].0, "spec.http[0].retries.backoff");
 }
+
+/// Fields Istio's API has but pilotfish does not translate are accepted
+/// with a warning naming each, rather than ignored silently.
+#[test]
+fn untranslated_fields_are_warnings() {
+    const MSG: &str = "accepted but not translated by pilotfish: it has no effect";
+    let dr = mk_doc(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "default",
+        "dr",
+        "{host: reviews, trafficPolicy: {tunnel: {targetHost: 10.0.0.1, targetPort: 8443}, \
+         connectionPool: {http: {http2KeepAlive: {interval: 10s}}}, \
+         loadBalancer: {simple: RANDOM, warmup: {duration: 10s}}, \
+         portLevelSettings: [{port: {number: 9080}, outlierDetection: {outlierDetectionHttpErrorCodes: [500]}}]}}",
+    );
+    assert_eq!(
+        mk_warnings(&dr, "DestinationRule default/dr"),
+        expect(&[
+            ("spec.trafficPolicy.tunnel", MSG),
+            (
+                "spec.trafficPolicy.loadBalancer.warmup",
+                "warmup applies to LEAST_REQUEST and ROUND_ROBIN load balancing only: it has no effect"
+            ),
+            ("spec.trafficPolicy.connectionPool.http.http2KeepAlive", MSG),
+            (
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
+                MSG
+            ),
+        ])
+    );
+    let vs = mk_doc(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "default",
+        "vs",
+        "{hosts: [reviews], http: [{match: [{statPrefix: x, uri: {prefix: /a}}], route: [{destination: {host: reviews}}]}]}",
+    );
+    assert_eq!(
+        mk_warnings(&vs, "VirtualService default/vs"),
+        expect(&[("spec.http[0].match[0].statPrefix", MSG)])
+    );
+}
