@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
     retry_policy::{RetryBackOff, RetryHostPredicate, retry_host_predicate},
     route::Action,
-    route_action::ClusterSpecifier,
+    route_action::{ClusterSpecifier, HashPolicy},
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
 };
@@ -72,11 +72,12 @@ pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
             if routes.is_empty() {
                 // No VirtualService, or none of its rules apply to this port:
                 // plain routing to the service, as Istio falls back to.
-                routes.push(default_route(&outbound_cluster_name(
-                    port.number,
-                    "",
-                    &svc.hostname,
-                )));
+                // As in Istio, the DestinationRule's consistent hashing
+                // still gets its hash key (and retries stay on the host).
+                routes.push(default_route(
+                    &outbound_cluster_name(port.number, "", &svc.hostname),
+                    hash_policy(mesh, &svc.hostname, &svc.namespace, None, port.number),
+                ));
             }
             virtual_hosts.push(VirtualHost {
                 name: format!("{}:{}", svc.hostname, port.number),
@@ -128,7 +129,7 @@ pub fn virtual_service_for<'a>(
     }
 }
 
-fn default_route(cluster: &str) -> Route {
+fn default_route(cluster: &str, hash: Option<HashPolicy>) -> Route {
     Route {
         name: "default".to_string(),
         r#match: Some(RouteMatch {
@@ -138,7 +139,8 @@ fn default_route(cluster: &str) -> Route {
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: Some(duration(std::time::Duration::ZERO)),
-            retry_policy: Some(default_retry_policy(false)),
+            retry_policy: Some(default_retry_policy(hash.is_some())),
+            hash_policy: hash.into_iter().collect(),
             ..Default::default()
         })),
         ..Default::default()
@@ -595,29 +597,19 @@ fn action(
         let hostname = host::resolve(&d.destination.host, &vs.namespace);
         let dest_svc = mesh.registry.services.get(&hostname);
         let ns = dest_svc.map_or(vs.namespace.as_str(), |s| s.namespace.as_str());
-        if let Some((_, dr)) = mesh.destination_rule(&hostname, ns) {
-            let subset = d
-                .destination
-                .subset
-                .as_ref()
-                .and_then(|name| dr.subsets.iter().find(|s| &s.name == name));
-            let policy = EffectivePolicy::merge(
-                dr.traffic_policy.as_ref(),
-                subset.and_then(|s| s.traffic_policy.as_ref()),
-                d.destination
-                    .port
-                    .as_ref()
-                    .and_then(|p| p.number)
-                    .unwrap_or(port.number),
-            );
-            if let Some(h) = policy
-                .load_balancer
-                .and_then(|l| l.consistent_hash.as_ref())
-                .and_then(http_policy::hash_policy)
-            {
-                action.hash_policy.push(h);
-            }
-        }
+        let dest_port = d
+            .destination
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .unwrap_or(port.number);
+        action.hash_policy.extend(hash_policy(
+            mesh,
+            &hostname,
+            ns,
+            d.destination.subset.as_deref(),
+            dest_port,
+        ));
     }
     action.retry_policy = retry_policy(route.retries.as_ref(), !action.hash_policy.is_empty());
     if let Some(rw) = &route.rewrite {
@@ -639,6 +631,28 @@ fn action(
         }
     }
     Action::Route(action)
+}
+
+/// The route's hash key for a destination whose DestinationRule (as it
+/// applies to `subset` and `port`) load-balances by consistent hashing.
+fn hash_policy(
+    mesh: &Mesh<'_>,
+    hostname: &str,
+    namespace: &str,
+    subset: Option<&str>,
+    port: u32,
+) -> Option<HashPolicy> {
+    let (_, dr) = mesh.destination_rule(hostname, namespace)?;
+    let subset = subset.and_then(|name| dr.subsets.iter().find(|s| s.name == name));
+    let policy = EffectivePolicy::merge(
+        dr.traffic_policy.as_ref(),
+        subset.and_then(|s| s.traffic_policy.as_ref()),
+        port,
+    );
+    policy
+        .load_balancer
+        .and_then(|l| l.consistent_hash.as_ref())
+        .and_then(http_policy::hash_policy)
 }
 
 /// Whether the client satisfies a match's `sourceLabels`: none asked, or
