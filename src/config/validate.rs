@@ -116,6 +116,13 @@ fn destination_rule_policies(s: &DestinationRuleSpec, f: &mut Findings) {
         if tp.tunnel.is_some() {
             f.warn(format!("{path}.tunnel"), NOT_TRANSLATED);
         }
+        if let Some(b) = &tp.retry_budget {
+            percent(&format!("{path}.retryBudget.percent"), b.percent, f);
+            f.duration(
+                format!("{path}.retryBudget.budgetInterval"),
+                b.budget_interval.as_deref(),
+            );
+        }
         untranslated_sections(
             &path,
             tp.load_balancer.as_ref(),
@@ -139,6 +146,13 @@ fn destination_rule_policies(s: &DestinationRuleSpec, f: &mut Findings) {
     }
 }
 
+/// A percentage field: between 0 and 100.
+fn percent(path: &str, value: Option<f64>, f: &mut Findings) {
+    if let Some(v) = value.filter(|v| !(0.0..=100.0).contains(v)) {
+        f.error(path, format!("percentage {v} must be between 0 and 100"));
+    }
+}
+
 /// The warning for a field pilotfish accepts (Istio's API has it) but does
 /// not turn into Envoy configuration.
 const NOT_TRANSLATED: &str = "accepted but not translated by pilotfish: it has no effect";
@@ -153,6 +167,21 @@ fn untranslated_sections(
     f: &mut Findings,
 ) {
     if let Some(lb) = lb {
+        if let Some(w) = &lb.warmup {
+            f.duration(
+                format!("{path}.loadBalancer.warmup.duration"),
+                Some(&w.duration),
+            );
+            percent(
+                &format!("{path}.loadBalancer.warmup.minimumPercent"),
+                w.minimum_percent,
+                f,
+            );
+        }
+        f.duration(
+            format!("{path}.loadBalancer.warmupDurationSecs"),
+            lb.warmup_duration_secs.as_deref(),
+        );
         if lb.backend_utilization.is_some() {
             f.warn(
                 format!("{path}.loadBalancer.backendUtilization"),

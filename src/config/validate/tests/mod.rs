@@ -421,3 +421,40 @@ fn untranslated_fields_are_warnings() {
         expect(&[("spec.http[0].match[0].statPrefix", MSG)])
     );
 }
+
+/// Warmup and retry budget values are checked before they reach Envoy.
+#[test]
+fn warmup_and_retry_budget_values() {
+    let dr = |policy: &str| {
+        mk_doc(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            "default",
+            "dr",
+            &format!("{{host: reviews, trafficPolicy: {policy}}}"),
+        )
+    };
+    assert_clean(
+        &dr(
+            "{loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 10}}, retryBudget: {percent: 20, budgetInterval: 10s}}",
+        ),
+        "DestinationRule default/dr",
+    );
+    let errors = mk_errors(
+        &dr(
+            "{loadBalancer: {warmup: {duration: later, minimumPercent: 150}}, retryBudget: {percent: -1}}",
+        ),
+        "DestinationRule default/dr",
+    );
+    let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.trafficPolicy.retryBudget.percent",
+            "spec.trafficPolicy.loadBalancer.warmup.duration",
+            "spec.trafficPolicy.loadBalancer.warmup.minimumPercent",
+        ],
+        "{errors:?}"
+    );
+    assert_eq!(errors[0].1, "percentage -1 must be between 0 and 100");
+}
