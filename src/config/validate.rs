@@ -22,8 +22,9 @@ use std::net::IpAddr;
 pub use findings::{Findings, Problems};
 
 use crate::model::istio::{
-    DestinationRuleSpec, HttpMatchRequest, Resolution, ServiceEntrySpec, StringMatch,
-    TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
+    ConnectionPoolSettings, DestinationRuleSpec, HttpMatchRequest, LoadBalancerSettings,
+    OutlierDetection, Resolution, ServiceEntrySpec, SimpleLb, StringMatch, TrafficPolicy,
+    VirtualServiceSpec, WorkloadEntrySpec, parse_duration,
 };
 use crate::model::registry::{APP_ADDRESS_ANNOTATION, READY_ANNOTATION};
 use crate::model::security::PeerAuthenticationSpec;
@@ -38,7 +39,19 @@ const MAX_REGEX_LEN: usize = 1024;
 pub fn check(r: &Resource) -> Findings {
     let mut f = Findings::default();
     match &r.spec {
-        Spec::VirtualService(s) => virtual_service(s, &mut f.errors),
+        Spec::VirtualService(s) => {
+            virtual_service(s, &mut f.errors);
+            for (i, r) in s.http.iter().enumerate() {
+                for (j, m) in r.r#match.iter().enumerate() {
+                    if m.stat_prefix.is_some() {
+                        f.warn(
+                            format!("spec.http[{i}].match[{j}].statPrefix"),
+                            NOT_TRANSLATED,
+                        );
+                    }
+                }
+            }
+        }
         Spec::DestinationRule(s) => {
             destination_rule(s, &mut f.errors);
             destination_rule_policies(s, &mut f);
@@ -100,15 +113,116 @@ fn destination_rule_policies(s: &DestinationRuleSpec, f: &mut Findings) {
         if let Some(pool) = &tp.connection_pool {
             connection_pool::check(&format!("{path}.connectionPool"), pool, f);
         }
-        for (j, port) in tp.port_level_settings.iter().enumerate() {
-            if let Some(pool) = &port.connection_pool {
-                connection_pool::check(
-                    &format!("{path}.portLevelSettings[{j}].connectionPool"),
-                    pool,
-                    f,
-                );
-            }
+        if tp.tunnel.is_some() {
+            f.warn(format!("{path}.tunnel"), NOT_TRANSLATED);
         }
+        if let Some(b) = &tp.retry_budget {
+            percent(&format!("{path}.retryBudget.percent"), b.percent, f);
+            f.duration(
+                format!("{path}.retryBudget.budgetInterval"),
+                b.budget_interval.as_deref(),
+            );
+        }
+        untranslated_sections(
+            &path,
+            tp.load_balancer.as_ref(),
+            tp.connection_pool.as_ref(),
+            tp.outlier_detection.as_ref(),
+            f,
+        );
+        for (j, port) in tp.port_level_settings.iter().enumerate() {
+            let at = format!("{path}.portLevelSettings[{j}]");
+            if let Some(pool) = &port.connection_pool {
+                connection_pool::check(&format!("{at}.connectionPool"), pool, f);
+            }
+            untranslated_sections(
+                &at,
+                port.load_balancer.as_ref(),
+                port.connection_pool.as_ref(),
+                port.outlier_detection.as_ref(),
+                f,
+            );
+        }
+    }
+}
+
+/// A percentage field: between 0 and 100.
+fn percent(path: &str, value: Option<f64>, f: &mut Findings) {
+    if let Some(v) = value.filter(|v| !(0.0..=100.0).contains(v)) {
+        f.error(path, format!("percentage {v} must be between 0 and 100"));
+    }
+}
+
+/// The warning for a field pilotfish accepts (Istio's API has it) but does
+/// not turn into Envoy configuration.
+const NOT_TRANSLATED: &str = "accepted but not translated by pilotfish: it has no effect";
+
+/// Warnings for the parts of a policy's sections that are not translated,
+/// so they are not ignored silently.
+fn untranslated_sections(
+    path: &str,
+    lb: Option<&LoadBalancerSettings>,
+    pool: Option<&ConnectionPoolSettings>,
+    od: Option<&OutlierDetection>,
+    f: &mut Findings,
+) {
+    if let Some(lb) = lb {
+        if let Some(w) = &lb.warmup {
+            f.duration(
+                format!("{path}.loadBalancer.warmup.duration"),
+                Some(&w.duration),
+            );
+            percent(
+                &format!("{path}.loadBalancer.warmup.minimumPercent"),
+                w.minimum_percent,
+                f,
+            );
+        }
+        f.duration(
+            format!("{path}.loadBalancer.warmupDurationSecs"),
+            lb.warmup_duration_secs.as_deref(),
+        );
+        if lb.backend_utilization.is_some() {
+            f.warn(
+                format!("{path}.loadBalancer.backendUtilization"),
+                NOT_TRANSLATED,
+            );
+        }
+        if lb.zone_aware_lb_setting.is_some() {
+            f.warn(
+                format!("{path}.loadBalancer.zoneAwareLbSetting"),
+                NOT_TRANSLATED,
+            );
+        }
+        // Envoy has slow start for these two only; Istio ignores the rest.
+        let slow_start = matches!(
+            lb.simple,
+            None | Some(SimpleLb::Unspecified)
+                | Some(SimpleLb::LeastRequest)
+                | Some(SimpleLb::LeastConn)
+                | Some(SimpleLb::RoundRobin)
+        ) && lb.consistent_hash.is_none();
+        if !slow_start && (lb.warmup.is_some() || lb.warmup_duration_secs.is_some()) {
+            f.warn(
+                format!("{path}.loadBalancer.warmup"),
+                "warmup applies to LEAST_REQUEST and ROUND_ROBIN load balancing only: it has no effect",
+            );
+        }
+    }
+    if pool
+        .and_then(|p| p.http.as_ref())
+        .is_some_and(|h| h.http2_keep_alive.is_some())
+    {
+        f.warn(
+            format!("{path}.connectionPool.http.http2KeepAlive"),
+            NOT_TRANSLATED,
+        );
+    }
+    if od.is_some_and(|od| !od.outlier_detection_http_error_codes.is_empty()) {
+        f.warn(
+            format!("{path}.outlierDetection.outlierDetectionHttpErrorCodes"),
+            NOT_TRANSLATED,
+        );
     }
 }
 
@@ -317,6 +431,11 @@ fn virtual_service(s: &VirtualServiceSpec, p: &mut Problems) {
                 &retries.per_try_timeout,
                 p,
             );
+            duration(format!("{path}.retries.backoff"), &retries.backoff, p);
+        }
+        let body = r.direct_response.as_ref().and_then(|d| d.body.as_ref());
+        if let Some(Err(e)) = body.and_then(|b| b.decoded_bytes()) {
+            p.push((format!("{path}.directResponse.body.bytes"), e));
         }
     }
 }

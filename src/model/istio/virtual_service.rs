@@ -492,6 +492,21 @@ impl HttpBody {
         self.bytes.as_deref().map(HttpBodyKind::Bytes)
     }
 
+    /// The `bytes` body decoded, if set. Like protobuf's JSON mapping (which
+    /// Istio reads it with), standard and URL-safe base64 are accepted, with
+    /// or without padding.
+    pub fn decoded_bytes(&self) -> Option<Result<Vec<u8>, String>> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        let text = self.bytes.as_deref()?;
+        let decoded = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+            .iter()
+            .find_map(|engine| engine.decode(text).ok());
+        Some(decoded.ok_or_else(|| format!("{text:?} is not valid base64")))
+    }
+
     /// Fails if both `string` and `bytes` are set.
     pub fn validate_one_of(&self) -> Result<(), String> {
         self.check_one_of("")

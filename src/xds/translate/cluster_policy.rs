@@ -3,14 +3,19 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
-    circuit_breakers::Thresholds,
-    cluster::{CommonLbConfig, LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig},
+    circuit_breakers::{Thresholds, thresholds},
+    cluster::{
+        CommonLbConfig, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig,
+        RoundRobinLbConfig, SlowStartConfig,
+    },
 };
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpOptions, RoutingPriority, TcpKeepalive, TransportSocket,
-    data_source::Specifier, transport_socket,
+    HttpProtocolOptions as CommonHttpOptions, ProxyProtocolConfig, RoutingPriority, RuntimeDouble,
+    TcpKeepalive, TransportSocket, data_source::Specifier, proxy_protocol_config, transport_socket,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
     UpstreamTlsContext, common_tls_context::ValidationContextType,
@@ -18,7 +23,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
-    http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config},
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig, explicit_http_config,
+    },
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::envoy::r#type::v3::Percent;
@@ -26,12 +33,25 @@ use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::{any, duration};
 use crate::model::istio::{
-    ClientTlsSettings, ConnectionPoolSettings, HashAlgorithm, LoadBalancerSettings,
-    OutlierDetection, SimpleLb, TlsMode, parse_duration,
+    ClientTlsSettings, ConnectionPoolSettings, H2UpgradePolicy, HashAlgorithm,
+    LoadBalancerSettings, OutlierDetection, ProxyProtocol, ProxyProtocolVersion, RetryBudget,
+    SimpleLb, TlsMode, parse_duration,
 };
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+const PROXY_PROTOCOL_SOCKET: &str = "envoy.transport_sockets.upstream_proxy_protocol";
+const RAW_BUFFER_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+/// Istio's retry budget defaults when `retryBudget` leaves them out.
+const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
+const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+/// Istio's warmup defaults: a linear ramp (aggression 1) from 10 % of the
+/// weight (Envoy's own floor).
+const DEFAULT_WARMUP_AGGRESSION: f64 = 1.0;
+const DEFAULT_WARMUP_MIN_PERCENT: f64 = 10.0;
+/// A runtime key no runtime layer can hold, so a configured value is fixed
+/// (the key Istio uses).
+const UNSETTABLE_RUNTIME_KEY: &str = "(";
 /// Istio lifts Envoy's default circuit-breaker limits (1024) out of the way:
 /// limits apply only where a DestinationRule sets them.
 const UNLIMITED: u32 = u32::MAX;
@@ -95,6 +115,28 @@ pub fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettin
         ..Default::default()
     };
     let has_common = common != CommonHttpOptions::default();
+    let max_concurrent_streams = u32v(http.and_then(|h| h.max_concurrent_streams));
+    // `useClientProtocol`: HTTP/1.1 or HTTP/2 upstream as the client spoke
+    // downstream; it wins over the port's protocol, as in Istio.
+    if http.and_then(|h| h.use_client_protocol) == Some(true) {
+        let opts = HttpProtocolOptions {
+            common_http_protocol_options: has_common.then_some(common),
+            upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                UseDownstreamHttpConfig {
+                    http_protocol_options: Some(Http1ProtocolOptions::default()),
+                    http2_protocol_options: Some(Http2ProtocolOptions {
+                        max_concurrent_streams,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
+        return;
+    }
     if http2 || has_common {
         let opts = HttpProtocolOptions {
             common_http_protocol_options: has_common.then_some(common),
@@ -104,9 +146,7 @@ pub fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettin
                     protocol_config: Some(if http2 {
                         explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
                             Http2ProtocolOptions {
-                                max_concurrent_streams: u32v(
-                                    http.and_then(|h| h.max_concurrent_streams),
-                                ),
+                                max_concurrent_streams,
                                 ..Default::default()
                             },
                         )
@@ -121,6 +161,87 @@ pub fn apply_connection_pool(c: &mut Cluster, pool: Option<&ConnectionPoolSettin
         };
         c.typed_extension_protocol_options
             .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
+    }
+}
+
+/// Whether `h2UpgradePolicy: UPGRADE` asks for HTTP/2 upstream whatever the
+/// port's protocol (Istio's `shouldH2Upgrade`; the mesh default is
+/// DO_NOT_UPGRADE). `useClientProtocol` takes precedence.
+pub fn h2_upgrade(pool: Option<&ConnectionPoolSettings>) -> bool {
+    let Some(http) = pool.and_then(|p| p.http.as_ref()) else {
+        return false;
+    };
+    http.use_client_protocol != Some(true)
+        && http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
+}
+
+/// `trafficPolicy.retryBudget`: a cap on concurrent retries relative to the
+/// active requests, with Istio's defaults (20 %, at least 3 retries).
+/// Envoy then ignores the `max_retries` threshold.
+pub fn retry_budget(c: &mut Cluster, budget: Option<&RetryBudget>) {
+    let Some(budget) = budget else { return };
+    let Some(t) = c
+        .circuit_breakers
+        .as_mut()
+        .and_then(|cb| cb.thresholds.first_mut())
+    else {
+        return;
+    };
+    t.retry_budget = Some(thresholds::RetryBudget {
+        budget_percent: Some(Percent {
+            value: budget.percent.unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT),
+        }),
+        min_retry_concurrency: Some(UInt32Value {
+            value: budget
+                .min_retry_concurrency
+                .filter(|v| *v > 0)
+                .unwrap_or(DEFAULT_MIN_RETRY_CONCURRENCY),
+        }),
+        budget_interval: dur(&budget.budget_interval),
+    });
+}
+
+/// `trafficPolicy.proxyProtocol`: a PROXY protocol header before anything
+/// else on upstream connections, as Istio sets it: the cluster's transport
+/// socket (plain, TLS, or each auto-mTLS match) wrapped in Envoy's
+/// upstream proxy-protocol socket.
+pub fn upstream_proxy_protocol(c: &mut Cluster, pp: Option<&ProxyProtocol>) {
+    let Some(pp) = pp else { return };
+    let version = match pp.version.unwrap_or_default() {
+        ProxyProtocolVersion::V1 => proxy_protocol_config::Version::V1,
+        ProxyProtocolVersion::V2 => proxy_protocol_config::Version::V2,
+    };
+    let wrap = |inner: Option<TransportSocket>| TransportSocket {
+        name: PROXY_PROTOCOL_SOCKET.to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &ProxyProtocolUpstreamTransport {
+                config: Some(ProxyProtocolConfig {
+                    version: version as i32,
+                    ..Default::default()
+                }),
+                transport_socket: Some(inner.unwrap_or_else(raw_buffer)),
+                ..Default::default()
+            },
+        ))),
+    };
+    if c.transport_socket_matches.is_empty() {
+        c.transport_socket = Some(wrap(c.transport_socket.take()));
+        return;
+    }
+    if let Some(ts) = c.transport_socket.take() {
+        c.transport_socket = Some(wrap(Some(ts)));
+    }
+    for m in &mut c.transport_socket_matches {
+        m.transport_socket = Some(wrap(m.transport_socket.take()));
+    }
+}
+
+fn raw_buffer() -> TransportSocket {
+    TransportSocket {
+        name: RAW_BUFFER_SOCKET.to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &RawBuffer::default(),
+        ))),
     }
 }
 
@@ -245,12 +366,50 @@ pub fn load_balancer(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
         }
         return;
     }
-    c.lb_policy = match lb.and_then(|l| l.simple) {
+    let policy = match lb.and_then(|l| l.simple) {
         Some(SimpleLb::Random) => LbPolicy::Random,
         Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
         Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
         _ => LbPolicy::LeastRequest,
-    } as i32;
+    };
+    c.lb_policy = policy as i32;
+    // Warmup (slow start) exists for round robin and least request only.
+    let Some(slow_start_config) = lb.and_then(slow_start) else {
+        return;
+    };
+    c.lb_config = match policy {
+        LbPolicy::RoundRobin => Some(LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
+            slow_start_config: Some(slow_start_config),
+        })),
+        LbPolicy::LeastRequest => Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+            slow_start_config: Some(slow_start_config),
+            ..Default::default()
+        })),
+        _ => None,
+    };
+}
+
+/// `warmup` (or the older `warmupDurationSecs`, a window alone), as Istio
+/// maps it: aggression 1 (linear) and a 10 % floor unless set.
+fn slow_start(lb: &LoadBalancerSettings) -> Option<SlowStartConfig> {
+    if let Some(w) = &lb.warmup {
+        return Some(SlowStartConfig {
+            slow_start_window: dur(&Some(w.duration.clone())),
+            aggression: Some(RuntimeDouble {
+                default_value: w.aggression.unwrap_or(DEFAULT_WARMUP_AGGRESSION),
+                // Istio fixes the value: a key no runtime layer can set.
+                runtime_key: UNSETTABLE_RUNTIME_KEY.to_string(),
+            }),
+            min_weight_percent: Some(Percent {
+                value: w.minimum_percent.unwrap_or(DEFAULT_WARMUP_MIN_PERCENT),
+            }),
+        });
+    }
+    let window = dur(&lb.warmup_duration_secs)?;
+    Some(SlowStartConfig {
+        slow_start_window: Some(window),
+        ..Default::default()
+    })
 }
 
 /// DestinationRule `subjectAltNames`: each an exact DNS SAN the server's

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::model::istio::{
     ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, Location, OutlierDetection,
-    Resolution, SimpleLb, TlsMode, TrafficPolicy,
+    ProxyProtocol, Resolution, RetryBudget, SimpleLb, TlsMode, TrafficPolicy,
 };
 use crate::model::registry::{Protocol, Service, ServicePort, Workload};
 
@@ -123,6 +123,9 @@ pub struct EffectivePolicy<'a> {
     pub connection_pool: Option<&'a ConnectionPoolSettings>,
     pub outlier_detection: Option<&'a OutlierDetection>,
     pub tls: Option<&'a ClientTlsSettings>,
+    /// Not part of port-level settings: kept when they replace the rest.
+    pub proxy_protocol: Option<&'a ProxyProtocol>,
+    pub retry_budget: Option<&'a RetryBudget>,
 }
 
 impl<'a> EffectivePolicy<'a> {
@@ -137,6 +140,8 @@ impl<'a> EffectivePolicy<'a> {
             p.connection_pool = layer.connection_pool.as_ref().or(p.connection_pool);
             p.outlier_detection = layer.outlier_detection.as_ref().or(p.outlier_detection);
             p.tls = layer.tls.as_ref().or(p.tls);
+            p.proxy_protocol = layer.proxy_protocol.as_ref().or(p.proxy_protocol);
+            p.retry_budget = layer.retry_budget.as_ref().or(p.retry_budget);
             if let Some(pl) = layer
                 .port_level_settings
                 .iter()
@@ -148,6 +153,8 @@ impl<'a> EffectivePolicy<'a> {
                     connection_pool: pl.connection_pool.as_ref(),
                     outlier_detection: pl.outlier_detection.as_ref(),
                     tls: pl.tls.as_ref(),
+                    proxy_protocol: p.proxy_protocol,
+                    retry_budget: p.retry_budget,
                 };
             }
         }
@@ -210,18 +217,42 @@ fn cluster(
         c.lb_policy = LbPolicy::ClusterProvided as i32;
         c.lb_config = None;
     }
-    let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+        || cluster_policy::h2_upgrade(policy.connection_pool);
     cluster_policy::apply_connection_pool(&mut c, policy.connection_pool, http2);
+    cluster_policy::retry_budget(&mut c, policy.retry_budget);
     cluster_policy::outlier_detection(&mut c, policy.outlier_detection);
     if let Some(mode) = super::endpoints::locality_mode(svc, policy) {
         super::locality::configure_cluster(&mut c, &mode);
     }
     cluster_policy::upstream_tls(&mut c, policy.tls);
-    // Mesh mTLS: ISTIO_MUTUAL when the DestinationRule asks; otherwise auto
-    // mTLS toward the endpoints that run a sidecar (Istio's default).
-    if !mesh_mtls {
-        return c;
+    if mesh_mtls {
+        mesh_tls(
+            &mut c,
+            trust_domain,
+            svc,
+            port,
+            subset,
+            policy,
+            subset_labels,
+        );
     }
+    // After TLS: the PROXY header goes first on the wire, then TLS.
+    cluster_policy::upstream_proxy_protocol(&mut c, policy.proxy_protocol);
+    c
+}
+
+/// Mesh mTLS: ISTIO_MUTUAL when the DestinationRule asks; otherwise auto
+/// mTLS toward the endpoints that run a sidecar (Istio's default).
+fn mesh_tls(
+    c: &mut Cluster,
+    trust_domain: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset: &str,
+    policy: &EffectivePolicy<'_>,
+    subset_labels: Option<&BTreeMap<String, String>>,
+) {
     let sans = mtls::service_sans(trust_domain, svc, subset_labels);
     let sni = mtls::sni(port.number, subset, &svc.hostname);
     match policy.tls.and_then(|t| t.mode) {
@@ -237,7 +268,6 @@ fn cluster(
         }
         None => {}
     }
-    c
 }
 
 fn set_http2(c: &mut Cluster) {

@@ -13,21 +13,24 @@ use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier,
     query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
+    retry_policy::{RetryBackOff, RetryHostPredicate, retry_host_predicate},
     route::Action,
-    route_action::ClusterSpecifier,
+    route_action::{ClusterSpecifier, HashPolicy},
     route_match::PathSpecifier,
     weighted_cluster::ClusterWeight,
 };
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::clusters::EffectivePolicy;
-use super::{Mesh, OUTBOUND_ROUTE, duration, http_policy, outbound_cluster_name};
+use super::{Mesh, OUTBOUND_ROUTE, any, duration, http_policy, outbound_cluster_name};
 use crate::model::istio::{
-    Destination, HeaderOperations, HttpMatchRequest, HttpRoute, HttpRouteDestination, StringMatch,
-    StringMatchKind, VirtualServiceSpec, parse_duration,
+    Destination, HeaderOperations, HttpBodyKind, HttpMatchRequest, HttpRetry, HttpRoute,
+    HttpRouteDestination, RedirectPort, RedirectPortSelection, StringMatch, StringMatchKind,
+    VirtualServiceSpec, parse_duration,
 };
 use crate::model::registry::{Service, ServicePort};
 use crate::model::{Resource, host};
@@ -36,6 +39,10 @@ use crate::model::{Resource, host};
 const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// How often Envoy may pick another host for a retry when the retry host
+/// predicate rejects the one it picked (Istio's value).
+const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 5;
+const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
 /// The gateway name that means "sidecars" in a VirtualService's `gateways`.
 const MESH_GATEWAY: &str = "mesh";
 
@@ -65,11 +72,12 @@ pub fn outbound(mesh: &Mesh<'_>, namespace: &str) -> RouteConfiguration {
             if routes.is_empty() {
                 // No VirtualService, or none of its rules apply to this port:
                 // plain routing to the service, as Istio falls back to.
-                routes.push(default_route(&outbound_cluster_name(
-                    port.number,
-                    "",
-                    &svc.hostname,
-                )));
+                // As in Istio, the DestinationRule's consistent hashing
+                // still gets its hash key (and retries stay on the host).
+                routes.push(default_route(
+                    &outbound_cluster_name(port.number, "", &svc.hostname),
+                    hash_policy(mesh, &svc.hostname, &svc.namespace, None, port.number),
+                ));
             }
             virtual_hosts.push(VirtualHost {
                 name: format!("{}:{}", svc.hostname, port.number),
@@ -121,7 +129,7 @@ pub fn virtual_service_for<'a>(
     }
 }
 
-fn default_route(cluster: &str) -> Route {
+fn default_route(cluster: &str, hash: Option<HashPolicy>) -> Route {
     Route {
         name: "default".to_string(),
         r#match: Some(RouteMatch {
@@ -131,22 +139,88 @@ fn default_route(cluster: &str) -> Route {
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: Some(duration(std::time::Duration::ZERO)),
-            retry_policy: Some(default_retry_policy()),
+            retry_policy: Some(default_retry_policy(hash.is_some())),
+            hash_policy: hash.into_iter().collect(),
             ..Default::default()
         })),
         ..Default::default()
     }
 }
 
-fn default_retry_policy() -> RetryPolicy {
+/// Istio's default retry policy. Retries go to hosts not tried yet (Envoy's
+/// `previous_hosts` predicate), except on routes that hash to a host
+/// (`consistent_hash`), whose retries must stay on it.
+fn default_retry_policy(consistent_hash: bool) -> RetryPolicy {
     RetryPolicy {
         retry_on: DEFAULT_RETRY_ON.to_string(),
         num_retries: Some(UInt32Value {
             value: DEFAULT_RETRY_ATTEMPTS,
         }),
         retriable_status_codes: vec![503],
+        retry_host_predicate: if consistent_hash {
+            Vec::new()
+        } else {
+            vec![previous_hosts()]
+        },
+        host_selection_retry_max_attempts: HOST_SELECTION_RETRY_MAX_ATTEMPTS,
         ..Default::default()
     }
+}
+
+fn previous_hosts() -> RetryHostPredicate {
+    RetryHostPredicate {
+        name: PREVIOUS_HOSTS_PREDICATE.to_string(),
+        config_type: Some(retry_host_predicate::ConfigType::TypedConfig(any(
+            &PreviousHostsPredicate::default(),
+        ))),
+    }
+}
+
+/// A route's retry policy from its `retries`, as Istio converts it: unset
+/// means the default policy, `attempts` 0 (or less) none; otherwise the
+/// default policy with what `retries` sets.
+fn retry_policy(retries: Option<&HttpRetry>, consistent_hash: bool) -> Option<RetryPolicy> {
+    let Some(r) = retries else {
+        return Some(default_retry_policy(consistent_hash));
+    };
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts <= 0 {
+        return None;
+    }
+    let mut out = default_retry_policy(consistent_hash);
+    out.num_retries = Some(UInt32Value {
+        value: attempts as u32,
+    });
+    if let Some(on) = r.retry_on.as_deref().filter(|on| !on.is_empty()) {
+        (out.retry_on, out.retriable_status_codes) = retry_on(on);
+    }
+    out.per_try_timeout = r
+        .per_try_timeout
+        .as_deref()
+        .and_then(|t| parse_duration(t).ok())
+        .map(duration);
+    // Set either way, it overrides the default (also on hashed routes).
+    if let Some(ignore) = r.retry_ignore_previous_hosts {
+        out.retry_host_predicate = if ignore {
+            vec![previous_hosts()]
+        } else {
+            Vec::new()
+        };
+    }
+    if r.retry_remote_localities == Some(true) {
+        out.retry_priority = Some(http_policy::retry_remote_localities(attempts));
+    }
+    // Envoy wants a base interval above zero; its maximum defaults to 10x.
+    out.retry_back_off = r
+        .backoff
+        .as_deref()
+        .and_then(|b| parse_duration(b).ok())
+        .filter(|b| !b.is_zero())
+        .map(|b| RetryBackOff {
+            base_interval: Some(duration(b)),
+            ..Default::default()
+        });
+    Some(out)
 }
 
 /// A VirtualService's HTTP routes for one service port. Each `match` of an
@@ -400,7 +474,14 @@ fn action(
     if let Some(redirect) = &route.redirect {
         return Action::Redirect(RedirectAction {
             host_redirect: redirect.authority.clone().unwrap_or_default(),
-            port_redirect: redirect.port.unwrap_or_default(),
+            // FROM_PROTOCOL_DEFAULT sets no port (Envoy's default for the
+            // scheme). FROM_REQUEST_PORT: Envoy cannot take the port from the
+            // request, but a route table is built for one port, so Istio uses it.
+            port_redirect: match redirect.redirect_port() {
+                Some(RedirectPort::Number(n)) => n,
+                Some(RedirectPort::Derive(RedirectPortSelection::FromRequestPort)) => port.number,
+                Some(RedirectPort::Derive(RedirectPortSelection::FromProtocolDefault)) | None => 0,
+            },
             response_code: match redirect.redirect_code.unwrap_or(301) {
                 302 => RedirectResponseCode::Found,
                 303 => RedirectResponseCode::SeeOther,
@@ -424,12 +505,16 @@ fn action(
         });
     }
     if let Some(direct) = &route.direct_response {
+        // Bytes that are not base64 were rejected by validation.
         let body = direct
             .body
             .as_ref()
-            .and_then(|b| b.string.clone())
-            .map(|s| DataSource {
-                specifier: Some(Specifier::InlineString(s)),
+            .and_then(|b| match b.kind()? {
+                HttpBodyKind::String(s) => Some(Specifier::InlineString(s.to_string())),
+                HttpBodyKind::Bytes(_) => b.decoded_bytes()?.ok().map(Specifier::InlineBytes),
+            })
+            .map(|specifier| DataSource {
+                specifier: Some(specifier),
                 ..Default::default()
             });
         return Action::DirectResponse(DirectResponseAction {
@@ -488,35 +573,9 @@ fn action(
         .as_deref()
         .and_then(|t| parse_duration(t).ok())
         .unwrap_or_default();
-    let retry_policy = match &route.retries {
-        None => Some(default_retry_policy()),
-        Some(r) if r.attempts.unwrap_or(0) <= 0 => None,
-        Some(r) => {
-            let (retry_on, retriable_status_codes) = match &r.retry_on {
-                Some(on) => retry_on(on),
-                None => (DEFAULT_RETRY_ON.to_string(), vec![503]),
-            };
-            Some(RetryPolicy {
-                retry_on,
-                num_retries: Some(UInt32Value {
-                    value: r.attempts.unwrap_or(0) as u32,
-                }),
-                per_try_timeout: r
-                    .per_try_timeout
-                    .as_deref()
-                    .and_then(|t| parse_duration(t).ok())
-                    .map(duration),
-                retriable_status_codes,
-                retry_priority: (r.retry_remote_localities == Some(true))
-                    .then(|| http_policy::retry_remote_localities(r.attempts.unwrap_or(0))),
-                ..Default::default()
-            })
-        }
-    };
     let mut action = RouteAction {
         cluster_specifier: Some(cluster_specifier),
         timeout: Some(duration(timeout)),
-        retry_policy,
         ..Default::default()
     };
     // Mirroring: `mirror` (+ mirrorPercentage) or the newer `mirrors` list.
@@ -538,30 +597,21 @@ fn action(
         let hostname = host::resolve(&d.destination.host, &vs.namespace);
         let dest_svc = mesh.registry.services.get(&hostname);
         let ns = dest_svc.map_or(vs.namespace.as_str(), |s| s.namespace.as_str());
-        if let Some((_, dr)) = mesh.destination_rule(&hostname, ns) {
-            let subset = d
-                .destination
-                .subset
-                .as_ref()
-                .and_then(|name| dr.subsets.iter().find(|s| &s.name == name));
-            let policy = EffectivePolicy::merge(
-                dr.traffic_policy.as_ref(),
-                subset.and_then(|s| s.traffic_policy.as_ref()),
-                d.destination
-                    .port
-                    .as_ref()
-                    .and_then(|p| p.number)
-                    .unwrap_or(port.number),
-            );
-            if let Some(h) = policy
-                .load_balancer
-                .and_then(|l| l.consistent_hash.as_ref())
-                .and_then(http_policy::hash_policy)
-            {
-                action.hash_policy.push(h);
-            }
-        }
+        let dest_port = d
+            .destination
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .unwrap_or(port.number);
+        action.hash_policy.extend(hash_policy(
+            mesh,
+            &hostname,
+            ns,
+            d.destination.subset.as_deref(),
+            dest_port,
+        ));
     }
+    action.retry_policy = retry_policy(route.retries.as_ref(), !action.hash_policy.is_empty());
     if let Some(rw) = &route.rewrite {
         if let Some(uri) = &rw.uri {
             action.prefix_rewrite = uri.clone();
@@ -581,6 +631,28 @@ fn action(
         }
     }
     Action::Route(action)
+}
+
+/// The route's hash key for a destination whose DestinationRule (as it
+/// applies to `subset` and `port`) load-balances by consistent hashing.
+fn hash_policy(
+    mesh: &Mesh<'_>,
+    hostname: &str,
+    namespace: &str,
+    subset: Option<&str>,
+    port: u32,
+) -> Option<HashPolicy> {
+    let (_, dr) = mesh.destination_rule(hostname, namespace)?;
+    let subset = subset.and_then(|name| dr.subsets.iter().find(|s| s.name == name));
+    let policy = EffectivePolicy::merge(
+        dr.traffic_policy.as_ref(),
+        subset.and_then(|s| s.traffic_policy.as_ref()),
+        port,
+    );
+    policy
+        .load_balancer
+        .and_then(|l| l.consistent_hash.as_ref())
+        .and_then(http_policy::hash_policy)
 }
 
 /// Whether the client satisfies a match's `sourceLabels`: none asked, or

@@ -339,3 +339,122 @@ fn destination_rule_connection_pools_and_peer_authentication_selector() {
         )])
     );
 }
+
+/// A `directResponse` body in bytes must be base64 (standard or URL-safe),
+/// and a retry `backoff` a duration; both are named by field path.
+#[test]
+fn direct_response_bytes_and_retry_backoff() {
+    let vs = |rule: &str| {
+        mk_doc(
+            "networking.istio.io/v1",
+            "VirtualService",
+            "default",
+            "vs",
+            &format!("{{hosts: [reviews], http: [{rule}]}}"),
+        )
+    };
+    assert_clean(
+        &vs("{directResponse: {status: 418, body: {bytes: SSdtIGEgdGVhcG90}}}"),
+        "VirtualService default/vs",
+    );
+    assert_clean(
+        &vs("{route: [{destination: {host: reviews}}], retries: {attempts: 2, backoff: 25ms}}"),
+        "VirtualService default/vs",
+    );
+    assert_eq!(
+        mk_errors(
+            &vs("{directResponse: {status: 200, body: {bytes: 'not base64!'}}}"),
+            "VirtualService default/vs"
+        ),
+        expect(&[(
+            "spec.http[0].directResponse.body.bytes",
+            "\"not base64!\" is not valid base64"
+        )])
+    );
+    let bad_backoff = mk_errors(
+        &vs("{route: [{destination: {host: reviews}}], retries: {attempts: 2, backoff: soon}}"),
+        "VirtualService default/vs",
+    );
+    assert_eq!(bad_backoff.len(), 1, "{bad_backoff:?}");
+    assert_eq!(bad_backoff[0].0, "spec.http[0].retries.backoff");
+}
+
+/// Fields Istio's API has but pilotfish does not translate are accepted
+/// with a warning naming each, rather than ignored silently.
+#[test]
+fn untranslated_fields_are_warnings() {
+    const MSG: &str = "accepted but not translated by pilotfish: it has no effect";
+    let dr = mk_doc(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "default",
+        "dr",
+        "{host: reviews, trafficPolicy: {tunnel: {targetHost: 10.0.0.1, targetPort: 8443}, \
+         connectionPool: {http: {http2KeepAlive: {interval: 10s}}}, \
+         loadBalancer: {simple: RANDOM, warmup: {duration: 10s}}, \
+         portLevelSettings: [{port: {number: 9080}, outlierDetection: {outlierDetectionHttpErrorCodes: [500]}}]}}",
+    );
+    assert_eq!(
+        mk_warnings(&dr, "DestinationRule default/dr"),
+        expect(&[
+            ("spec.trafficPolicy.tunnel", MSG),
+            (
+                "spec.trafficPolicy.loadBalancer.warmup",
+                "warmup applies to LEAST_REQUEST and ROUND_ROBIN load balancing only: it has no effect"
+            ),
+            ("spec.trafficPolicy.connectionPool.http.http2KeepAlive", MSG),
+            (
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection.outlierDetectionHttpErrorCodes",
+                MSG
+            ),
+        ])
+    );
+    let vs = mk_doc(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "default",
+        "vs",
+        "{hosts: [reviews], http: [{match: [{statPrefix: x, uri: {prefix: /a}}], route: [{destination: {host: reviews}}]}]}",
+    );
+    assert_eq!(
+        mk_warnings(&vs, "VirtualService default/vs"),
+        expect(&[("spec.http[0].match[0].statPrefix", MSG)])
+    );
+}
+
+/// Warmup and retry budget values are checked before they reach Envoy.
+#[test]
+fn warmup_and_retry_budget_values() {
+    let dr = |policy: &str| {
+        mk_doc(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            "default",
+            "dr",
+            &format!("{{host: reviews, trafficPolicy: {policy}}}"),
+        )
+    };
+    assert_clean(
+        &dr(
+            "{loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 10}}, retryBudget: {percent: 20, budgetInterval: 10s}}",
+        ),
+        "DestinationRule default/dr",
+    );
+    let errors = mk_errors(
+        &dr(
+            "{loadBalancer: {warmup: {duration: later, minimumPercent: 150}}, retryBudget: {percent: -1}}",
+        ),
+        "DestinationRule default/dr",
+    );
+    let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.trafficPolicy.retryBudget.percent",
+            "spec.trafficPolicy.loadBalancer.warmup.duration",
+            "spec.trafficPolicy.loadBalancer.warmup.minimumPercent",
+        ],
+        "{errors:?}"
+    );
+    assert_eq!(errors[0].1, "percentage -1 must be between 0 and 100");
+}
