@@ -74,8 +74,8 @@ fn payload(token: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The claims a successful review gives.
-pub fn claims_of(review: &TokenReview, token: &str) -> Result<Claims, TokenError> {
+/// The claims a successful review for `audience` gives.
+pub fn claims_of(review: &TokenReview, token: &str, audience: &str) -> Result<Claims, TokenError> {
     let status = review.status.clone().unwrap_or_default();
     if status.authenticated != Some(true) {
         let why = status
@@ -83,6 +83,16 @@ pub fn claims_of(review: &TokenReview, token: &str) -> Result<Claims, TokenError
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "not authenticated".into());
         return Err(TokenError::Rejected(why));
+    }
+    // The Kubernetes API: a client that sets `spec.audiences` must check
+    // that `status.audiences` names one of them. An empty list means the
+    // token is valid for the API server's own audience only (an
+    // authenticator that ignores audiences), not for pilotfish.
+    let audiences = status.audiences.clone().unwrap_or_default();
+    if !audiences.iter().any(|a| a == audience) {
+        return Err(TokenError::Rejected(format!(
+            "the token is authenticated for audiences {audiences:?}, not {audience:?}"
+        )));
     }
     let user = status.user.unwrap_or_default();
     let username = user.username.unwrap_or_default();
@@ -130,7 +140,7 @@ impl Reviewer for TokenReviewer {
                 .filter(|(until, _)| Instant::now() < *until)
                 .map(|(_, r)| r.clone())
         };
-        let (api, audience, cache) = (
+        let (api, audience_wanted, cache) = (
             self.api.clone(),
             self.audience.clone(),
             Arc::clone(&self.cache),
@@ -146,7 +156,7 @@ impl Reviewer for TokenReviewer {
             let review = TokenReview {
                 spec: TokenReviewSpec {
                     token: Some(token.clone()),
-                    audiences: Some(vec![audience]),
+                    audiences: Some(vec![audience_wanted.clone()]),
                 },
                 ..TokenReview::default()
             };
@@ -155,7 +165,7 @@ impl Reviewer for TokenReviewer {
                 // Not cached: the next attempt asks again.
                 Err(e) => return Err(TokenError::Review(e.to_string())),
             };
-            let result = claims_of(&answer, &token);
+            let result = claims_of(&answer, &token, &audience_wanted);
             let mut ttl = if result.is_ok() {
                 CACHE_TTL
             } else {
@@ -205,7 +215,7 @@ mod tests {
             "username": "system:serviceaccount:default:bookinfo-reviews",
             "extra": {"authentication.kubernetes.io/pod-name": ["reviews-v1-5d8f9"]}}}),
         );
-        let c = claims_of(&r, "a.b.c").unwrap();
+        let c = claims_of(&r, "a.b.c", "istio-ca").unwrap();
         assert_eq!(
             (
                 c.namespace.as_str(),
@@ -218,13 +228,15 @@ mod tests {
 
     #[test]
     fn the_pod_from_the_tokens_own_claims_and_none_without() {
-        let r = mk_review(json!({"authenticated": true, "user": {
-            "username": "system:serviceaccount:ns1:sa1"}}));
+        let r = mk_review(
+            json!({"authenticated": true, "audiences": ["istio-ca"], "user": {
+            "username": "system:serviceaccount:ns1:sa1"}}),
+        );
         let t = mk_jwt(json!({"exp": 4_000_000_000u64, "kubernetes.io": {"pod": {"name": "p-1"}}}));
-        let c = claims_of(&r, &t).unwrap();
+        let c = claims_of(&r, &t, "istio-ca").unwrap();
         assert_eq!((c.workload.as_str(), c.exp), ("p-1", 4_000_000_000));
         // A legacy (Secret-based) token names no pod: any workload of the SA.
-        let c = claims_of(&r, &mk_jwt(json!({"sub": "x"}))).unwrap();
+        let c = claims_of(&r, &mk_jwt(json!({"sub": "x"})), "istio-ca").unwrap();
         assert_eq!(c.workload, "");
     }
 
@@ -234,17 +246,32 @@ mod tests {
             json!({"authenticated": false, "error": "token audiences [\"api\"] is invalid for the target audiences [\"istio-ca\"]"}),
         );
         assert!(
-            matches!(claims_of(&r, "a.b.c"), Err(TokenError::Rejected(m)) if m.contains("audiences"))
+            matches!(claims_of(&r, "a.b.c", "istio-ca"), Err(TokenError::Rejected(m)) if m.contains("audiences"))
         );
-        let r = mk_review(json!({"authenticated": true, "user": {"username": "alice"}}));
+        let r = mk_review(
+            json!({"authenticated": true, "audiences": ["istio-ca"], "user": {"username": "alice"}}),
+        );
         assert_eq!(
-            claims_of(&r, "a.b.c"),
+            claims_of(&r, "a.b.c", "istio-ca"),
             Err(TokenError::NotServiceAccount("alice".into()))
         );
         let r = mk_review(json!({}));
         assert!(matches!(
-            claims_of(&r, "a.b.c"),
+            claims_of(&r, "a.b.c", "istio-ca"),
             Err(TokenError::Rejected(_))
         ));
+        // Authenticated, but not for pilotfish's audience: an API server
+        // that ignores audiences answers with none (the token is only good
+        // for the API server itself).
+        for audiences in [json!([]), json!(["api"]), serde_json::Value::Null] {
+            let r = mk_review(
+                json!({"authenticated": true, "audiences": audiences, "user": {
+                "username": "system:serviceaccount:ns1:sa1"}}),
+            );
+            assert!(
+                matches!(claims_of(&r, "a.b.c", "istio-ca"), Err(TokenError::Rejected(m)) if m.contains("istio-ca")),
+                "{audiences}"
+            );
+        }
     }
 }
