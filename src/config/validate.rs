@@ -194,6 +194,12 @@ fn untranslated_sections(
                 NOT_TRANSLATED,
             );
         }
+        if lb.simple == Some(SimpleLb::Passthrough) {
+            f.warn(
+                format!("{path}.loadBalancer.simple"),
+                "PASSTHROUGH sends each connection to its original destination, which without traffic capture is the sidecar's own listener: use a load-balancing algorithm or a ServiceEntry with resolution DNS",
+            );
+        }
         // Envoy has slow start for these two only; Istio ignores the rest.
         let slow_start = matches!(
             lb.simple,

@@ -422,6 +422,23 @@ fn untranslated_fields_are_warnings() {
     );
 }
 
+/// PASSTHROUGH load balancing has no useful meaning without traffic
+/// capture: accepted (Istio's API allows it) with a warning.
+#[test]
+fn passthrough_load_balancing_is_a_warning() {
+    let dr = mk_doc(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        "default",
+        "dr",
+        "{host: reviews, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}",
+    );
+    let w = mk_warnings(&dr, "DestinationRule default/dr");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "spec.trafficPolicy.loadBalancer.simple");
+    assert!(w[0].1.contains("original destination"), "{w:?}");
+}
+
 /// Warmup and retry budget values are checked before they reach Envoy.
 #[test]
 fn warmup_and_retry_budget_values() {
