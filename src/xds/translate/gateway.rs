@@ -300,9 +300,13 @@ fn plan<'a>(mesh: &Mesh<'a>, workload: &'a Workload) -> Plan<'a> {
     }
 }
 
-/// Problems found while planning `workload`'s gateway (servers skipped).
+/// Problems found while planning `workload`'s gateway (servers skipped),
+/// and TLS filter chains left out because an earlier server on the same
+/// port already matches the same SNI.
 pub fn warnings(mesh: &Mesh<'_>, workload: &Workload) -> Vec<String> {
-    plan(mesh, workload).warnings
+    let mut out = plan(mesh, workload).warnings;
+    build_listeners(mesh, workload, &mut out);
+    out
 }
 
 /// VirtualServices naming Gateways that do not exist (their gateway
@@ -1058,6 +1062,14 @@ fn passthrough_chains(
 
 /// The listeners of `workload`'s gateway proxy (empty for a sidecar).
 pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
+    build_listeners(mesh, workload, &mut Vec::new())
+}
+
+fn build_listeners(
+    mesh: &Mesh<'_>,
+    workload: &Workload,
+    warnings: &mut Vec<String>,
+) -> Vec<Listener> {
     let mut out = Vec::new();
     for p in plan(mesh, workload).ports {
         let address = p.bind.unwrap_or(&workload.address);
@@ -1117,6 +1129,21 @@ pub fn listeners(mesh: &Mesh<'_>, workload: &Workload) -> Vec<Listener> {
                             .any(|x| x.filter_chain_match == c.filter_chain_match)
                         {
                             chains.push(c);
+                        } else {
+                            let sni = c
+                                .filter_chain_match
+                                .as_ref()
+                                .map(|m| m.server_names.join(","))
+                                .filter(|s| !s.is_empty())
+                                .unwrap_or_else(|| "*".into());
+                            warnings.push(format!(
+                                "gateway {}/{} port {}: Gateway {}/{} server for SNI {sni} is ignored: an earlier server on this port already takes the same connections",
+                                workload.key.namespace,
+                                workload.key.name,
+                                p.port,
+                                b.gateway.namespace,
+                                b.gateway.name
+                            ));
                         }
                     }
                 }
@@ -1266,5 +1293,24 @@ spec:
         );
         // No services: an AUTO_PASSTHROUGH server has nothing to forward to.
         assert!(sni_dnat_clusters(&with_ca, w).is_empty());
+    }
+
+    #[test]
+    fn a_second_server_for_the_same_sni_is_reported() {
+        let (config, registry) = mk_mesh_config(
+            "[{port: {number: 443, name: https-a, protocol: HTTPS}, hosts: [a.com], tls: {mode: SIMPLE, credentialName: a}},
+              {port: {number: 443, name: https-b, protocol: HTTPS}, hosts: [a.com], tls: {mode: SIMPLE, credentialName: b}}]",
+        );
+        let w = registry.workloads.values().next().unwrap();
+        let mesh = Mesh::new(&config, &registry);
+        let l = listeners(&mesh, w);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].filter_chains.len(), 1, "the first server wins");
+        let warned = warnings(&mesh, w);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("port 443") && warned[0].contains("SNI a.com is ignored"),
+            "{warned:?}"
+        );
     }
 }
