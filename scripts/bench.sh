@@ -177,6 +177,16 @@ curl -sf "http://127.0.0.1:$admin_port/metrics" >"$work/metrics.txt" || true
 # The log as it stands after the normal run (the bad-load sections add to it).
 cp "$work/pilotfish.log" "$work/pilotfish.main.log"
 
+rep="$work/report.json"
+per_kind() { # kind field -> median over that kind's changes
+  jq -r --arg k "$1" ".changes[] | select(.change.kind == \$k) | $2 // \"n/a\"" "$rep" | median
+}
+converged() {
+  jq -r --arg k "$1" '[.changes[] | select(.change.kind == $k)] | "\(map(.converged) | min // 0)/\(map(.expected) | max // 0) (min over \(length) changes)"' "$rep"
+}
+
+kib() { awk -v b="$1" 'BEGIN { printf "%.1f KiB", b / 1024 }'; }
+
 # Bad load, against the same pilotfish.
 now_ms() { date +%s%3N; }
 # A metric's value from pilotfish's /metrics (empty when unavailable).
@@ -221,11 +231,17 @@ if [ "$STUCK" -gt 0 ]; then
   pids+=("$slg")
   wait_file "$work/stuck.ready" "$slg" $((SYNC_TIMEOUT + 60)) || { cat "$work/stuck.log" >&2; exit 1; }
   # pilotfish's open streams each second: when (if) it closes the stuck ones.
-  stuck_streams_first=$(metric pilot_xds) stuck_closed_after=never
+  # And the kernel's bytes queued on them: pilotfish's send queues (Send-Q,
+  # server side) and the proxies' unread receive queues (Recv-Q).
+  stuck_streams_first=$(metric pilot_xds) stuck_closed_after=never stuck_sendq=0 stuck_recvq=0
   for ((i = 1; i <= STUCK_SECS; i++)); do
     sleep 1
     v=$(metric pilot_xds)
-    echo "$i ${v:-n/a}" >>"$work/stuck.streams"
+    q=$(ss -tnH "sport = :$xds_port" 2>/dev/null | awk '$3 > m { m = $3 } END { print m + 0 }' || echo 0)
+    r=$(ss -tnH "dport = :$xds_port" 2>/dev/null | awk '$2 > m { m = $2 } END { print m + 0 }' || echo 0)
+    [ "$q" -gt "$stuck_sendq" ] && stuck_sendq=$q
+    [ "$r" -gt "$stuck_recvq" ] && stuck_recvq=$r
+    echo "$i ${v:-n/a} sendq=$q recvq=$r" >>"$work/stuck.streams"
     if [ "$stuck_closed_after" = never ] && [ -n "$v" ] && [ "$v" -le $((PROXIES - STUCK)) ]; then
       stuck_closed_after="${i} s"
     fi
@@ -250,6 +266,7 @@ if [ "$STUCK" -gt 0 ]; then
 | VirtualService change → RDS ACKed, p50 / p99 (median of $CHANGES, others only) | $(stuck_kind virtualservice .latency.p50_ms) / $(stuck_kind virtualservice .latency.p99_ms) ms | $(per_kind virtualservice .latency.p50_ms) / $(per_kind virtualservice .latency.p99_ms) ms |
 | pilotfish's open ADS streams (pilot_xds) at sync / after ${STUCK_SECS} s | ${stuck_streams_first:-n/a} / ${stuck_streams_last:-n/a} | |
 | stuck streams closed by pilotfish (open streams ≤ $((PROXIES - STUCK))) after | $stuck_closed_after | |
+| largest kernel queue on one connection: pilotfish's Send-Q / a proxy's unread Recv-Q | $(kib "$stuck_sendq") / $(kib "$stuck_recvq") | |
 EOF
 )
 fi
@@ -342,23 +359,15 @@ kill "$pf" 2>/dev/null || true
 wait "$pf" 2>/dev/null || true
 
 cat "$work/loadgen.txt" >&2
-rep="$work/report.json"
 idle_cpu=$(awk -v a="$cpu_synced" -v b="$cpu_idle_end" -v t="$clk" -v s="$IDLE" 'BEGIN { printf "%.2f", (b - a) / t / s * 100 }')
 sync_cpu=$(awk -v a="$cpu_start" -v b="$cpu_synced" -v t="$clk" 'BEGIN { printf "%.2f", (b - a) / t }')
 run_cpu=$(awk -v a="$cpu_start" -v b="$cpu_end" -v t="$clk" 'BEGIN { printf "%.2f", (b - a) / t }')
-per_kind() { # kind field -> median over that kind's changes
-  jq -r --arg k "$1" ".changes[] | select(.change.kind == \$k) | $2 // \"n/a\"" "$rep" | median
-}
-converged() {
-  jq -r --arg k "$1" '[.changes[] | select(.change.kind == $k)] | "\(map(.converged) | min // 0)/\(map(.expected) | max // 0) (min over \(length) changes)"' "$rep"
-}
 # pilotfish's log, without colours: snapshot build times, config reloads.
 sed 's/\x1b\[[0-9;]*m//g' "$work/pilotfish.main.log" >"$work/pilotfish.txt"
 snapshot_ms=$(grep -o 'took_ms=[0-9.]*' "$work/pilotfish.txt" | cut -d= -f2 | xargs printf '%.0f ' || true)
 stream_warnings=$(grep -c 'WARN' "$work/pilotfish.txt" || true)
 rejects=$(awk '/^pilot_total_xds_rejects_total/ { s += $2 } END { print s + 0 }' "$work/metrics.txt" 2>/dev/null || echo n/a)
 pushes=$(awk '/^pilot_xds_pushes_total/ { printf "%s%s=%s", sep, $1, $2; sep = ", " }' "$work/metrics.txt" 2>/dev/null | sed 's/pilot_xds_pushes_total{type="\([a-z]*\)"}/\1/g' || true)
-kib() { awk -v b="$1" 'BEGIN { printf "%.1f KiB", b / 1024 }'; }
 
 # The floor: the same sizes served by a minimal server on the same gRPC stack.
 floor_sync=n/a floor_sync_p99=n/a floor_spread=n/a floor_p99=n/a pf_spread=n/a ratio=n/a

@@ -336,6 +336,11 @@ pub async fn run_load_until(
             kicks[sent % kicks.len()].notify_one();
             sent += 1;
         }
+        // The phase lasts its whole time, not until the last kick.
+        tokio::select! {
+            _ = tokio::time::sleep_until(end.into()) => {}
+            _ = early.wait_for(|e| *e) => {}
+        }
         let seconds = t0.elapsed().as_secs_f64();
         // Every proxy synced again (or --settle, or the end of the run).
         let settle_end = Instant::now() + Duration::from_secs_f64(args.settle);
