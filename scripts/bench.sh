@@ -18,6 +18,16 @@
 #   SYNC_TIMEOUT seconds [300], FLOOR 1 to also run the floor server [1],
 #   KEEP 1 to keep the work directory, OUT a file to also write the table to,
 #   BIN a pilotfish binary to use instead of building one.
+# Bad load (each off by default; each runs after the normal figures against
+# the same pilotfish and adds a table):
+#   STUCK K proxies that sync then stop reading their socket, with CHANGES
+#     changes of each kind, the run held STUCK_SECS [60] after sync while
+#     pilotfish's open streams (/metrics pilot_xds) are sampled each second;
+#   CHURN_SECS seconds of churn at CHURN_RATE proxies/s [PROXIES/100, at
+#     least 1]: RSS, open streams, fds and threads before and after;
+#   STORM 1: once synced, pilotfish is killed (SIGKILL) and started again
+#     on the same ports and config; time until all proxies are synced again
+#     and pilotfish's peak RSS (VmHWM) during the storm.
 #
 # Everything binds loopback only. Loops are bounded in count and time.
 set -euo pipefail
@@ -36,6 +46,11 @@ SYNC_TIMEOUT=${SYNC_TIMEOUT:-300}
 FLOOR=${FLOOR:-1}
 KEEP=${KEEP:-0}
 OUT=${OUT:-}
+STUCK=${STUCK:-0}
+STUCK_SECS=${STUCK_SECS:-60}
+CHURN_SECS=${CHURN_SECS:-0}
+CHURN_RATE=${CHURN_RATE:-$(( PROXIES / 100 > 0 ? PROXIES / 100 : 1 ))}
+STORM=${STORM:-0}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -109,19 +124,22 @@ fi
 if "$BIN" serve --help 2>/dev/null | grep -q -- '--webhook-address'; then
   addr_flags+=(--webhook-address off)
 fi
-"$BIN" serve --config-dir "$work/config" "${addr_flags[@]}" \
-  --admin-address "127.0.0.1:$admin_port" --debounce "$DEBOUNCE" "${state_flag[@]}" \
-  --log-level "warn,pilotfish::xds=info,pilotfish::xds::server=warn,pilotfish::config=info" \
-  2>"$work/pilotfish.log" &
-pf=$!
-pids+=("$pf")
-ready=0
-for ((i = 0; i < 600; i++)); do
-  if curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
-  kill -0 "$pf" 2>/dev/null || break
-  sleep 0.1
-done
-[ "$ready" = 1 ] || { echo "pilotfish did not become ready" >&2; cat "$work/pilotfish.log" >&2; exit 1; }
+start_pf() { # starts pilotfish (appending to its log), sets $pf, waits for /readyz
+  "$BIN" serve --config-dir "$work/config" "${addr_flags[@]}" \
+    --admin-address "127.0.0.1:$admin_port" --debounce "$DEBOUNCE" "${state_flag[@]}" \
+    --log-level "warn,pilotfish::xds=info,pilotfish::xds::server=warn,pilotfish::config=info" \
+    2>>"$work/pilotfish.log" &
+  pf=$!
+  pids+=("$pf")
+  local ready=0 i
+  for ((i = 0; i < 600; i++)); do
+    if curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$pf" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ "$ready" = 1 ] || { echo "pilotfish did not become ready" >&2; cat "$work/pilotfish.log" >&2; exit 1; }
+}
+start_pf
 backlog=$(ss -ltnH "sport = :$xds_port" | awk '{ print $3 }')
 overflows() { nstat -az TcpExtListenOverflows 2>/dev/null | awk '/ListenOverflows/ { print $2 }'; }
 overflows_start=$(overflows)
@@ -156,27 +174,200 @@ overflows_end=$(overflows)
 rss_end=$(mem_mb "$pf" VmRSS)
 hwm_end=$(mem_mb "$pf" VmHWM)
 curl -sf "http://127.0.0.1:$admin_port/metrics" >"$work/metrics.txt" || true
-kill "$pf" 2>/dev/null || true
-wait "$pf" 2>/dev/null || true
+# The log as it stands after the normal run (the bad-load sections add to it).
+cp "$work/pilotfish.log" "$work/pilotfish.main.log"
 
-cat "$work/loadgen.txt" >&2
 rep="$work/report.json"
-idle_cpu=$(awk -v a="$cpu_synced" -v b="$cpu_idle_end" -v t="$clk" -v s="$IDLE" 'BEGIN { printf "%.2f", (b - a) / t / s * 100 }')
-sync_cpu=$(awk -v a="$cpu_start" -v b="$cpu_synced" -v t="$clk" 'BEGIN { printf "%.2f", (b - a) / t }')
-run_cpu=$(awk -v a="$cpu_start" -v b="$cpu_end" -v t="$clk" 'BEGIN { printf "%.2f", (b - a) / t }')
 per_kind() { # kind field -> median over that kind's changes
   jq -r --arg k "$1" ".changes[] | select(.change.kind == \$k) | $2 // \"n/a\"" "$rep" | median
 }
 converged() {
   jq -r --arg k "$1" '[.changes[] | select(.change.kind == $k)] | "\(map(.converged) | min // 0)/\(map(.expected) | max // 0) (min over \(length) changes)"' "$rep"
 }
+
+kib() { awk -v b="$1" 'BEGIN { printf "%.1f KiB", b / 1024 }'; }
+
+# Bad load, against the same pilotfish.
+now_ms() { date +%s%3N; }
+# A metric's value from pilotfish's /metrics (empty when unavailable).
+metric() { { curl -sf "http://127.0.0.1:$admin_port/metrics" 2>/dev/null || true; } | awk -v m="$1" '$1 == m { print $2; exit }'; }
+# Waits (bounded) for a line starting with $2 in file $1 while process $3 lives.
+wait_line() {
+  local file=$1 prefix=$2 pid=$3 secs=$4 i
+  for ((i = 0; i < secs * 10; i++)); do
+    grep -q "^$prefix" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+# Ends a loadgen run held open (it writes its report on SIGTERM).
+end_run() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# Waits (bounded, 30 s) for pilotfish's open streams to fall to $1; prints the count.
+streams_settle() {
+  local i v
+  for ((i = 0; i < 300; i++)); do
+    v=$(metric pilot_xds)
+    [ "${v:-x}" = "$1" ] && break
+    sleep 0.1
+  done
+  echo "${v:-n/a}"
+}
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0) printf "%+.1f %%", (b - a) / a * 100; else print "n/a" }'; }
+bad_tables=""
+# Loadgen arguments shared by the bad-load runs.
+bad_run=("$BIN" loadgen run --xds-address "127.0.0.1:$xds_port" --scenario "$work/config"
+  --proxies "$PROXIES" "${delta_flag[@]}" --connect-rate "$CONNECT_RATE" --sync-timeout "$SYNC_TIMEOUT")
+
+if [ "$STUCK" -gt 0 ]; then
+  echo "stuck: $STUCK of $PROXIES proxies stop reading once synced; held ${STUCK_SECS}s..." >&2
+  streams_settle 0 >/dev/null
+  rm -f "$work/stuck.ready"
+  "${bad_run[@]}" --stuck "$STUCK" --ready-file "$work/stuck.ready" \
+    --change-kind endpoint,virtualservice --changes "$changes_total" --change-after 2 --settle 15 \
+    --duration $((SYNC_TIMEOUT + STUCK_SECS + 60)) --json "$work/stuck.json" \
+    >"$work/stuck.txt" 2>"$work/stuck.log" &
+  slg=$!
+  pids+=("$slg")
+  wait_file "$work/stuck.ready" "$slg" $((SYNC_TIMEOUT + 60)) || { cat "$work/stuck.log" >&2; exit 1; }
+  # pilotfish's open streams each second: when (if) it closes the stuck ones.
+  # And the kernel's bytes queued on them: pilotfish's send queues (Send-Q,
+  # server side) and the proxies' unread receive queues (Recv-Q).
+  stuck_streams_first=$(metric pilot_xds) stuck_closed_after=never stuck_sendq=0 stuck_recvq=0
+  for ((i = 1; i <= STUCK_SECS; i++)); do
+    sleep 1
+    v=$(metric pilot_xds)
+    q=$(ss -tnH "sport = :$xds_port" 2>/dev/null | awk '$3 > m { m = $3 } END { print m + 0 }' || echo 0)
+    r=$(ss -tnH "dport = :$xds_port" 2>/dev/null | awk '$2 > m { m = $2 } END { print m + 0 }' || echo 0)
+    [ "$q" -gt "$stuck_sendq" ] && stuck_sendq=$q
+    [ "$r" -gt "$stuck_recvq" ] && stuck_recvq=$r
+    echo "$i ${v:-n/a} sendq=$q recvq=$r" >>"$work/stuck.streams"
+    if [ "$stuck_closed_after" = never ] && [ -n "$v" ] && [ "$v" -le $((PROXIES - STUCK)) ]; then
+      stuck_closed_after="${i} s"
+    fi
+  done
+  stuck_streams_last=$(metric pilot_xds)
+  end_run "$slg"
+  cat "$work/stuck.txt" >&2
+  sr="$work/stuck.json"
+  stuck_kind() { jq -r --arg k "$1" ".changes[] | select(.change.kind == \$k) | $2 // \"n/a\"" "$sr" | median; }
+  stuck_conv() { jq -r --arg k "$1" '[.changes[] | select(.change.kind == $k)] | "\(map(.converged) | min // 0)/\(map(.expected) | max // 0), stuck ones: \(map(.stuck_converged) | max // 0)"' "$sr"; }
+  bad_tables+=$(cat <<EOF
+
+
+#### Stuck proxies: $STUCK of $PROXIES sync, then stop reading their socket
+
+| figure | measured | normal run |
+|---|---|---|
+| proxies that stopped reading | $(jqr '.stuck.stopped_reading' "$sr")/$STUCK | |
+| endpoint change: converged (stuck ones left out) | $(stuck_conv endpoint) | $(converged endpoint) |
+| endpoint change → EDS ACKed, p50 / p99 (median of $CHANGES, others only) | $(stuck_kind endpoint .latency.p50_ms) / $(stuck_kind endpoint .latency.p99_ms) ms | $(per_kind endpoint .latency.p50_ms) / $(per_kind endpoint .latency.p99_ms) ms |
+| VirtualService change: converged (stuck ones left out) | $(stuck_conv virtualservice) | $(converged virtualservice) |
+| VirtualService change → RDS ACKed, p50 / p99 (median of $CHANGES, others only) | $(stuck_kind virtualservice .latency.p50_ms) / $(stuck_kind virtualservice .latency.p99_ms) ms | $(per_kind virtualservice .latency.p50_ms) / $(per_kind virtualservice .latency.p99_ms) ms |
+| pilotfish's open ADS streams (pilot_xds) at sync / after ${STUCK_SECS} s | ${stuck_streams_first:-n/a} / ${stuck_streams_last:-n/a} | |
+| stuck streams closed by pilotfish (open streams ≤ $((PROXIES - STUCK))) after | $stuck_closed_after | |
+| largest kernel queue on one connection: pilotfish's Send-Q / a proxy's unread Recv-Q | $(kib "$stuck_sendq") / $(kib "$stuck_recvq") | |
+EOF
+)
+fi
+
+if [ "$CHURN_SECS" -gt 0 ]; then
+  echo "churn: $CHURN_RATE proxies/s reconnect as fresh Envoys for ${CHURN_SECS}s..." >&2
+  streams_settle 0 >/dev/null
+  rm -f "$work/churn.ready"
+  "${bad_run[@]}" --ready-file "$work/churn.ready" --churn-rate "$CHURN_RATE" --churn-for "$CHURN_SECS" \
+    --settle 60 --duration $((SYNC_TIMEOUT + CHURN_SECS + 120)) --json "$work/churn.json" \
+    >"$work/churn.txt" 2>"$work/churn.log" &
+  clg=$!
+  pids+=("$clg")
+  wait_file "$work/churn.ready" "$clg" $((SYNC_TIMEOUT + 60)) || { cat "$work/churn.log" >&2; exit 1; }
+  churn_rss0=$(mem_mb "$pf" VmRSS) churn_streams0=$(metric pilot_xds)
+  churn_fds0=$(metric process_open_fds) churn_threads0=$(metric process_threads)
+  sleep $((CHURN_SECS / 4))
+  churn_rss1=$(mem_mb "$pf" VmRSS)
+  wait_line "$work/churn.ready" churned "$clg" $((CHURN_SECS + 120)) || { cat "$work/churn.log" >&2; exit 1; }
+  churn_rss2=$(mem_mb "$pf" VmRSS) churn_streams2=$(metric pilot_xds)
+  churn_fds2=$(metric process_open_fds) churn_threads2=$(metric process_threads)
+  end_run "$clg"
+  churn_streams_after=$(streams_settle 0)
+  cat "$work/churn.txt" >&2
+  cr="$work/churn.json"
+  bad_tables+=$(cat <<EOF
+
+
+#### Churn: $CHURN_RATE proxies/s reconnect as fresh Envoys for ${CHURN_SECS} s ($PROXIES proxies)
+
+| figure | measured | issue 8 target |
+|---|---|---|
+| reconnects asked / made | $(jqr '"\(.churn.kicks) / \(.churn.churns)"' "$cr") | |
+| resync after a reconnect, p50 / p99 / max | $(jqr '"\(.churn.resync.p50_ms) / \(.churn.resync.p99_ms) / \(.churn.resync.max_ms)"' "$cr") ms | |
+| pilotfish RSS: synced before the churn / after 1/4 of it / after it, all synced again | $churn_rss0 / $churn_rss1 / $churn_rss2 MiB | |
+| RSS growth over the churn (from 1/4 of it to the end) | $(pct "$churn_rss0" "$churn_rss2") ($(pct "$churn_rss1" "$churn_rss2")) | < 5 % |
+| open ADS streams (pilot_xds) before / after the churn / once the loadgen left | ${churn_streams0:-n/a} / ${churn_streams2:-n/a} / $churn_streams_after | $PROXIES / $PROXIES / 0 |
+| open fds before / after the churn; OS threads before / after | ${churn_fds0:-n/a} / ${churn_fds2:-n/a}; ${churn_threads0:-n/a} / ${churn_threads2:-n/a} | |
+EOF
+)
+fi
+
+if [ "$STORM" = 1 ]; then
+  echo "storm: killing pilotfish once $PROXIES proxies are synced, starting it again..." >&2
+  streams_settle 0 >/dev/null
+  rm -f "$work/storm.ready"
+  "${bad_run[@]}" --ready-file "$work/storm.ready" --settle 60 \
+    --duration $((SYNC_TIMEOUT * 2 + 120)) --json "$work/storm.json" \
+    >"$work/storm.txt" 2>"$work/storm.log" &
+  stg=$!
+  pids+=("$stg")
+  wait_file "$work/storm.ready" "$stg" $((SYNC_TIMEOUT + 60)) || { cat "$work/storm.log" >&2; exit 1; }
+  storm_rss_before=$(mem_mb "$pf" VmRSS) storm_hwm_before=$(mem_mb "$pf" VmHWM)
+  sleep 1
+  kill_ms=$(now_ms)
+  kill -KILL "$pf" 2>/dev/null || true
+  wait "$pf" 2>/dev/null || true
+  start_pf
+  ready_ms=$(now_ms)
+  storm_ok=1
+  wait_line "$work/storm.ready" resynced "$stg" "$SYNC_TIMEOUT" || storm_ok=0
+  storm_hwm=$(mem_mb "$pf" VmHWM) storm_rss=$(mem_mb "$pf" VmRSS)
+  resynced_ms=$(awk '/^resynced/ { print $NF; exit }' "$work/storm.ready")
+  end_run "$stg"
+  cat "$work/storm.txt" >&2
+  str="$work/storm.json"
+  storm_all="not all synced again within ${SYNC_TIMEOUT} s"
+  if [ "$storm_ok" = 1 ]; then
+    storm_all="$((resynced_ms - kill_ms)) ms after the kill, $((resynced_ms - ready_ms)) ms after the new pilotfish was ready"
+  fi
+  bad_tables+=$(cat <<EOF
+
+
+#### Reconnect storm: pilotfish killed (SIGKILL) and started again with $PROXIES proxies synced
+
+| figure | measured |
+|---|---|
+| new pilotfish ready (/readyz) after the kill | $((ready_ms - kill_ms)) ms |
+| all proxies synced again | $storm_all |
+| per proxy, stream lost → synced again, p50 / p99 / max | $(jqr '"\(.resync_after_loss.p50_ms) / \(.resync_after_loss.p99_ms) / \(.resync_after_loss.max_ms)"' "$str") ms |
+| lowest synced count during the outage | $(jqr '.outages[0].lowest_synced // "n/a"' "$str")/$PROXIES |
+| pilotfish before the kill: RSS / peak (VmHWM) | $storm_rss_before / $storm_hwm_before MiB |
+| new pilotfish once all synced again: RSS / peak (VmHWM) during the storm | $storm_rss / $storm_hwm MiB |
+| connections / stream errors (loadgen) | $(jqr '"\(.connects) / \(.stream_errors)"' "$str") |
+EOF
+)
+fi
+
+kill "$pf" 2>/dev/null || true
+wait "$pf" 2>/dev/null || true
+
+cat "$work/loadgen.txt" >&2
+idle_cpu=$(awk -v a="$cpu_synced" -v b="$cpu_idle_end" -v t="$clk" -v s="$IDLE" 'BEGIN { printf "%.2f", (b - a) / t / s * 100 }')
+sync_cpu=$(awk -v a="$cpu_start" -v b="$cpu_synced" -v t="$clk" 'BEGIN { printf "%.2f", (b - a) / t }')
+run_cpu=$(awk -v a="$cpu_start" -v b="$cpu_end" -v t="$clk" 'BEGIN { printf "%.2f", (b - a) / t }')
 # pilotfish's log, without colours: snapshot build times, config reloads.
-sed 's/\x1b\[[0-9;]*m//g' "$work/pilotfish.log" >"$work/pilotfish.txt"
+sed 's/\x1b\[[0-9;]*m//g' "$work/pilotfish.main.log" >"$work/pilotfish.txt"
 snapshot_ms=$(grep -o 'took_ms=[0-9.]*' "$work/pilotfish.txt" | cut -d= -f2 | xargs printf '%.0f ' || true)
 stream_warnings=$(grep -c 'WARN' "$work/pilotfish.txt" || true)
 rejects=$(awk '/^pilot_total_xds_rejects_total/ { s += $2 } END { print s + 0 }' "$work/metrics.txt" 2>/dev/null || echo n/a)
 pushes=$(awk '/^pilot_xds_pushes_total/ { printf "%s%s=%s", sep, $1, $2; sep = ", " }' "$work/metrics.txt" 2>/dev/null | sed 's/pilot_xds_pushes_total{type="\([a-z]*\)"}/\1/g' || true)
-kib() { awk -v b="$1" 'BEGIN { printf "%.1f KiB", b / 1024 }'; }
 
 # The floor: the same sizes served by a minimal server on the same gRPC stack.
 floor_sync=n/a floor_sync_p99=n/a floor_spread=n/a floor_p99=n/a pf_spread=n/a ratio=n/a
@@ -265,5 +456,6 @@ Command: \`S=$S E=$E R=$R K=$K PROXIES=$PROXIES MODE=$MODE CONNECT_RATE=$CONNECT
 | loadgen's own CPU / peak RSS | $(jqr '"\(.loadgen.cpu_seconds) s / \(.loadgen.peak_rss_mb) MB"' "$rep") | |
 EOF
 )
+table+=$bad_tables
 echo "$table"
 if [ -n "$OUT" ]; then echo "$table" >"$OUT"; fi

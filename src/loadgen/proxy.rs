@@ -18,13 +18,24 @@
 //!   jittered exponential backoff (Envoy's defaults: 500 ms doubling to
 //!   30 s), re-requesting what it had (delta: with `initial_resource_versions`).
 //!
+//! * A proxy whose stream is lost is unsynced until every type is answered
+//!   again on the new stream (its resync time is reported).
+//! * Bad load (issue 8): a `stuck` proxy syncs like the others, then stops
+//!   reading its socket for good (never ACKs, never drains, never
+//!   reconnects): its connection goes through [`StuckIo`], which stops
+//!   returning data once the proxy is synced. A `kick` makes a proxy drop its
+//!   connection and reconnect at once as a fresh Envoy (churn): nothing
+//!   requested, nothing held.
+//!
 //! Against a server whose resources do not decode as their type (the floor's
 //! `--opaque` blobs) every resource is treated as opaque: nothing follows
 //! from CDS or LDS, so only those two types are requested.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -33,7 +44,8 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::transport::Endpoint;
@@ -87,7 +99,11 @@ pub struct Shared {
     pub start: Instant,
     pub cache: DecodeCache,
     pub changes: RwLock<Vec<Arc<ChangeMark>>>,
+    /// Proxies synced now (a proxy whose stream was lost counts again once
+    /// it has resynced; stuck proxies stay counted).
     pub synced: AtomicUsize,
+    /// Proxies that stopped reading their socket (`--stuck`).
+    pub stuck: AtomicUsize,
     pub connected: AtomicUsize,
     pub responses: AtomicU64,
     pub bytes: AtomicU64,
@@ -101,6 +117,7 @@ impl Shared {
             cache: DecodeCache::default(),
             changes: RwLock::new(Vec::new()),
             synced: AtomicUsize::new(0),
+            stuck: AtomicUsize::new(0),
             connected: AtomicUsize::new(0),
             responses: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -116,6 +133,10 @@ pub struct ProxySpec {
     /// `http://HOST:PORT` of the ADS server.
     pub uri: String,
     pub delta: bool,
+    /// Stop reading the socket once synced, for the rest of the run.
+    pub stuck: bool,
+    /// Notified to make the proxy reconnect as a fresh Envoy (churn).
+    pub kick: Option<Arc<Notify>>,
 }
 
 /// What one proxy measured.
@@ -143,6 +164,15 @@ pub struct ProxyStats {
     pub unrequested: u64,
     pub connects: u32,
     pub stream_errors: u32,
+    /// One of the `--stuck` proxies.
+    pub stuck: bool,
+    /// Stopped reading its socket (`--stuck`), this long after its start.
+    pub stuck_after: Option<Duration>,
+    /// Times the proxy was made to reconnect as a fresh Envoy (churn).
+    pub churns: u32,
+    /// From losing sync (kicked, or its stream lost) to synced again on a
+    /// new stream; `true` for a churn.
+    pub resyncs: Vec<(bool, Duration)>,
     pub last_error: Option<String>,
     /// Per change applied by the run, per type: from the change to the ACK of
     /// the first response of that type received after it.
@@ -205,6 +235,8 @@ fn json_to_value(v: &serde_json::Value) -> Value {
 /// Why a session ended.
 enum Ended {
     Stopped,
+    /// Kicked: reconnect at once as a fresh Envoy.
+    Churned,
     /// The stream or connection failed (after `responses` responses).
     Failed {
         error: String,
@@ -230,8 +262,16 @@ pub async fn run(spec: ProxySpec, shared: Arc<Shared>) -> ProxyStats {
         if *shared.stop.borrow() {
             break;
         }
-        match p.session(&spec).await {
+        let ended = p.session(&spec).await;
+        if !matches!(ended, Ended::Stopped) {
+            p.lost();
+        }
+        match ended {
             Ended::Stopped => break,
+            Ended::Churned => {
+                p.fresh();
+                backoff = BACKOFF_BASE;
+            }
             Ended::Failed { error, responses } => {
                 p.stats.stream_errors += 1;
                 p.stats.last_error = Some(error);
@@ -315,6 +355,13 @@ struct Proxy<'a> {
     types: [TypeState; N],
     synced: bool,
     last_floor_push: u64,
+    /// When the proxy last lost sync (kicked, or its stream lost).
+    lost_at: Option<Instant>,
+    /// The current connection's switch to stop reading (`--stuck` only).
+    stuck_io: Option<Arc<AtomicBool>>,
+    stuck_now: bool,
+    /// Kicked since the last sync: the next resync is a churn's.
+    churn_pending: bool,
     stats: ProxyStats,
 }
 
@@ -357,12 +404,48 @@ impl<'a> Proxy<'a> {
             types: Default::default(),
             synced: false,
             last_floor_push: 0,
+            lost_at: None,
+            stuck_io: None,
+            stuck_now: false,
+            churn_pending: false,
             stats: ProxyStats {
                 workload: format!("{}/{}", spec.workload.namespace, spec.workload.name),
+                stuck: spec.stuck,
                 started: started_at - shared.start,
                 ..Default::default()
             },
         }
+    }
+
+    /// The stream was lost (or the proxy kicked): unsynced until every type
+    /// is answered again on the next stream.
+    fn lost(&mut self) {
+        if self.synced {
+            self.synced = false;
+            self.lost_at = Some(Instant::now());
+            self.shared.synced.fetch_sub(1, Ordering::Relaxed);
+        }
+        for st in &mut self.types {
+            st.acked = false;
+        }
+    }
+
+    /// Forgets everything, as a restarted Envoy has: the next stream starts
+    /// with wildcards and learns its names again.
+    fn fresh(&mut self) {
+        self.types = Default::default();
+        self.stats.churns += 1;
+        self.churn_pending = true;
+    }
+
+    /// The source address of the proxy's connection: each sidecar connects
+    /// from its own address, as real ones do.
+    fn local_ip(spec: &ProxySpec) -> Option<std::net::IpAddr> {
+        spec.workload
+            .address
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .filter(|ip| ip.is_loopback())
     }
 
     fn endpoint(spec: &ProxySpec) -> Result<Endpoint, String> {
@@ -370,21 +453,66 @@ impl<'a> Proxy<'a> {
             .map_err(|e| format!("bad address {}: {e}", spec.uri))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .initial_stream_window_size(H2_WINDOW)
             .initial_connection_window_size(H2_WINDOW);
-        // Each sidecar connects from its own address, as real ones do.
-        if let Some(ip) = spec
-            .workload
-            .address
-            .as_deref()
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-            .filter(|ip| ip.is_loopback())
-        {
+        // A stuck Envoy runs no keepalive either (its event loop is what is stuck).
+        if !spec.stuck {
+            ep = ep
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        }
+        if let Some(ip) = Self::local_ip(spec) {
             ep = ep.local_address(Some(ip));
         }
         Ok(ep)
+    }
+
+    /// Connects; a stuck proxy through [`StuckIo`], whose switch it keeps.
+    async fn connect(&mut self, spec: &ProxySpec) -> Result<tonic::transport::Channel, String> {
+        let ep = Self::endpoint(spec)?;
+        if !spec.stuck {
+            return ep.connect().await.map_err(|e| format!("connect: {e}"));
+        }
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        self.stuck_io = Some(Arc::clone(&stop_reading));
+        let local = Self::local_ip(spec);
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let stop_reading = Arc::clone(&stop_reading);
+            async move {
+                let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
+                let addr = tokio::net::lookup_host((host, uri.port_u16().unwrap_or(80)))
+                    .await?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other(format!("{uri}: no address")))?;
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                if let Some(ip) = local {
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                }
+                let tcp = socket.connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(StuckIo { tcp, stop_reading }))
+            }
+        });
+        ep.connect_with_connector(connector)
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    /// Once synced, a stuck proxy stops reading its socket.
+    fn maybe_get_stuck(&mut self) {
+        if self.synced
+            && !self.stuck_now
+            && let Some(flag) = &self.stuck_io
+        {
+            flag.store(true, Ordering::Relaxed);
+            self.stuck_now = true;
+            self.stats.stuck_after = Some(self.started_at.elapsed());
+            self.shared.stuck.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// One connection and stream, until it ends or the run stops.
@@ -394,15 +522,12 @@ impl<'a> Proxy<'a> {
             responses: 0,
         };
         let mut stop = self.shared.stop.clone();
-        let channel = match Self::endpoint(spec) {
-            Ok(ep) => tokio::select! {
-                c = ep.connect() => match c {
-                    Ok(c) => c,
-                    Err(e) => return failed(format!("connect: {e}")),
-                },
-                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+        let channel = tokio::select! {
+            c = self.connect(spec) => match c {
+                Ok(c) => c,
+                Err(e) => return failed(e),
             },
-            Err(e) => return failed(e),
+            _ = stop.wait_for(|s| *s) => return Ended::Stopped,
         };
         self.stats.connects += 1;
         if self.stats.connected_after.is_none() {
@@ -431,7 +556,10 @@ impl<'a> Proxy<'a> {
                 Ok(()) => {
                     let call = grpc.streaming(Request::new(ReceiverStream::new(rx)), path, codec);
                     match self.call(call).await {
-                        Ok(s) => self.serve(tx, s.map(|r| r.map(Resp::Delta)).boxed()).await,
+                        Ok(s) => {
+                            let s = s.map(|r| r.map(Resp::Delta)).boxed();
+                            self.serve(tx, s, spec.kick.as_deref()).await
+                        }
                         Err(e) => e,
                     }
                 }
@@ -446,7 +574,10 @@ impl<'a> Proxy<'a> {
                 Ok(()) => {
                     let call = grpc.streaming(Request::new(ReceiverStream::new(rx)), path, codec);
                     match self.call(call).await {
-                        Ok(s) => self.serve(tx, s.map(|r| r.map(Resp::Sotw)).boxed()).await,
+                        Ok(s) => {
+                            let s = s.map(|r| r.map(Resp::Sotw)).boxed();
+                            self.serve(tx, s, spec.kick.as_deref()).await
+                        }
                         Err(e) => e,
                     }
                 }
@@ -485,17 +616,31 @@ impl<'a> Proxy<'a> {
         }
     }
 
-    /// Handles responses until the stream ends or the run stops.
+    /// Handles responses until the stream ends, the proxy is kicked or the
+    /// run stops. A stuck proxy, once synced, only waits for the end.
     async fn serve(
         &mut self,
         tx: Tx,
         mut inbound: BoxStream<'static, Result<Resp, tonic::Status>>,
+        kick: Option<&Notify>,
     ) -> Ended {
         let mut stop = self.shared.stop.clone();
         let mut responses = 0;
         loop {
+            self.maybe_get_stuck();
+            if self.stuck_now {
+                let _ = stop.wait_for(|s| *s).await;
+                return Ended::Stopped;
+            }
+            let kicked = async {
+                match kick {
+                    Some(k) => k.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             let msg = tokio::select! {
                 m = inbound.next() => m,
+                _ = kicked => return Ended::Churned,
                 _ = stop.wait_for(|s| *s) => return Ended::Stopped,
             };
             let handled = match msg {
@@ -656,6 +801,11 @@ impl<'a> Proxy<'a> {
                 st.answered.insert(cache.intern(name));
             }
         }
+        if !synced && !is_root(t) {
+            // After a reconnect the server leaves out what the proxy still
+            // has (its initial versions): held names are answered too.
+            st.answered.extend(st.have.keys().cloned());
+        }
         st.acked = true;
         self.stats.resources[ix(t)] = st.have.len();
         let floor = floor_push(&msg.system_version_info);
@@ -765,8 +915,13 @@ impl<'a> Proxy<'a> {
         }
         if !self.synced && self.is_synced() {
             self.synced = true;
-            self.stats.synced_after = Some(now - self.started_at);
-            self.stats.sync_bytes = self.stats.bytes;
+            if self.stats.synced_after.is_none() {
+                self.stats.synced_after = Some(now - self.started_at);
+                self.stats.sync_bytes = self.stats.bytes;
+            } else if let Some(lost) = self.lost_at.take() {
+                let churned = std::mem::take(&mut self.churn_pending);
+                self.stats.resyncs.push((churned, now - lost));
+            }
             for st in &mut self.types {
                 st.answered = HashSet::new();
             }
@@ -793,4 +948,44 @@ fn floor_push(version: &str) -> Option<(u64, u64)> {
     let rest = version.strip_prefix(FLOOR_PUSH_PREFIX)?;
     let (seq, micros) = rest.split_once('-')?;
     Some((seq.parse().ok()?, micros.parse().ok()?))
+}
+
+/// A proxy's TCP connection that stops returning data once `stop_reading`
+/// is set: the kernel's receive buffer fills, then the server's send
+/// buffer, as with an Envoy whose event loop is wedged. Writes go through.
+struct StuckIo {
+    tcp: tokio::net::TcpStream,
+    stop_reading: Arc<AtomicBool>,
+}
+
+impl AsyncRead for StuckIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.stop_reading.load(Ordering::Relaxed) {
+            // Never ready again, and never woken: nothing is read any more.
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StuckIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }

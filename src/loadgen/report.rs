@@ -114,9 +114,13 @@ pub struct ChangeReport {
     pub change: ChangeSummary,
     /// The type convergence is measured on.
     pub primary: &'static str,
-    /// Proxies synced when the change was written (those expected to converge).
+    /// Proxies synced when the change was written (those expected to
+    /// converge), stuck ones left out.
     pub expected: usize,
+    /// Proxies that converged, stuck ones left out.
     pub converged: usize,
+    /// Stuck proxies that converged anyway (0 unless they were not stuck yet).
+    pub stuck_converged: usize,
     /// From the change to the ACK of the first `primary` response after it.
     pub latency: Option<Percentiles>,
     /// Same, for every type that any proxy received after the change.
@@ -137,6 +141,45 @@ pub struct FloorReport {
     pub spread_p50_ms: f64,
     /// Per push, the slowest proxy's latency; median over pushes.
     pub max_p50_ms: f64,
+}
+
+/// `--stuck`: proxies that synced, then stopped reading their socket.
+#[derive(Clone, Debug, Serialize)]
+pub struct StuckReport {
+    pub proxies: usize,
+    /// Of those, how many synced and stopped reading.
+    pub stopped_reading: usize,
+}
+
+/// What the run's churn phase did.
+#[derive(Clone, Debug)]
+pub struct ChurnFacts {
+    pub rate: f64,
+    pub seconds: f64,
+    pub kicks: usize,
+}
+
+/// Churn: proxies reconnecting as fresh Envoys.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnReport {
+    pub rate_per_s: f64,
+    pub seconds: f64,
+    /// Reconnects asked for.
+    pub kicks: usize,
+    /// Reconnects made (a proxy kicked again before it reconnected counts once).
+    pub churns: u64,
+    /// From the disconnect to fully synced again, per reconnect that synced.
+    pub resync: Option<Percentiles>,
+}
+
+/// The synced count fell (streams lost, e.g. a server restart) and came back.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outage {
+    /// When the count first fell, from the start of the run.
+    pub at_ms: f64,
+    pub lowest_synced: usize,
+    /// Until every proxy synced before was synced again (None: not by the end).
+    pub synced_again_after_ms: Option<f64>,
 }
 
 /// The load generator's own cost, to show it left the machine to the server.
@@ -174,6 +217,11 @@ pub struct Report {
     pub idle: Option<Traffic>,
     pub changes: Vec<ChangeReport>,
     pub floor: Option<FloorReport>,
+    pub stuck: Option<StuckReport>,
+    pub churn: Option<ChurnReport>,
+    /// Per proxy whose stream was lost (not churned): from the loss to synced again.
+    pub resync_after_loss: Option<Percentiles>,
+    pub outages: Vec<Outage>,
     pub loadgen: SelfCost,
 }
 
@@ -183,6 +231,10 @@ pub struct RunFacts {
     pub delta: bool,
     pub idle: Option<Traffic>,
     pub changes: Vec<(ChangeSummary, XdsType, usize, Traffic)>,
+    /// `--stuck` proxies asked for.
+    pub stuck: usize,
+    pub churn: Option<ChurnFacts>,
+    pub outages: Vec<Outage>,
 }
 
 pub fn build(stats: &[ProxyStats], facts: RunFacts) -> Report {
@@ -217,13 +269,14 @@ pub fn build(stats: &[ProxyStats], facts: RunFacts) -> Report {
         .into_iter()
         .enumerate()
         .map(|(m, (change, primary, expected, traffic))| {
-            let of_type = |t: XdsType| -> Vec<Duration> {
+            let of_type = |t: XdsType, stuck: bool| -> Vec<Duration> {
                 stats
                     .iter()
+                    .filter(|s| s.stuck == stuck)
                     .filter_map(|s| s.changes.get(m).and_then(|c| c[ix(t)]))
                     .collect()
             };
-            let lat = of_type(primary);
+            let lat = of_type(primary, false);
             let spread_ms = match (lat.iter().min(), lat.iter().max()) {
                 (Some(a), Some(b)) => Some(ms(*b - *a)),
                 _ => None,
@@ -233,8 +286,9 @@ pub fn build(stats: &[ProxyStats], facts: RunFacts) -> Report {
                 primary: primary.short(),
                 expected,
                 converged: lat.len(),
+                stuck_converged: of_type(primary, true).len(),
                 latency: Percentiles::of(lat),
-                per_type: PerType::from_fn(|t| Percentiles::of(of_type(t))),
+                per_type: PerType::from_fn(|t| Percentiles::of(of_type(t, false))),
                 spread_ms,
                 traffic,
             }
@@ -273,8 +327,32 @@ pub fn build(stats: &[ProxyStats], facts: RunFacts) -> Report {
         idle: facts.idle,
         changes,
         floor: floor_report(stats),
+        stuck: (facts.stuck > 0).then(|| StuckReport {
+            proxies: stats.iter().filter(|s| s.stuck).count(),
+            stopped_reading: stats.iter().filter(|s| s.stuck_after.is_some()).count(),
+        }),
+        churn: facts.churn.map(|c| ChurnReport {
+            rate_per_s: c.rate,
+            seconds: (c.seconds * 10.0).round() / 10.0,
+            kicks: c.kicks,
+            churns: stats.iter().map(|s| u64::from(s.churns)).sum(),
+            resync: resyncs(stats, true),
+        }),
+        resync_after_loss: resyncs(stats, false),
+        outages: facts.outages,
         loadgen: self_cost(),
     }
+}
+
+fn resyncs(stats: &[ProxyStats], churned: bool) -> Option<Percentiles> {
+    Percentiles::of(
+        stats
+            .iter()
+            .flat_map(|s| &s.resyncs)
+            .filter(|(c, _)| *c == churned)
+            .map(|(_, d)| *d)
+            .collect(),
+    )
 }
 
 fn floor_report(stats: &[ProxyStats]) -> Option<FloorReport> {
@@ -436,6 +514,48 @@ impl Report {
                 c.traffic.responses,
                 kib(c.traffic.bytes),
                 c.traffic.seconds
+            );
+            if self.stuck.is_some() {
+                let _ = writeln!(
+                    o,
+                    "  stuck proxies (left out above) that converged: {}",
+                    c.stuck_converged
+                );
+            }
+        }
+        if let Some(s) = &self.stuck {
+            let _ = writeln!(
+                o,
+                "stuck: {} proxies, {} synced then stopped reading their socket",
+                s.proxies, s.stopped_reading
+            );
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                o,
+                "churn: {} reconnects as fresh proxies asked in {:.1}s ({}/s), {} made; resync {}",
+                c.kicks,
+                c.seconds,
+                c.rate_per_s,
+                c.churns,
+                c.resync
+                    .as_ref()
+                    .map(|p| p.line())
+                    .unwrap_or_else(|| "none".into())
+            );
+        }
+        if let Some(p) = &self.resync_after_loss {
+            let _ = writeln!(o, "resync after a lost stream: {}", p.line());
+        }
+        for x in &self.outages {
+            let _ = writeln!(
+                o,
+                "outage at {}: synced fell to {}, {}",
+                fmt_ms(x.at_ms),
+                x.lowest_synced,
+                x.synced_again_after_ms
+                    .map(|ms| format!("all synced again after {}", fmt_ms(ms)))
+                    .unwrap_or_else(|| "not all synced again by the end".into())
             );
         }
         if let Some(f) = &self.floor {

@@ -1,6 +1,17 @@
 //! `pilotfish loadgen run`: start N simulated proxies, wait for them to sync,
 //! optionally hold them idle, apply changes at set times, and report.
 //!
+//! Bad load (issue 8): `--stuck K` proxies sync, then stop reading their
+//! socket; they are left out of every change's figures (and reported on
+//! their own). `--churn-rate R` adds a churn phase after the idle one: R
+//! proxies a second (round robin, stuck ones never) drop their connection
+//! and reconnect at once as fresh Envoys, for `--churn-for` seconds or until
+//! `--duration` ends; then the run waits (up to `--settle`) for all to be
+//! synced again. While the run holds its connections until `--duration`,
+//! every fall of the synced count and its recovery (a server restart) is
+//! recorded as an outage. `--ready-file` gets a line at the end of each of
+//! these phases, with the wall-clock time, for scripts.
+//!
 //! A change is written with the same code as `pilotfish loadgen change`; its
 //! time is taken once its files are renamed into place. A proxy has converged
 //! on a change when it has received and ACKed the first response of the
@@ -14,18 +25,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::proxy::{self, ChangeMark, ProxySpec, Shared};
-use super::report::{self, Report, RunFacts, Traffic};
+use super::report::{self, ChurnFacts, Outage, Report, RunFacts, Traffic};
 use super::scenario::{self, ChangeKind, WorkloadRef};
 
 /// How often the run checks progress (sync and convergence counts); only
 /// decides when phases end, never a measured time.
 const POLL: Duration = Duration::from_millis(5);
+/// Outages recorded at most (a flapping server must not grow the report without end).
+const MAX_OUTAGES: usize = 1000;
 
 /// Arguments of `pilotfish loadgen run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -82,6 +95,17 @@ pub struct RunArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Proxies (spread evenly over the N) that sync, then stop reading
+    /// their socket for the rest of the run: never ACK, never drain.
+    #[arg(long, default_value_t = 0)]
+    pub stuck: usize,
+    /// Churn: proxies a second that drop their connection and reconnect at
+    /// once as fresh Envoys, after the idle phase (0: no churn).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_rate: f64,
+    /// Seconds of churn (default: until --duration ends).
+    #[arg(long)]
+    pub churn_for: Option<f64>,
 }
 
 impl RunArgs {
@@ -105,6 +129,9 @@ impl RunArgs {
             changes: None,
             settle: 10.0,
             json: None,
+            stuck: 0,
+            churn_rate: 0.0,
+            churn_for: None,
         }
     }
 }
@@ -152,17 +179,75 @@ fn traffic(shared: &Shared, since: Instant, responses: u64, bytes: u64) -> Traff
     }
 }
 
+/// Whether proxy `i` of `n` is one of `k` stuck ones, spread evenly.
+fn is_stuck(i: usize, n: usize, k: usize) -> bool {
+    (i + 1) * k / n > i * k / n
+}
+
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+}
+
+/// Writes (first) or appends a line to the ready file.
+fn ready_line(args: &RunArgs, first: bool, line: &str) -> Result<()> {
+    use std::io::Write as _;
+    let Some(f) = &args.ready_file else {
+        return Ok(());
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!first)
+        .truncate(first)
+        .open(f)
+        .with_context(|| format!("write {}", f.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("write {}", f.display()))
+}
+
 /// Runs the load; progress goes to stderr, the report is returned.
 pub async fn run_load(args: &RunArgs) -> Result<Report> {
+    run_load_until(args, std::future::pending()).await
+}
+
+/// `run_load`, ending the churn phase, changes and the hold early (with a
+/// report) once `early` completes.
+pub async fn run_load_until(
+    args: &RunArgs,
+    early: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Report> {
     let list = workloads(args)?;
     if list.is_empty() {
         bail!("no proxies to run");
     }
+    if args.stuck > list.len() {
+        bail!(
+            "--stuck {} is more than the {} proxies",
+            args.stuck,
+            list.len()
+        );
+    }
+    if args.churn_rate > 0.0 && args.churn_for.is_none() && args.duration.is_none() {
+        bail!("--churn-rate needs --churn-for or --duration");
+    }
+    let (early_tx, early_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        early.await;
+        let _ = early_tx.send(true);
+    });
+    let ended_early = || *early_rx.borrow();
     let change_dir = args.change_dir.clone().or_else(|| args.scenario.clone());
     if !args.change_kind.is_empty() && change_dir.is_none() {
         bail!("--change-kind needs --change-dir (or --scenario)");
     }
     let n = list.len();
+    let stuck: Vec<bool> = (0..n).map(|i| is_stuck(i, n, args.stuck)).collect();
+    let kicks: Vec<Option<Arc<Notify>>> = stuck
+        .iter()
+        .map(|s| (args.churn_rate > 0.0 && !s).then(|| Arc::new(Notify::new())))
+        .collect();
     let uri = format!("http://{}", args.xds_address);
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::new(stop_rx));
@@ -175,6 +260,7 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
         let rate = args.connect_rate;
         let delta = args.delta;
         let mut stop = shared.stop.clone();
+        let kicks = kicks.clone();
         tokio::spawn(async move {
             let mut handles = Vec::with_capacity(list.len());
             for (i, workload) in list.into_iter().enumerate() {
@@ -189,6 +275,8 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
                     workload,
                     uri: uri.clone(),
                     delta,
+                    stuck: stuck[i],
+                    kick: kicks[i].clone(),
                 };
                 handles.push(tokio::spawn(proxy::run(spec, Arc::clone(&shared))));
             }
@@ -199,7 +287,7 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
     // Sync phase.
     let sync_end = start + Duration::from_secs_f64(args.sync_timeout);
     let sync_end = deadline.map_or(sync_end, |d| d.min(sync_end));
-    while shared.synced.load(Ordering::Relaxed) < n && Instant::now() < sync_end {
+    while shared.synced.load(Ordering::Relaxed) < n && Instant::now() < sync_end && !ended_early() {
         tokio::time::sleep(POLL).await;
     }
     let synced = shared.synced.load(Ordering::Relaxed);
@@ -208,10 +296,7 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
         start.elapsed().as_secs_f64(),
         shared.connected.load(Ordering::Relaxed)
     );
-    if let Some(f) = &args.ready_file {
-        std::fs::write(f, format!("synced {synced}/{n}\n"))
-            .with_context(|| format!("write {}", f.display()))?;
-    }
+    ready_line(args, true, &format!("synced {synced}/{n} at {}", unix_ms()))?;
 
     // Idle phase.
     let mut idle = None;
@@ -225,6 +310,64 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
         idle = Some(traffic(&shared, t0, r0, b0));
     }
 
+    // Churn.
+    let mut churn = None;
+    if args.churn_rate > 0.0 && !ended_early() {
+        let kicks: Vec<Arc<Notify>> = kicks.iter().flatten().cloned().collect();
+        let t0 = Instant::now();
+        let end = args.churn_for.map(|s| t0 + Duration::from_secs_f64(s));
+        let end = match (end, deadline) {
+            (Some(e), Some(d)) => e.min(d),
+            (e, d) => e.or(d).unwrap_or(t0),
+        };
+        let before = shared.synced.load(Ordering::Relaxed);
+        let period = Duration::from_secs_f64(1.0 / args.churn_rate);
+        let mut early = early_rx.clone();
+        let mut sent = 0usize;
+        while !kicks.is_empty() {
+            let at = t0 + period.mul_f64(sent as f64);
+            if at >= end {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = early.wait_for(|e| *e) => break,
+            }
+            kicks[sent % kicks.len()].notify_one();
+            sent += 1;
+        }
+        // The phase lasts its whole time, not until the last kick.
+        tokio::select! {
+            _ = tokio::time::sleep_until(end.into()) => {}
+            _ = early.wait_for(|e| *e) => {}
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        // Every proxy synced again (or --settle, or the end of the run).
+        let settle_end = Instant::now() + Duration::from_secs_f64(args.settle);
+        let settle_end = deadline.map_or(settle_end, |d| d.min(settle_end));
+        while shared.synced.load(Ordering::Relaxed) < before
+            && Instant::now() < settle_end
+            && !ended_early()
+        {
+            tokio::time::sleep(POLL).await;
+        }
+        let synced = shared.synced.load(Ordering::Relaxed);
+        eprintln!(
+            "loadgen: churn: {sent} reconnects as fresh proxies in {seconds:.1}s; {synced}/{n} synced {:.0} ms later",
+            (t0.elapsed().as_secs_f64() - seconds) * 1e3
+        );
+        ready_line(
+            args,
+            false,
+            &format!("churned {sent}; synced {synced}/{n} at {}", unix_ms()),
+        )?;
+        churn = Some(ChurnFacts {
+            rate: args.churn_rate,
+            seconds,
+            kicks: sent,
+        });
+    }
+
     // Changes.
     let mut changes = Vec::new();
     let count = if args.change_kind.is_empty() {
@@ -233,7 +376,9 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
         args.changes.unwrap_or(args.change_kind.len())
     };
     for m in 0..count {
-        if !sleep_within(Duration::from_secs_f64(args.change_after), deadline).await {
+        if ended_early()
+            || !sleep_within(Duration::from_secs_f64(args.change_after), deadline).await
+        {
             break;
         }
         let kind = args.change_kind[m % args.change_kind.len()];
@@ -242,7 +387,11 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
             .await
             .context("change task")??;
         let at = Instant::now();
-        let expected = shared.synced.load(Ordering::Relaxed);
+        // Stuck proxies never ACK: they are left out (and reported apart).
+        let expected = shared
+            .synced
+            .load(Ordering::Relaxed)
+            .saturating_sub(shared.stuck.load(Ordering::Relaxed));
         let (r0, b0) = (
             shared.responses.load(Ordering::Relaxed),
             shared.bytes.load(Ordering::Relaxed),
@@ -260,7 +409,10 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
             .push(Arc::clone(&mark));
         let settle_end = at + Duration::from_secs_f64(args.settle);
         let settle_end = deadline.map_or(settle_end, |d| d.min(settle_end));
-        while mark.converged.load(Ordering::Relaxed) < expected && Instant::now() < settle_end {
+        while mark.converged.load(Ordering::Relaxed) < expected
+            && Instant::now() < settle_end
+            && !ended_early()
+        {
             tokio::time::sleep(POLL).await;
         }
         let converged = mark.converged.load(Ordering::Relaxed);
@@ -274,8 +426,50 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
         changes.push((summary, primary, expected, traffic(&shared, at, r0, b0)));
     }
 
+    // Hold until --duration ends, recording outages: the synced count
+    // falling (streams lost) until all are synced again.
+    let mut outages: Vec<Outage> = Vec::new();
     if let Some(dl) = deadline {
-        tokio::time::sleep_until(dl.into()).await;
+        let target = shared.synced.load(Ordering::Relaxed);
+        let mut down: Option<(Instant, usize)> = None;
+        while !ended_early() {
+            let now = Instant::now();
+            if now >= dl {
+                break;
+            }
+            tokio::time::sleep(POLL.min(dl - now)).await;
+            let s = shared.synced.load(Ordering::Relaxed);
+            match &mut down {
+                None if s < target => down = Some((Instant::now(), s)),
+                None => {}
+                Some((_, lowest)) if s < target => *lowest = (*lowest).min(s),
+                Some((at, lowest)) => {
+                    let again = at.elapsed();
+                    eprintln!(
+                        "loadgen: all {s} synced again {:.0} ms after the synced count fell (lowest {lowest})",
+                        again.as_secs_f64() * 1e3
+                    );
+                    ready_line(args, false, &format!("resynced {s}/{n} at {}", unix_ms()))?;
+                    if outages.len() < MAX_OUTAGES {
+                        outages.push(Outage {
+                            at_ms: (*at - start).as_secs_f64() * 1e3,
+                            lowest_synced: *lowest,
+                            synced_again_after_ms: Some(again.as_secs_f64() * 1e3),
+                        });
+                    }
+                    down = None;
+                }
+            }
+        }
+        if let Some((at, lowest)) = down
+            && outages.len() < MAX_OUTAGES
+        {
+            outages.push(Outage {
+                at_ms: (at - start).as_secs_f64() * 1e3,
+                lowest_synced: lowest,
+                synced_again_after_ms: None,
+            });
+        }
     }
     let _ = stop_tx.send(true);
     let handles = spawner.await.context("proxy spawner")?;
@@ -290,13 +484,26 @@ pub async fn run_load(args: &RunArgs) -> Result<Report> {
             delta: args.delta,
             idle,
             changes,
+            stuck: args.stuck,
+            churn,
+            outages,
         },
     ))
 }
 
 /// `pilotfish loadgen run`: runs the load, prints the summary, writes JSON.
+/// SIGINT or SIGTERM ends the run early, with a report.
 pub async fn run(args: RunArgs) -> Result<()> {
-    let report = run_load(&args).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listen for SIGTERM")?;
+    let signalled = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("loadgen: signalled; ending the run");
+    };
+    let report = run_load_until(&args, signalled).await?;
     print!("{}", report.text());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)? + "\n";

@@ -352,6 +352,7 @@ fn decode_cache_finds_what_resources_lead_to() {
 /// pilotfish's ADS server in-process, wired as `pilotfish serve` wires it.
 struct Pilotfish {
     addr: SocketAddr,
+    metrics: Metrics,
     _stop: watch::Sender<bool>,
 }
 
@@ -390,7 +391,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
         listener,
         AdsShared {
             snapshots: xds_rx,
-            metrics,
+            metrics: metrics.clone(),
             syncs: SyncRegistry::default(),
             // The loadgen speaks to pilotfish's plaintext port.
             auth: None,
@@ -404,6 +405,7 @@ async fn start_pilotfish(dir: &Path, ca: Option<&Path>) -> Pilotfish {
     ));
     Pilotfish {
         addr,
+        metrics,
         _stop: stop_tx,
     }
 }
@@ -570,4 +572,147 @@ async fn proxies_reconnect_when_the_server_comes_back() {
     );
     let _ = stop_tx.send(true);
     server.await.unwrap().unwrap();
+}
+
+/// Waits (up to 10 s) for pilotfish to count `n` open ADS streams.
+async fn wait_streams(pf: &Pilotfish, n: i64) -> i64 {
+    for _ in 0..200 {
+        if pf.metrics.connected_proxies.get() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pf.metrics.connected_proxies.get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_proxies_are_left_out_and_do_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario::generate(dir.path(), mk_params(5, 2, 1, 5)).unwrap();
+    let pf = start_pilotfish(dir.path(), None).await;
+    let mut args = RunArgs::new(pf.addr.to_string());
+    args.scenario = Some(dir.path().to_path_buf());
+    args.proxies = Some(10);
+    args.stuck = 3;
+    args.sync_timeout = 30.0;
+    args.change_kind = vec![ChangeKind::Endpoint, ChangeKind::Virtualservice];
+    args.changes = Some(4);
+    args.change_after = 0.3;
+    args.settle = 15.0;
+    let r = run_load(&args).await.unwrap();
+    eprintln!("{}", r.text());
+    assert_all_synced(&r, 10);
+    let stuck = r.stuck.as_ref().expect("stuck proxies reported");
+    assert_eq!((stuck.proxies, stuck.stopped_reading), (3, 3));
+    for c in &r.changes {
+        // Every proxy that reads converged; no stuck one did.
+        assert_eq!((c.expected, c.converged), (7, 7), "{}", r.text());
+        assert_eq!(c.latency.as_ref().unwrap().n, 7);
+        assert_eq!(c.stuck_converged, 0, "{}", r.text());
+        assert!(c.latency.as_ref().unwrap().max_ms < 5000.0, "{}", r.text());
+    }
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["stuck"]["stopped_reading"], 3);
+    // The run's end closes every connection, stuck ones too.
+    assert_eq!(wait_streams(&pf, 0).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churned_proxies_resync_as_fresh_envoys_and_leave_no_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario::generate(dir.path(), mk_params(3, 2, 1, 3)).unwrap();
+    let pf = start_pilotfish(dir.path(), None).await;
+    let ready = tempfile::NamedTempFile::new().unwrap();
+    let mut args = RunArgs::new(pf.addr.to_string());
+    args.scenario = Some(dir.path().to_path_buf());
+    args.proxies = Some(6);
+    args.stuck = 1;
+    args.sync_timeout = 30.0;
+    args.churn_rate = 20.0;
+    args.churn_for = Some(1.0);
+    args.ready_file = Some(ready.path().to_path_buf());
+    args.change_kind = vec![ChangeKind::Endpoint];
+    args.change_after = 0.2;
+    let r = run_load(&args).await.unwrap();
+    eprintln!("{}", r.text());
+    assert_eq!(r.synced, 6, "{}", r.text());
+    let churn = r.churn.as_ref().expect("churn reported");
+    assert_eq!(churn.kicks, 20, "{}", r.text());
+    assert!(churn.churns >= 10, "{}", r.text());
+    let resync = churn.resync.as_ref().expect("resyncs measured");
+    assert!(resync.n >= 10, "{}", r.text());
+    // Each reconnect is a new connection; the stuck proxy is never churned.
+    assert_eq!(r.connects, 6 + churn.churns, "{}", r.text());
+    assert!(r.resync_after_loss.is_none(), "{}", r.text());
+    // After the churn every reading proxy is synced and converges on a change.
+    assert_eq!(
+        (r.changes[0].expected, r.changes[0].converged),
+        (5, 5),
+        "{}",
+        r.text()
+    );
+    let lines = std::fs::read_to_string(ready.path()).unwrap();
+    assert!(lines.starts_with("synced 6/6 at "), "{lines}");
+    assert!(lines.contains("\nchurned 20; synced 6/6 at "), "{lines}");
+    // Nothing left open in pilotfish once the proxies are gone.
+    assert_eq!(wait_streams(&pf, 0).await, 0);
+}
+
+/// A floor server on its own runtime, so it can be killed outright
+/// (connections and all), as a crashed server is.
+fn floor_runtime(addr: SocketAddr) -> tokio::runtime::Runtime {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut fa = mk_floor_args(false);
+    fa.push_every = None;
+    rt.spawn(async move {
+        let listener = server::listen(addr).unwrap();
+        floor::serve(listener, fa, std::future::pending()).await
+    });
+    rt
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_an_outage_until_all_resync() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let first = floor_runtime(addr);
+    let ready = tempfile::NamedTempFile::new().unwrap();
+    let mut args = RunArgs::new(addr.to_string());
+    args.proxies = Some(4);
+    args.workload_prefix = "floor-".into();
+    args.sync_timeout = 10.0;
+    args.duration = Some(6.0);
+    args.ready_file = Some(ready.path().to_path_buf());
+    let run = {
+        let args = args.clone();
+        tokio::spawn(async move { run_load(&args).await })
+    };
+    let read = || std::fs::read_to_string(ready.path()).unwrap_or_default();
+    for _ in 0..100 {
+        if read().starts_with("synced 4/4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(read().starts_with("synced 4/4"), "{}", read());
+    first.shutdown_background();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = floor_runtime(addr);
+    let r = run.await.unwrap().unwrap();
+    eprintln!("{}", r.text());
+    assert_eq!(r.outages.len(), 1, "{}", r.text());
+    let o = &r.outages[0];
+    assert_eq!(o.lowest_synced, 0, "{}", r.text());
+    let again = o.synced_again_after_ms.expect("all synced again");
+    assert!(again >= 200.0, "{}", r.text());
+    let resync = r.resync_after_loss.as_ref().unwrap();
+    assert_eq!(resync.n, 4, "{}", r.text());
+    assert!(read().contains("\nresynced 4/4 at "), "{}", read());
+    second.shutdown_background();
 }
