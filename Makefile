@@ -52,6 +52,8 @@ bench:
 	    S=$$s E=2 BIN=target/release/pilotfish OUT=.bench-$$s.md bash scripts/bench.sh >&2 && cat .bench-$$s.md && echo; \
 	  done; \
 	  S=1000 E=2 MODE=delta BIN=target/release/pilotfish OUT=.bench-1000-delta.md bash scripts/bench.sh >&2 && cat .bench-1000-delta.md && echo; \
+	  S=300 E=2 FLOOR=0 STUCK=30 CHURN_SECS=600 CHURN_RATE=20 STORM=1 BIN=target/release/pilotfish OUT=.bench-badload.md bash scripts/bench.sh >&2 \
+	    && printf '### Bad load (issue 8): stuck proxies, 10 minutes of churn, a reconnect storm\n\n' && sed '1d' .bench-badload.md && echo; \
 	  printf '### Configuration (issue 5): tests/config_figures.rs\n\n'; \
 	  cargo test --release --test config_figures -- --nocapture 2>/dev/null | sed -n 's/^figure: /* /p'; \
 	  printf '\n### Certificates and edit-to-Envoy latency (issue 8): tests/perf_figures.rs\n\n'; \

@@ -48,7 +48,7 @@ fn leaf_certificates_minted_per_second_on_one_core() {
         .collect();
     let elapsed = start.elapsed();
     println!(
-        "figure: leaf certificates (new ECDSA P-256 key + signed SPIFFE leaf) minted on one core: {:.0}/s ({n} in {:.0} ms) [{}]; target >= 5,000/s",
+        "\nfigure: leaf certificates (new ECDSA P-256 key + signed SPIFFE leaf) minted on one core: {:.0}/s ({n} in {:.0} ms) [{}]; target >= 5,000/s",
         f64::from(n) / elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e3,
         profile()
@@ -129,7 +129,7 @@ fn file_edit_to_a_real_envoy_serving_the_new_route() {
     }
     took.sort_by(f64::total_cmp);
     println!(
-        "figure: file edit -> a real Envoy serves the new route (serve's default 100 ms debounce included), over {} edits: median {:.0} ms, max {:.0} ms [{}]; target <= 300 ms",
+        "\nfigure: file edit -> a real Envoy serves the new route (serve's default 100 ms debounce included), over {} edits: median {:.0} ms, max {:.0} ms [{}]; target <= 300 ms",
         took.len(),
         took[took.len() / 2],
         took[took.len() - 1],

@@ -73,8 +73,13 @@ fn app_bin() -> PathBuf {
         .expect("target dir")
         .join("examples/bookinfo-app");
     if !p.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "bookinfo-app"])
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--example", "bookinfo-app"]);
+        // A release test run (`make bench`'s figures) looks in target/release.
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd
             .current_dir(ROOT)
             .status()
             .expect("cargo build --example bookinfo-app");
